@@ -1,0 +1,64 @@
+"""Errors that name the subject and the file they are about.
+
+Every problem a researcher can fix in their data is reported as a
+:class:`SubjectError` (one subject, one file, one reason) so that a batch can
+record it, exclude that subject and carry on with the rest of the cohort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem: who, where and what.
+
+    Parameters
+    ----------
+    subject : str or None
+        BIDS subject (``"sub-01"``), or None for dataset-level problems.
+    path : str or None
+        The file (relative to the dataset root when possible).
+    message : str
+        What is wrong, in words a researcher can act on.
+    """
+
+    subject: str | None
+    path: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = ": ".join(p for p in (self.subject, self.path) if p)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class FerritinError(Exception):
+    """Base class of ferritin's own errors."""
+
+
+class SubjectError(FerritinError):
+    """A problem with one subject's data; the cohort goes on without it."""
+
+    def __init__(self, subject: str | None, path: str | Path | None, message: str):
+        self.problem = Problem(subject, None if path is None else str(path), message)
+        super().__init__(str(self.problem))
+
+    @property
+    def subject(self) -> str | None:
+        return self.problem.subject
+
+    @property
+    def path(self) -> str | None:
+        return self.problem.path
+
+
+class DatasetError(FerritinError):
+    """A problem with the dataset as a whole (e.g. no participants.tsv)."""
+
+    def __init__(self, problems: list[Problem] | str):
+        if isinstance(problems, str):
+            problems = [Problem(None, None, problems)]
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))

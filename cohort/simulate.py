@@ -1,0 +1,626 @@
+"""A physically grounded simulator of cohort QSM + T1 studies, written as BIDS.
+
+For every subject the simulator
+
+1. builds the subject's anatomy in MNI space from the ICBM 2009 tissue priors
+   (age-related GM loss, group effects in named atlas regions around given
+   peaks, scaled by a latent disease severity),
+2. builds a whole-head susceptibility map (ppm, relative to CSF/water):
+   literature values per tissue and deep-grey nucleus, age-related iron gain,
+   smooth texture, skull, scalp, air outside the head and in the sinuses,
+3. places the head in the scanner: an affine (head size → TIV spread of
+   adults, small rotation, shift) composed with a smooth random diffeomorphic
+   warp of a few mm, and a small rigid head motion between the GRE and the
+   T1w acquisitions,
+4. acquires a multi-echo GRE (dipole forward model in k-space with padding,
+   B0 along scanner z whatever the slice obliquity, T2* decay, receiver phase
+   offset, complex Gaussian noise at a set SNR, wrapped phase) and a T1w
+   image (tissue contrast, bias field, Rician noise) on its own grid,
+5. writes everything as a BIDS dataset plus ``derivatives/ground-truth``.
+
+All effect locations, sizes and group sizes are parameters of a
+:class:`SimulationSpec`; the preset ``reference-study`` reproduces the design
+of the reference study (see ``PRESETS``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
+
+from .templates import Template, load_template
+
+__all__ = [
+    "Effect",
+    "SimulationSpec",
+    "SubjectTruth",
+    "PRESETS",
+    "preset",
+    "sample_participants",
+    "simulate_subject",
+    "simulate_cohort",
+    "write_bids_subject",
+]
+
+# ---------------------------------------------------------------------------
+# parameters
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A planted group effect: ALS − control, in one atlas region near a peak.
+
+    The effect map is the AAL region intersected with a sphere of
+    ``radius_mm`` around ``peak_mni``, smoothed by ``smooth_mm`` FWHM, and
+    scaled per patient by ``1 + severity_gain * severity``.
+    """
+
+    name: str
+    region: str
+    peak_mni: tuple[float, float, float]
+    radius_mm: float = 12.0
+    chi_ppm: float = 0.02
+    gm_fraction: float = -0.10
+    smooth_mm: float = 4.0
+    severity_gain: float = 0.5
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    """Everything that defines a simulated cohort."""
+
+    n_per_group: dict = field(default_factory=lambda: {"ALS": 34, "NC": 34})
+    patient_group: str = "ALS"
+    voxel_size: float = 1.0
+    seed: int = 0
+    effects: tuple[Effect, ...] = ()
+    # demographics
+    age_mean: float = 51.0
+    age_sd: float = 9.0
+    male_fraction: dict = field(default_factory=lambda: {"ALS": 0.65, "NC": 0.55})
+    # anatomy
+    head_scale_sd: float = 0.035
+    warp_mm: float = 3.0
+    warp_smooth_mm: float = 20.0
+    rotation_deg: float = 6.0
+    shift_mm: float = 6.0
+    motion_deg: float = 2.0
+    motion_mm: float = 2.0
+    gm_loss_per_year: float = 0.003
+    iron_gain_per_year: float = 0.0008
+    texture_ppm: float = 0.006
+    # acquisition
+    b0: float = 3.0
+    n_echoes: int = 12
+    te1: float = 2.1e-3
+    delta_te: float = 2.4e-3
+    snr: float = 80.0
+    t1_snr: float = 40.0
+    fov_mm: tuple[float, float, float] = (240.0, 240.0, 192.0)
+    oblique_deg: float = 10.0
+
+    def __post_init__(self):
+        if self.voxel_size <= 0:
+            raise ValueError("voxel_size must be positive")
+        if self.n_echoes < 1:
+            raise ValueError("n_echoes must be >= 1")
+        if self.patient_group not in self.n_per_group:
+            raise ValueError(f"patient_group {self.patient_group!r} is not one of {list(self.n_per_group)}")
+        if self.snr <= 0:
+            raise ValueError("snr must be positive")
+
+    @property
+    def echo_times(self) -> np.ndarray:
+        return self.te1 + self.delta_te * np.arange(self.n_echoes)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["effects"] = [asdict(e) for e in self.effects]
+        return d
+
+
+#: Effects of the reference study (ALS > NC in chi, ALS < NC in GM).
+REFERENCE_EFFECTS = (
+    Effect("precentral_L", "Precentral_L", (-40.0, -24.0, 59.0), radius_mm=14.0, chi_ppm=0.025, gm_fraction=-0.08),
+    Effect("thalamus_R", "Thalamus_R", (20.0, -17.0, 7.0), radius_mm=12.0, chi_ppm=0.03, gm_fraction=-0.12),
+    Effect("thalamus_L", "Thalamus_L", (-13.0, -5.0, 7.0), radius_mm=12.0, chi_ppm=0.025, gm_fraction=-0.10),
+)
+
+PRESETS = {
+    "reference-study": SimulationSpec(effects=REFERENCE_EFFECTS),
+    "demo": SimulationSpec(n_per_group={"ALS": 10, "NC": 10}, voxel_size=2.0, effects=REFERENCE_EFFECTS,
+                           n_echoes=6),
+    "tiny": SimulationSpec(n_per_group={"ALS": 2, "NC": 2}, voxel_size=3.0, effects=REFERENCE_EFFECTS, n_echoes=4),
+    "null": SimulationSpec(effects=()),
+}
+
+
+def preset(name: str, **overrides) -> SimulationSpec:
+    """A named preset with fields overridden (``preset("tiny", seed=3)``)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+# ---------------------------------------------------------------------------
+# literature tissue properties (3 T)
+
+#: Susceptibility relative to CSF (ppm): cortical GM, WM, deep nuclei, head.
+CHI = {
+    "gm": 0.015, "wm": -0.025, "csf": 0.0,
+    "Caudate": 0.06, "Putamen": 0.07, "Pallidum": 0.16, "Thalamus": 0.03,
+    "skull": -2.0, "scalp": -0.1, "air": 9.4,
+}
+#: R2* (1/s) and proton density per tissue.
+R2S = {"gm": 17.0, "wm": 21.0, "csf": 4.0, "scalp": 30.0, "skull": 200.0}
+PD = {"gm": 0.85, "wm": 0.70, "csf": 1.0, "scalp": 0.6, "skull": 0.05}
+T1W = {"gm": 0.55, "wm": 0.85, "csf": 0.15, "scalp": 0.65, "skull": 0.08}
+#: R2* per ppm of iron-related chi (Yao 2009-like order of magnitude).
+R2S_PER_PPM = 150.0
+NUCLEI = ("Caudate", "Putamen", "Pallidum", "Thalamus")
+
+
+# ---------------------------------------------------------------------------
+# participants
+
+
+def sample_participants(spec: SimulationSpec) -> pd.DataFrame:
+    """Sample group, age, sex, severity and clinical scores for every subject.
+
+    Clinical scores of patients are tied to a latent severity ``s ~ N(0, 1)``:
+    ALSFRS-R falls, the UMN score rises with ``s``, and DPR = (48 − ALSFRS-R)/DD.
+    Controls have no clinical scores (``n/a``).
+    """
+    rng = np.random.default_rng([spec.seed, 0])
+    rows = []
+    n = 0
+    for group, count in spec.n_per_group.items():
+        for _ in range(int(count)):
+            n += 1
+            patient = group == spec.patient_group
+            sev = float(rng.standard_normal()) if patient else 0.0
+            male = rng.random() < spec.male_fraction.get(group, 0.5)
+            age = float(np.clip(rng.normal(spec.age_mean, spec.age_sd), 25, 85))
+            row = {
+                "participant_id": f"sub-{n:03d}",
+                "group": group,
+                "age": round(age, 1),
+                "sex": "M" if male else "F",
+                "severity": sev,
+            }
+            if patient:
+                dd = round(float(np.clip(np.exp(rng.normal(np.log(14), 0.5)), 3, 96)), 1)
+                alsfrs = int(np.clip(np.round(39 - 4.0 * sev + rng.normal(0, 2.5)), 0, 48))
+                umn = int(np.clip(np.round(7 + 3.0 * sev + rng.normal(0, 2.0)), 0, 16))
+                row.update(alsfrs_r=alsfrs, umn=umn, dd=dd, dpr=round((48 - alsfrs) / dd, 4))
+            else:
+                row.update(alsfrs_r=np.nan, umn=np.nan, dd=np.nan, dpr=np.nan)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    # Head size: men larger on average (TIV ~1600 vs ~1400 ml).
+    base = np.where(df["sex"] == "M", 0.955, 0.915)
+    df["head_scale"] = base * (1 + spec.head_scale_sd * rng.standard_normal(len(df)))
+    return df
+
+
+# ---------------------------------------------------------------------------
+# geometry helpers
+
+
+def _rotation(angles_rad) -> np.ndarray:
+    ax, ay, az = angles_rad
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _rigid(rng, deg: float, mm: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = _rotation(np.deg2rad(rng.uniform(-deg, deg, 3)))
+    m[:3, 3] = rng.uniform(-mm, mm, 3)
+    return m
+
+
+def _grid_affine(fov_mm, vs: float, rotation: np.ndarray, center=(0.0, 0.0, 0.0)):
+    shape = tuple(int(round(f / vs)) for f in fov_mm)
+    aff = np.eye(4)
+    aff[:3, :3] = rotation * vs
+    c = (np.asarray(shape) - 1) / 2.0
+    aff[:3, 3] = np.asarray(center) - aff[:3, :3] @ c
+    return shape, aff
+
+
+def _world_coords(shape, affine) -> np.ndarray:
+    """World coordinates (3, *shape) of every voxel."""
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = affine[:3, :3].astype(np.float32) @ ijk + affine[:3, 3:4].astype(np.float32)
+    return xyz.reshape((3, *shape))
+
+
+@dataclass
+class Placement:
+    """Where a subject's head is: scanner world (mm) → MNI (mm).
+
+    ``mni = warp(A @ p)`` where ``A`` is affine (scale, rotation, shift) and
+    ``warp`` adds a smooth displacement field given on a coarse MNI lattice.
+    GRE scanner points are first moved by the rigid head ``motion``.
+    """
+
+    affine: np.ndarray  # scanner → pre-warp MNI
+    motion: np.ndarray  # GRE scanner → T1 scanner (head motion between scans)
+    disp_grid_affine: np.ndarray
+    disp: np.ndarray  # (3, nx, ny, nz) displacement (mm) on the coarse MNI lattice
+
+    def to_mni(self, xyz: np.ndarray, gre: bool = False) -> np.ndarray:
+        """Map world points (3, ...) of the T1 (or GRE, ``gre=True``) scanner frame to MNI."""
+        shp = xyz.shape[1:]
+        p = xyz.reshape(3, -1).astype(np.float64)
+        if gre:
+            p = self.motion[:3, :3] @ p + self.motion[:3, 3:4]
+        q = self.affine[:3, :3] @ p + self.affine[:3, 3:4]
+        inv = np.linalg.inv(self.disp_grid_affine)
+        ijk = inv[:3, :3] @ q + inv[:3, 3:4]
+        d = np.stack([ndimage.map_coordinates(self.disp[c], ijk, order=3, mode="nearest") for c in range(3)])
+        return (q + d).reshape((3, *shp)).astype(np.float32)
+
+
+def _placement(rng, spec: SimulationSpec, head_scale: float) -> Placement:
+    # Scanner head of size head_scale × MNI → MNI divides by the scale.
+    scale = head_scale * (1 + 0.02 * rng.standard_normal(3))
+    rot = _rotation(np.deg2rad(rng.uniform(-spec.rotation_deg, spec.rotation_deg, 3)))
+    a = np.eye(4)
+    a[:3, :3] = np.diag(1.0 / scale) @ rot
+    a[:3, 3] = rng.uniform(-spec.shift_mm, spec.shift_mm, 3) + np.array([0.0, -18.0, 18.0])
+    # Smooth random displacement: white noise on a 6 mm lattice, smoothed and
+    # scaled to the requested RMS; small enough to stay diffeomorphic.
+    step = 6.0
+    lattice = tuple(int(np.ceil(e / step)) + 1 for e in (200, 240, 200))
+    g_aff = np.diag([step, step, step, 1.0])
+    g_aff[:3, 3] = (-100.0, -136.0, -80.0)
+    sigma = spec.warp_smooth_mm / 2.3548 / step
+    disp = np.stack([ndimage.gaussian_filter(rng.standard_normal(lattice), sigma, mode="wrap") for _ in range(3)])
+    rms = np.sqrt(np.mean(disp**2))
+    disp *= spec.warp_mm / max(rms, 1e-12)
+    motion = _rigid(rng, spec.motion_deg, spec.motion_mm)
+    return Placement(a, motion, g_aff, disp.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------
+# anatomy in MNI space
+
+
+def effect_maps(template: Template, effects) -> dict[str, np.ndarray]:
+    """Smooth effect weights (0..1) of each planted effect on the template grid."""
+    grid = template.grid
+    out = {}
+    xyz = _world_coords(grid.shape, grid.affine)
+    for e in effects:
+        region = template.region(e.region)
+        r2 = sum((xyz[c] - e.peak_mni[c]) ** 2 for c in range(3))
+        core = (region & (r2 <= e.radius_mm**2)).astype(np.float32)
+        if core.sum() == 0:
+            raise ValueError(f"effect {e.name}: no voxel of {e.region} within {e.radius_mm} mm of {e.peak_mni}")
+        sigma = e.smooth_mm / 2.3548 / grid.voxel_size
+        w = ndimage.gaussian_filter(core, sigma) if sigma > 0 else core
+        out[e.name] = (w / w.max()).astype(np.float32)
+    return out
+
+
+def _head_layers(template: Template):
+    """Skull, scalp and air-sinus masks (float) around the template brain."""
+    vs = template.grid.voxel_size
+    brain = template.brain_mask | (template.gm + template.wm + template.csf > 0.3)
+    dist = ndimage.distance_transform_edt(~brain, sampling=vs)
+    xyz = _world_coords(template.grid.shape, template.grid.affine)
+    # Below the brain the head continues as the neck/face: extend the layers
+    # downwards so the head has no artificial bottom edge near the brain.
+    low = xyz[2] < -40
+    skull = (dist > 2.0) & (dist <= 8.0)
+    scalp = (dist > 8.0) & (dist <= 14.0)
+    neck = low & (np.hypot(xyz[0] / 65.0, (xyz[1] + 20.0) / 80.0) <= 1.0) & ~brain
+    skull |= neck & (dist <= 8.0)
+    scalp |= neck & (dist > 8.0)
+    csf_rim = (dist > 0) & (dist <= 2.0)
+    # Frontal sinus and sphenoid sinus (air pockets close to the brain).
+    sinus = np.zeros(template.grid.shape, bool)
+    for c, r in (((0.0, 62.0, 4.0), (14.0, 7.0, 9.0)), ((0.0, 12.0, -32.0), (13.0, 11.0, 9.0))):
+        e = sum(((xyz[a] - c[a]) / r[a]) ** 2 for a in range(3))
+        sinus |= (e <= 1.0) & ~brain
+    return skull.astype(np.float32), scalp.astype(np.float32), csf_rim.astype(np.float32), sinus.astype(np.float32)
+
+
+def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -> dict[str, np.ndarray]:
+    """The subject's anatomy and susceptibility on the template (MNI) grid."""
+    effects = effect_maps(template, spec.effects)
+    age_dev = row["age"] - spec.age_mean
+    gm = template.gm.copy()
+    wm = template.wm.copy()
+    csf = template.csf.copy()
+    loss = np.full(gm.shape, spec.gm_loss_per_year * age_dev, np.float32)
+    patient = row["group"] == spec.patient_group
+    sev_factor = {}
+    for e in spec.effects:
+        sev_factor[e.name] = max(0.0, 1.0 + e.severity_gain * row["severity"]) if patient else 0.0
+        loss -= e.gm_fraction * sev_factor[e.name] * effects[e.name]
+    loss = np.clip(loss, -0.3, 0.6)
+    lost = gm * loss
+    gm = gm - lost
+    csf = csf + lost  # atrophy: tissue replaced by CSF
+    chi = CHI["gm"] * gm + CHI["wm"] * wm + CHI["csf"] * csf
+    for nucleus in NUCLEI:
+        for side in ("L", "R"):
+            m = template.region(f"{nucleus}_{side}").astype(np.float32)
+            m = ndimage.gaussian_filter(m, 1.0 / template.grid.voxel_size)
+            iron = CHI[nucleus] + spec.iron_gain_per_year * age_dev * (CHI[nucleus] / 0.1)
+            chi = chi * (1 - m) + iron * m * (gm + wm + csf)
+    for e in spec.effects:
+        chi = chi + e.chi_ppm * sev_factor[e.name] * effects[e.name]
+    tex_sigma = 2.0 / template.grid.voxel_size
+    tex = ndimage.gaussian_filter(rng.standard_normal(gm.shape).astype(np.float32), tex_sigma)
+    tex *= spec.texture_ppm / max(float(tex.std()), 1e-12)
+    tissue = np.clip(gm + wm + csf, 0, 1)
+    chi = chi + tex * (gm + wm)
+    brain_chi = (chi * tissue).astype(np.float32)
+    skull, scalp, rim, sinus = _head_layers(template)
+    head_chi = CHI["skull"] * skull + CHI["scalp"] * scalp + CHI["csf"] * rim
+    head = (tissue > 0.05) | (skull + scalp + rim > 0)
+    air = (~head).astype(np.float32)
+    head_chi = head_chi * (1 - sinus) + CHI["air"] * sinus
+    full_chi = np.where(tissue > 0, brain_chi + (1 - tissue) * head_chi, head_chi) + CHI["air"] * air
+    return {
+        "gm": gm.astype(np.float32), "wm": wm.astype(np.float32), "csf": csf.astype(np.float32),
+        "chi_brain": brain_chi, "chi_full": full_chi.astype(np.float32),
+        "skull": skull * (1 - sinus), "scalp": scalp, "rim": rim, "sinus": sinus, "air": air,
+        **{f"effect_{k}": v for k, v in effects.items()},
+    }
+
+
+# ---------------------------------------------------------------------------
+# acquisition
+
+
+@dataclass
+class SubjectTruth:
+    """Images and ground truth of one simulated subject."""
+
+    subject: str
+    row: dict
+    mag: np.ndarray  # (echo, i, j, k)
+    phase: np.ndarray
+    gre_affine: np.ndarray
+    t1w: np.ndarray
+    t1w_affine: np.ndarray
+    echo_times: np.ndarray
+    chi_native: np.ndarray  # true brain chi on the GRE grid (ppm)
+    brain_mask_native: np.ndarray
+    local_field_ppm: np.ndarray
+    total_field_ppm: np.ndarray
+    gm_t1: np.ndarray
+    wm_t1: np.ndarray
+    csf_t1: np.ndarray
+    mni_to_scanner: np.ndarray  # displacement-free: T1 scanner coords of every MNI voxel (3, ...)
+    mni: dict
+    tiv_ml: float
+    placement: Placement
+
+
+def _pull(maps: dict, names, template: Template, mni_xyz: np.ndarray, order: int = 1) -> dict:
+    inv = np.linalg.inv(template.grid.affine)
+    ijk = np.einsum("ab,b...->a...", inv[:3, :3], mni_xyz) + inv[:3, 3].reshape(3, 1, 1, 1)
+    return {n: ndimage.map_coordinates(maps[n], ijk, order=order, mode="constant", cval=0.0).astype(np.float32)
+            for n in names}
+
+
+def _pull_air(maps: dict, template: Template, mni_xyz: np.ndarray) -> np.ndarray:
+    inv = np.linalg.inv(template.grid.affine)
+    ijk = np.einsum("ab,b...->a...", inv[:3, :3], mni_xyz) + inv[:3, 3].reshape(3, 1, 1, 1)
+    return ndimage.map_coordinates(maps["air"], ijk, order=1, mode="constant", cval=1.0).astype(np.float32)
+
+
+def _bias_field(shape, rng, amplitude=0.15) -> np.ndarray:
+    lat = [np.linspace(-1, 1, n) for n in shape]
+    x, y, z = np.meshgrid(*lat, indexing="ij", sparse=True)
+    c = rng.normal(0, 1, 6)
+    f = c[0] * x + c[1] * y + c[2] * z + 0.5 * (c[3] * x * y + c[4] * y * z + c[5] * x * z)
+    f = f / max(np.abs(f).max(), 1e-9)
+    return (1 + amplitude * f).astype(np.float32)
+
+
+def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTruth:
+    """Simulate one subject (deterministic for ``spec.seed`` and ``index``)."""
+    rng = np.random.default_rng([spec.seed, 1, index])
+    template = load_template(spec.voxel_size)
+    maps = subject_mni_maps(template, spec, row, rng)
+    place = _placement(rng, spec, row["head_scale"])
+    vs = spec.voxel_size
+    # --- T1w grid (axial, slightly rotated and shifted) --------------------
+    t1_rot = _rotation(np.deg2rad(rng.uniform(-3, 3, 3)))
+    t1_shape, t1_aff = _grid_affine((230.0, 240.0, 200.0), vs, t1_rot, center=rng.uniform(-5, 5, 3) + (0, -15, 15))
+    t1_mni = place.to_mni(_world_coords(t1_shape, t1_aff))
+    tis = _pull(maps, ("gm", "wm", "csf", "skull", "scalp", "rim"), template, t1_mni)
+    t1_air = _pull_air(maps, template, t1_mni)
+    signal = (T1W["gm"] * tis["gm"] + T1W["wm"] * tis["wm"] + T1W["csf"] * (tis["csf"] + tis["rim"])
+              + T1W["scalp"] * tis["scalp"] + T1W["skull"] * tis["skull"]) * (1 - t1_air)
+    signal = signal * _bias_field(t1_shape, rng)
+    sigma_t1 = T1W["wm"] / spec.t1_snr
+    noisy = np.hypot(signal + sigma_t1 * rng.standard_normal(t1_shape), sigma_t1 * rng.standard_normal(t1_shape))
+    t1w = (noisy * 1000).astype(np.float32)
+    tiv = float((tis["gm"] + tis["wm"] + tis["csf"]).sum() * vs**3 / 1000.0)
+    # --- GRE grid (oblique slab) --------------------------------------------
+    tilt = np.deg2rad(rng.uniform(-spec.oblique_deg, spec.oblique_deg))
+    gre_rot = _rotation((tilt, 0.0, 0.0))
+    gre_shape, gre_aff = _grid_affine(spec.fov_mm, vs, gre_rot, center=rng.uniform(-4, 4, 3) + (0, -15, 18))
+    gre_mni = place.to_mni(_world_coords(gre_shape, gre_aff), gre=True)
+    g = _pull(maps, ("gm", "wm", "csf", "skull", "scalp", "rim", "chi_brain", "chi_full", "sinus"), template, gre_mni)
+    air = np.clip(_pull_air(maps, template, gre_mni), 0, 1)
+    tissue = np.clip(g["gm"] + g["wm"] + g["csf"], 0, 1)
+    brain = tissue > 0.5
+    chi_full = g["chi_full"] + CHI["air"] * air * (1 - np.clip(g["skull"] + g["scalp"] + g["rim"] + tissue, 0, 1))
+    chi_brain = np.where(brain, g["chi_brain"], 0.0).astype(np.float32)
+    b0dir = b0_direction(gre_aff)
+    voxel = (vs, vs, vs)
+    # The air outside the field of view continues indefinitely; referencing chi
+    # to air makes the zero padding of the FFT physically right (a uniform
+    # medium creates no field), so no artificial edge of the FOV appears.
+    total = forward_field(chi_full - CHI["air"], voxel, b0dir).astype(np.float32)
+    local = forward_field(chi_brain, voxel, b0dir).astype(np.float32)
+    tes = spec.echo_times
+    # proton density / R2* maps
+    pd_map = (PD["gm"] * g["gm"] + PD["wm"] * g["wm"] + PD["csf"] * (g["csf"] + g["rim"]) + PD["scalp"] * g["scalp"]
+              + PD["skull"] * g["skull"]) * (1 - air) * (1 - g["sinus"])
+    denom = np.maximum(g["gm"] + g["wm"] + g["csf"] + g["rim"] + g["scalp"] + g["skull"], 1e-3)
+    r2s = (R2S["gm"] * g["gm"] + R2S["wm"] * g["wm"] + R2S["csf"] * (g["csf"] + g["rim"]) + R2S["scalp"] * g["scalp"]
+           + R2S["skull"] * g["skull"]) / denom
+    r2s = r2s + R2S_PER_PPM * np.clip(g["chi_brain"], 0, None)
+    # Receiver phase offset: smooth, echo-independent.
+    lat = [np.linspace(-1, 1, n) for n in gre_shape]
+    x, y, z = np.meshgrid(*lat, indexing="ij", sparse=True)
+    c = rng.uniform(-1, 1, 4)
+    phi0 = (np.pi * c[0] + 0.8 * (c[1] * x + c[2] * y + c[3] * z)).astype(np.float32)
+    coil = _bias_field(gre_shape, rng, amplitude=0.2)
+    omega = 2 * np.pi * GAMMA_HZ_PER_T * spec.b0 * 1e-6 * total  # rad/s
+    sigma = float(PD["wm"] * np.exp(-R2S["wm"] * tes[0])) / spec.snr
+    mags, phases = [], []
+    for te in tes:
+        s = coil * pd_map * np.exp(-r2s * te) * np.exp(1j * (phi0 + omega * te))
+        s = s + sigma * (rng.standard_normal(gre_shape) + 1j * rng.standard_normal(gre_shape))
+        mags.append(np.abs(s).astype(np.float32))
+        ph = np.angle(s).astype(np.float32)
+        ph[ph >= np.pi] -= np.float32(2 * np.pi)
+        phases.append(ph)
+    mag = np.stack(mags) * np.float32(1000)
+    phase = np.stack(phases)
+    mni = {k: maps[k] for k in ("gm", "wm", "csf", "chi_brain")}
+    return SubjectTruth(
+        subject=row["participant_id"], row=row, mag=mag, phase=phase, gre_affine=gre_aff, t1w=t1w,
+        t1w_affine=t1_aff, echo_times=tes, chi_native=chi_brain, brain_mask_native=brain.astype(np.uint8),
+        local_field_ppm=np.where(brain, local, 0).astype(np.float32), total_field_ppm=total,
+        gm_t1=tis["gm"], wm_t1=tis["wm"], csf_t1=tis["csf"], mni_to_scanner=np.zeros(0), mni=mni, tiv_ml=tiv,
+        placement=place,
+    )
+
+
+# ---------------------------------------------------------------------------
+# writing BIDS
+
+
+def _save(data, affine, path: Path, dtype=np.float32):
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+
+
+def write_bids_subject(root: Path, truth: SubjectTruth, spec: SimulationSpec) -> None:
+    """Write one subject's images, sidecars and ground truth."""
+    root = Path(root)
+    sub = truth.subject
+    anat = root / sub / "anat"
+    anat.mkdir(parents=True, exist_ok=True)
+    for n, te in enumerate(truth.echo_times, start=1):
+        for part, data in (("mag", truth.mag[n - 1]), ("phase", truth.phase[n - 1])):
+            base = anat / f"{sub}_echo-{n}_part-{part}_MEGRE"
+            _save(data, truth.gre_affine, base.with_name(base.name + ".nii.gz"))
+            meta = {"EchoTime": float(te), "MagneticFieldStrength": spec.b0, "FlipAngle": 20,
+                    "RepetitionTime": 0.0311, "Manufacturer": "ferritin-simulator"}
+            if part == "phase":
+                meta["Units"] = "rad"
+            base.with_name(base.name + ".json").write_text(json.dumps(meta, indent=2))
+    _save(truth.t1w, truth.t1w_affine, anat / f"{sub}_T1w.nii.gz")
+    (anat / f"{sub}_T1w.json").write_text(json.dumps(
+        {"MagneticFieldStrength": spec.b0, "RepetitionTime": 0.00666, "EchoTime": 0.00293, "InversionTime": 0.45,
+         "FlipAngle": 12, "Manufacturer": "ferritin-simulator"}, indent=2))
+    gt = root / "derivatives" / "ground-truth" / sub
+    _save(truth.chi_native, truth.gre_affine, gt / f"{sub}_space-GRE_Chimap.nii.gz")
+    _save(truth.brain_mask_native, truth.gre_affine, gt / f"{sub}_space-GRE_desc-brain_mask.nii.gz", np.uint8)
+    _save(truth.local_field_ppm, truth.gre_affine, gt / f"{sub}_space-GRE_desc-local_fieldmap.nii.gz")
+    _save(truth.total_field_ppm, truth.gre_affine, gt / f"{sub}_space-GRE_desc-total_fieldmap.nii.gz")
+    for lab, data in (("GM", truth.gm_t1), ("WM", truth.wm_t1), ("CSF", truth.csf_t1)):
+        _save(data, truth.t1w_affine, gt / f"{sub}_space-T1w_label-{lab}_probseg.nii.gz")
+    grid = load_template(spec.voxel_size).grid
+    _save(truth.mni["chi_brain"], grid.affine, gt / f"{sub}_space-MNI152NLin2009cSym_Chimap.nii.gz")
+    for lab in ("gm", "wm", "csf"):
+        _save(truth.mni[lab], grid.affine, gt / f"{sub}_space-MNI152NLin2009cSym_label-{lab.upper()}_probseg.nii.gz")
+    # The T1w-scanner → MNI mapping, sampled on the T1w grid (mm coordinates).
+    t1_mni = truth.placement.to_mni(_world_coords(truth.t1w.shape, truth.t1w_affine))
+    _save(np.moveaxis(t1_mni, 0, -1), truth.t1w_affine, gt / f"{sub}_from-T1w_to-MNI152NLin2009cSym_mode-points_xfm.nii.gz")
+    (gt / f"{sub}_from-GRE_to-T1w_mode-scanner_xfm.json").write_text(json.dumps(
+        {"matrix": truth.placement.motion.tolist(),
+         "description": "4x4 rigid map from GRE scanner mm to T1w scanner mm (head motion between scans)"}, indent=2))
+
+
+def write_dataset_files(root: Path, spec: SimulationSpec, participants: pd.DataFrame, truths: dict) -> None:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({
+        "Name": "ferritin simulated cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw",
+        "GeneratedBy": [{"Name": "ferritin simulate"}]}, indent=2))
+    cols = ["participant_id", "group", "age", "sex", "alsfrs_r", "umn", "dd", "dpr"]
+    participants[cols].to_csv(root / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    (root / "participants.json").write_text(json.dumps({
+        "group": {"Description": "diagnostic group",
+                  "Levels": {g: ("patients" if g == spec.patient_group else "controls") for g in spec.n_per_group}},
+        "age": {"Description": "age at scan", "Units": "years"},
+        "sex": {"Description": "sex", "Levels": {"M": "male", "F": "female"}},
+        "alsfrs_r": {"Description": "ALS Functional Rating Scale - Revised (0-48)"},
+        "umn": {"Description": "Penn upper motor neuron score"},
+        "dd": {"Description": "disease duration", "Units": "months"},
+        "dpr": {"Description": "disease progression rate (48 - ALSFRS-R) / DD", "Units": "points/month"},
+    }, indent=2))
+    gt = root / "derivatives" / "ground-truth"
+    gt.mkdir(parents=True, exist_ok=True)
+    (gt / "dataset_description.json").write_text(json.dumps({
+        "Name": "ferritin ground truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "ferritin simulate"}]}, indent=2))
+    truth_tab = participants[["participant_id", "group", "severity", "head_scale"]].copy()
+    truth_tab["tiv_ml"] = [truths[s]["tiv_ml"] for s in truth_tab["participant_id"]]
+    truth_tab.to_csv(gt / "participants.tsv", sep="\t", index=False, float_format="%.6g")
+    (gt / "simulation.json").write_text(json.dumps(spec.to_json(), indent=2, default=float))
+    template = load_template(spec.voxel_size)
+    for name, w in effect_maps(template, spec.effects).items():
+        _save(w, template.grid.affine, gt / f"effect-{name}_space-MNI152NLin2009cSym_mask.nii.gz")
+
+
+def _simulate_and_write(spec: SimulationSpec, row: dict, index: int, root: str) -> dict:
+    truth = simulate_subject(spec, row, index)
+    write_bids_subject(Path(root), truth, spec)
+    return {"subject": truth.subject, "tiv_ml": truth.tiv_ml}
+
+
+def simulate_cohort(out: str | Path, spec: SimulationSpec, client=None, progress: bool = False) -> pd.DataFrame:
+    """Simulate a cohort and write it as a BIDS dataset at ``out``.
+
+    Subjects are generated in parallel on ``client`` (a distributed Client)
+    when given, else one after another.  Returns the participants table with
+    the hidden truth columns (severity, head scale, TIV).
+    """
+    out = Path(out)
+    participants = sample_participants(spec)
+    rows = participants.to_dict("records")
+    truths: dict = {}
+    if client is None:
+        for i, row in enumerate(rows):
+            r = _simulate_and_write(spec, row, i, str(out))
+            truths[r["subject"]] = r
+    else:
+        from engine.progress import track
+
+        futures = client.map(_simulate_and_write, [spec] * len(rows), rows, list(range(len(rows))),
+                             [str(out)] * len(rows), pure=False, key=[f"simulate-{r['participant_id']}" for r in rows])
+        for fut in track(futures, "simulate", enabled=progress):
+            r = fut.result()
+            truths[r["subject"]] = r
+    write_dataset_files(out, spec, participants, truths)
+    participants["tiv_ml"] = [truths[s]["tiv_ml"] for s in participants["participant_id"]]
+    return participants

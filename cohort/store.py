@@ -1,0 +1,225 @@
+"""The cohort store: one Zarr v3 store, read as an xarray DataTree.
+
+Layout (see README, "Architecture")::
+
+    /                   attrs: ferritin layout version
+    /participants       table indexed by ``subject`` (group, age, sex, ...)
+    /native/<sub>       megre_mag, megre_phase (echo, i, j, k); t1w (t1_i, t1_j, t1_k)
+    /derived/<sub>      per-subject stage outputs
+    /mni                stacked (subject, x, y, z) arrays
+    /stats/<analysis>   voxelwise results
+    /log                attrs: failures by stage and subject
+
+Writes of one node (a subject's stage output) are atomic: the node is written
+completely into a staging folder beside the store and then renamed into
+place, with its completion record (stage, digest of inputs and parameters)
+inside its attributes.  A reader therefore sees either the whole node with its
+record or no node; a killed writer leaves only staging debris, which the next
+writer removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+__all__ = ["CohortStore", "digest_files", "digest_params", "RECORD_KEY", "LAYOUT_VERSION"]
+
+RECORD_KEY = "ferritin_record"
+LAYOUT_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def digest_files(paths, extra: dict | None = None) -> str:
+    """SHA-256 over the content of ``paths`` (in the given order) and ``extra``."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        with open(p, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    if extra:
+        h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def digest_params(*parts) -> str:
+    """SHA-256 of JSON-serialisable parts (digests of inputs, parameters)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class CohortStore:
+    """A cohort store on the local file system.
+
+    Parameters
+    ----------
+    path : path
+        The ``.zarr`` folder.  Created (with its top-level groups) when
+        ``create=True`` and missing.
+    """
+
+    GROUPS = ("native", "derived", "mni", "stats", "log")
+
+    def __init__(self, path: str | Path, create: bool = False):
+        self.path = Path(path).absolute()
+        if not (self.path / "zarr.json").exists():
+            if not create:
+                raise FileNotFoundError(f"{self.path}: no cohort store here (run `ferritin ingest` first)")
+            self._create()
+        root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
+        if root.attrs.get("ferritin_layout") is None:
+            raise ValueError(f"{self.path}: a Zarr store, but not a ferritin cohort store")
+
+    # -- structure ---------------------------------------------------------
+    def _create(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        root.attrs.update({"ferritin_layout": LAYOUT_VERSION, "description": "ferritin cohort store"})
+        for g in self.GROUPS:
+            root.require_group(g)
+
+    @property
+    def staging(self) -> Path:
+        return self.path.parent / f".{self.path.name}.staging"
+
+    def node_path(self, node: str) -> Path:
+        parts = [p for p in node.strip("/").split("/") if p]
+        if not parts or any(p in (".", "..") or os.sep in p for p in parts):
+            raise ValueError(f"invalid store node {node!r}")
+        return self.path.joinpath(*parts)
+
+    def exists(self, node: str) -> bool:
+        return (self.node_path(node) / "zarr.json").exists()
+
+    def children(self, node: str) -> list[str]:
+        """Names of the complete child nodes of ``node`` (sorted)."""
+        base = self.node_path(node)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "zarr.json").exists() and not p.name.startswith("."))
+
+    # -- records -----------------------------------------------------------
+    def record(self, node: str) -> dict | None:
+        """The completion record of ``node``, or None if it is not complete."""
+        meta = self.node_path(node) / "zarr.json"
+        if not meta.exists():
+            return None
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, json.JSONDecodeError):
+            return None
+        return attrs.get(RECORD_KEY)
+
+    def is_current(self, node: str, digest: str) -> bool:
+        rec = self.record(node)
+        return rec is not None and rec.get("digest") == digest
+
+    # -- writing -----------------------------------------------------------
+    def write_node(self, node: str, ds: xr.Dataset, *, stage: str, digest: str, params: dict | None = None,
+                   encoding: dict | None = None) -> None:
+        """Write ``ds`` as ``node`` atomically, with its completion record.
+
+        The dataset is written into a staging folder on the same file system
+        and renamed into place; an existing node is replaced only once the
+        new one is complete.
+        """
+        target = self.node_path(node)
+        if not target.parent.joinpath("zarr.json").exists():
+            self._ensure_groups(node)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        tmp = self.staging / f"{uuid.uuid4().hex}"
+        ds = ds.copy()
+        ds.attrs[RECORD_KEY] = {
+            "stage": stage,
+            "digest": digest,
+            "params": params or {},
+            "completed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})
+            old = None
+            if target.exists():
+                old = self.staging / f"old-{uuid.uuid4().hex}"
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _ensure_groups(self, node: str) -> None:
+        parts = [p for p in node.strip("/").split("/") if p][:-1]
+        root = zarr.open_group(str(self.path), mode="a", use_consolidated=False)
+        g = root
+        for p in parts:
+            g = g.require_group(p)
+
+    def remove_node(self, node: str) -> None:
+        target = self.node_path(node)
+        if target.exists():
+            self.staging.mkdir(parents=True, exist_ok=True)
+            old = self.staging / f"old-{uuid.uuid4().hex}"
+            os.replace(target, old)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def clean_staging(self) -> None:
+        """Remove what killed writers left behind (never visible to readers)."""
+        if self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    # -- log -----------------------------------------------------------------
+    def failures(self) -> dict[str, dict[str, str]]:
+        """Failures recorded so far: ``{stage: {subject: reason}}``."""
+        root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
+        if "log" not in root:
+            return {}
+        return dict(root["log"].attrs.get("failures", {}))
+
+    def set_failures(self, stage: str, failures: dict[str, str]) -> None:
+        """Replace the failure list of ``stage`` (called by the one client of a run)."""
+        root = zarr.open_group(str(self.path), mode="a", use_consolidated=False)
+        log = root.require_group("log")
+        allf = dict(log.attrs.get("failures", {}))
+        if failures:
+            allf[stage] = dict(sorted(failures.items()))
+        else:
+            allf.pop(stage, None)
+        log.attrs["failures"] = allf
+
+    # -- reading -------------------------------------------------------------
+    def consolidate(self) -> None:
+        """Refresh the consolidated metadata so plain ``xr.open_datatree`` is fast."""
+        import warnings
+
+        with warnings.catch_warnings():
+            # zarr warns that consolidated metadata is not (yet) in the v3 spec;
+            # xarray and zarr-python read it, and the store stays valid without it.
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(str(self.path))
+
+    def open_tree(self, chunks: dict | None = None) -> xr.DataTree:
+        """Open the whole store lazily as a DataTree (dask-backed variables)."""
+        tree = xr.open_datatree(str(self.path), engine="zarr", consolidated=False,
+                                chunks={} if chunks is None else chunks)
+        return tree
+
+    def open_node(self, node: str, chunks: dict | None = None) -> xr.Dataset:
+        if not self.exists(node):
+            raise KeyError(f"{self.path}: no node {node!r}")
+        return xr.open_zarr(str(self.path), group=node.strip("/"), consolidated=False,
+                            chunks={} if chunks is None else chunks, zarr_format=3)
+
+
+def affine_attr(affine: np.ndarray) -> list[list[float]]:
+    """A 4x4 affine as nested lists of Python floats (exact in JSON)."""
+    return [[float(v) for v in row] for row in np.asarray(affine, dtype=np.float64)]

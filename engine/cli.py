@@ -1,0 +1,197 @@
+"""The ``ferritin`` command line (BIDS-App shaped)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+DESCRIPTION = """\
+ferritin: cohort studies of brain iron (QSM) and atrophy (VBM), in parallel with Dask.
+
+Typical use:
+  ferritin simulate demo-bids --preset demo      # make a synthetic cohort (BIDS)
+  ferritin ingest demo-bids cohort.zarr          # read it into a cohort store
+  ferritin run demo-bids out participant         # per-subject QSM and anatomy
+  ferritin run demo-bids out group               # group statistics and report
+"""
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where to compute")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address (tcp://host:8786) or scheduler file of a running Dask scheduler; "
+                        "default: start a local cluster on this machine")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="local worker processes (default: one per core); each runs one subject at a time")
+    g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferritin", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ferritin {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="write a synthetic cohort as a BIDS dataset with ground truth",
+                       description="Simulate multi-echo GRE and T1w images of a cohort from the MNI template, "
+                                   "with planted group effects, and write a BIDS dataset plus "
+                                   "derivatives/ground-truth.")
+    p.add_argument("out_bids", type=Path, help="folder to write the BIDS dataset into (must be empty or absent)")
+    p.add_argument("--preset", default="demo", help="reference-study (34+34 at 1 mm), demo (10+10 at 2 mm), "
+                                                    "tiny (2+2 at 3 mm) or null (no effects); default: demo")
+    p.add_argument("--subjects", type=int, metavar="N", help="subjects per group (overrides the preset)")
+    p.add_argument("--voxel-size", type=float, metavar="MM", help="isotropic voxel size in mm (overrides the preset)")
+    p.add_argument("--echoes", type=int, metavar="N", help="number of echoes (overrides the preset)")
+    p.add_argument("--snr", type=float, help="first-echo white-matter SNR (overrides the preset)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort); default 0")
+    _add_cluster_args(p)
+
+    p = sub.add_parser("ingest", help="read a BIDS dataset into a cohort store (Zarr)",
+                       description="Validate a BIDS dataset and convert it into a cohort store, one Dask task per "
+                                   "subject.  Subjects with problems are reported and skipped; re-running only "
+                                   "converts subjects whose files changed.")
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset root")
+    p.add_argument("store", type=Path, help="cohort store to create or update (e.g. cohort.zarr)")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="only these subjects (01 or sub-01)")
+    _add_cluster_args(p)
+
+    p = sub.add_parser("run", help="run the study pipeline (participant or group level)",
+                       description="BIDS-App entry point: per-subject QSM and anatomy (participant), then "
+                                   "stacking, statistics and the report (group).")
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset root")
+    p.add_argument("output_dir", type=Path, help="where the cohort store, tables and report go")
+    p.add_argument("analysis_level", choices=["participant", "group"], help="which level to run")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="only these subjects")
+    p.add_argument("--spec", type=Path, help="study spec (YAML); default: the reference study")
+    _add_cluster_args(p)
+
+    p = sub.add_parser("report", help="write report.html from a finished output folder")
+    p.add_argument("output_dir", type=Path)
+
+    p = sub.add_parser("demo", help="simulate a small cohort, run the whole study, write the report",
+                       description="Simulate the reference-study design at a size that runs on a laptop, "
+                                   "run everything and print where the report is.")
+    p.add_argument("--out", type=Path, default=Path("ferritin-demo"), help="output folder (default ./ferritin-demo)")
+    p.add_argument("--subjects", type=int, metavar="N", help="subjects per group")
+    p.add_argument("--full", action="store_true", help="34 + 34 subjects at 1 mm (hours)")
+    _add_cluster_args(p)
+    return parser
+
+
+def _cmd_simulate(args) -> int:
+    from cohort.simulate import preset, simulate_cohort
+
+    overrides = {"seed": args.seed}
+    if args.voxel_size:
+        overrides["voxel_size"] = args.voxel_size
+    if args.echoes:
+        overrides["n_echoes"] = args.echoes
+    if args.snr:
+        overrides["snr"] = args.snr
+    try:
+        spec = preset(args.preset, **overrides)
+    except (KeyError, ValueError) as exc:
+        print(f"ferritin simulate: {exc}", file=sys.stderr)
+        return 2
+    if args.subjects:
+        from dataclasses import replace
+
+        spec = replace(spec, n_per_group={g: args.subjects for g in spec.n_per_group})
+    if args.out_bids.exists() and any(args.out_bids.iterdir()):
+        print(f"ferritin simulate: {args.out_bids} is not empty; choose a new folder", file=sys.stderr)
+        return 2
+    from .cluster import dask_client
+
+    t0 = time.perf_counter()
+    with dask_client(args.scheduler, args.workers, quiet=True) as client:
+        table = simulate_cohort(args.out_bids, spec, client=client, progress=not args.no_progress)
+    print(f"wrote {len(table)} subjects to {args.out_bids} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _cmd_ingest(args) -> int:
+    from cohort.errors import DatasetError
+
+    from .cluster import dask_client
+    from .ingest import ingest
+
+    t0 = time.perf_counter()
+    try:
+        with dask_client(args.scheduler, args.workers, quiet=True) as client:
+            if not args.no_progress:
+                print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+            result = ingest(args.bids_dir, args.store, client, args.participant_label, progress=not args.no_progress)
+    except DatasetError as exc:
+        print(f"ferritin ingest: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    print(f"store: {args.store}  ({time.perf_counter() - t0:.1f} s)")
+    return 1 if result.failed and not (result.written or result.skipped) else 0
+
+
+def _not_yet(name: str):
+    def run(args) -> int:
+        print(f"ferritin {name}: this release does not include the {name} stage yet; "
+              "`ferritin simulate` and `ferritin ingest` are available.", file=sys.stderr)
+        return 3
+
+    return run
+
+
+def _cmd_demo(args) -> int:
+    from dataclasses import replace
+
+    from cohort.simulate import preset, simulate_cohort
+
+    from .cluster import dask_client
+    from .ingest import ingest
+
+    spec = preset("reference-study") if args.full else preset("demo")
+    if args.subjects:
+        spec = replace(spec, n_per_group={g: args.subjects for g in spec.n_per_group})
+    out = args.out
+    bids = out / "bids"
+    store = out / "cohort.zarr"
+    t0 = time.perf_counter()
+    with dask_client(args.scheduler, args.workers, quiet=True) as client:
+        print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        if not (bids / "participants.tsv").exists():
+            n = sum(spec.n_per_group.values())
+            print(f"simulating {n} subjects at {spec.voxel_size} mm into {bids}", file=sys.stderr)
+            simulate_cohort(bids, spec, client=client, progress=not args.no_progress)
+        result = ingest(bids, store, client, progress=not args.no_progress)
+    print(result.summary())
+    print(f"cohort store: {store}  (open with xarray.open_datatree(path, engine='zarr'))")
+    print(f"ground truth: {bids / 'derivatives' / 'ground-truth'}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+COMMANDS = {
+    "simulate": _cmd_simulate,
+    "ingest": _cmd_ingest,
+    "run": _not_yet("run"),
+    "report": _not_yet("report"),
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

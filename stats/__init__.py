@@ -1,0 +1,1 @@
+"""ferritin.stats — design matrices, voxelwise GLM, SPM-compatible RFT inference, clinical statistics."""

@@ -1,0 +1,93 @@
+"""Shared fixtures: a Dask client, a simulated cohort, a tiny BIDS factory."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def client():
+    """An in-process Dask cluster (threads): fast to start, real scheduler."""
+    from engine.cluster import dask_client
+
+    with dask_client(workers=2, processes=False, quiet=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    from cohort.simulate import preset
+
+    return preset("tiny", seed=11)
+
+
+@pytest.fixture(scope="session")
+def tiny_bids(tmp_path_factory, tiny_spec, client):
+    """A simulated 2 + 2 subject cohort at 3 mm, 4 echoes (read-only: copy before changing)."""
+    from cohort.simulate import simulate_cohort
+
+    root = tmp_path_factory.mktemp("tiny") / "bids"
+    table = simulate_cohort(root, tiny_spec, client=client)
+    return root, table
+
+
+class BIDSFactory:
+    """Write small, valid BIDS subjects that tests then break on purpose."""
+
+    def __init__(self, root: Path, shape=(8, 9, 7), n_echo=3, seed=0):
+        self.root = Path(root)
+        self.shape = shape
+        self.n_echo = n_echo
+        self.rng = np.random.default_rng(seed)
+        self.affine = np.diag([2.0, 2.0, 2.5, 1.0])
+        self.affine[:3, 3] = (-8.0, -9.0, -8.75)
+        self.rows: list[dict] = []
+        (self.root).mkdir(parents=True, exist_ok=True)
+        (self.root / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9.0"}))
+
+    def anat(self, sub: str) -> Path:
+        d = self.root / sub / "anat"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def save(self, data, path: Path, affine=None):
+        nib.save(nib.Nifti1Image(np.asarray(data), self.affine if affine is None else affine), str(path))
+
+    def subject(self, sub: str, group="NC", age=50.0, sex="F", row=True, te=(0.004, 0.008, 0.012), units="rad"):
+        d = self.anat(sub)
+        for n, t in enumerate(te[: self.n_echo], start=1):
+            mag = self.rng.uniform(10, 100, self.shape).astype(np.float32)
+            ph = self.rng.uniform(-np.pi, np.pi, self.shape).astype(np.float32)
+            for part, data in (("mag", mag), ("phase", ph)):
+                stem = d / f"{sub}_echo-{n}_part-{part}_MEGRE"
+                self.save(data, stem.with_name(stem.name + ".nii.gz"))
+                meta = {"EchoTime": t, "MagneticFieldStrength": 3.0}
+                if part == "phase":
+                    meta["Units"] = units
+                stem.with_name(stem.name + ".json").write_text(json.dumps(meta))
+        self.save(self.rng.uniform(0, 1000, (10, 11, 9)).astype(np.float32), d / f"{sub}_T1w.nii.gz")
+        if row:
+            self.rows.append({"participant_id": sub, "group": group, "age": age, "sex": sex})
+        return d
+
+    def path(self, sub: str, echo: int, part: str, ext=".nii.gz") -> Path:
+        return self.anat(sub) / f"{sub}_echo-{echo}_part-{part}_MEGRE{ext}"
+
+    def write_participants(self, rows=None):
+        import pandas as pd
+
+        pd.DataFrame(rows if rows is not None else self.rows).to_csv(
+            self.root / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+
+
+@pytest.fixture
+def bids_factory(tmp_path):
+    return BIDSFactory(tmp_path / "bids")

@@ -1,0 +1,45 @@
+import subprocess
+import sys
+
+import pytest
+
+from engine.cli import main
+
+
+def test_help_names_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("simulate", "ingest", "run", "report", "demo"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize("cmd", ["simulate", "ingest", "run", "demo"])
+def test_subcommand_help(cmd, capsys):
+    with pytest.raises(SystemExit):
+        main([cmd, "--help"])
+    assert "--scheduler" in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "ferritin" in out.stdout
+
+
+def test_ingest_cli_end_to_end(tiny_bids, tmp_path, capsys):
+    root, table = tiny_bids
+    store = tmp_path / "c.zarr"
+    rc = main(["ingest", str(root), str(store), "--workers", "1", "--no-progress", "--participant-label",
+               table.participant_id[0]])
+    out = capsys.readouterr().out
+    assert rc == 0 and "ingested 1" in out
+    rc = main(["ingest", str(tmp_path / "nope"), str(store), "--workers", "1", "--no-progress"])
+    assert rc == 2 and "not a directory" in capsys.readouterr().err
+
+
+def test_simulate_refuses_non_empty_output(tmp_path, capsys):
+    (tmp_path / "x").write_text("")
+    assert main(["simulate", str(tmp_path), "--preset", "tiny"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "new"), "--preset", "nope"]) == 2

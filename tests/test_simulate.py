@@ -1,0 +1,116 @@
+"""The simulator: physics, determinism, BIDS validity, planted effects as parameters."""
+
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohort.bids import discover, load_subject
+from cohort.simulate import Effect, effect_maps, preset, sample_participants, simulate_subject
+from cohort.templates import load_template
+
+
+@pytest.fixture(scope="module")
+def one_subject(tiny_spec):
+    df = sample_participants(tiny_spec)
+    return simulate_subject(tiny_spec, df.iloc[0].to_dict(), 0)
+
+
+def test_wrapped_phase_in_range(one_subject):
+    ph = one_subject.phase
+    assert ph.min() >= -np.pi and ph.max() < np.pi
+    # the background field wraps the phase of the late echoes inside the head
+    brain = one_subject.brain_mask_native.astype(bool)
+    assert np.abs(one_subject.total_field_ppm[brain]).max() > 0.5
+
+
+def test_phase_follows_field_and_echo_time(one_subject, tiny_spec):
+    """In high-SNR brain voxels, echo-to-echo phase differences equal 2π γ B0 ΔTE × field."""
+    from engine.qsm.dipole import GAMMA_HZ_PER_T
+
+    t = one_subject
+    brain = t.brain_mask_native.astype(bool) & (t.mag[0] > np.percentile(t.mag[0][t.brain_mask_native > 0], 30))
+    d = np.angle(np.exp(1j * (t.phase[1] - t.phase[0])))[brain]
+    expected = 2 * np.pi * GAMMA_HZ_PER_T * tiny_spec.b0 * 1e-6 * t.total_field_ppm[brain] * tiny_spec.delta_te
+    resid = np.angle(np.exp(1j * (d - expected)))
+    assert np.median(np.abs(resid)) < 0.05
+
+
+def test_deterministic_for_seed(tiny_spec, one_subject):
+    df = sample_participants(tiny_spec)
+    again = simulate_subject(tiny_spec, df.iloc[0].to_dict(), 0)
+    np.testing.assert_array_equal(again.phase, one_subject.phase)
+    np.testing.assert_array_equal(again.t1w, one_subject.t1w)
+    other = simulate_subject(replace(tiny_spec, seed=tiny_spec.seed + 1), df.iloc[0].to_dict(), 0)
+    assert not np.array_equal(other.phase, one_subject.phase)
+
+
+def test_tiv_spread_like_adults():
+    df = sample_participants(preset("reference-study", seed=3))
+    # TIV follows head_scale^3 of the ~1880 ml template; check the derived distribution
+    tiv = 1884 * df["head_scale"] ** 3
+    assert 1300 < tiv.mean() < 1700 and 80 < tiv.std() < 250
+    assert tiv[df.sex == "M"].mean() > tiv[df.sex == "F"].mean()
+
+
+def test_clinical_scores_tied_to_severity():
+    spec = preset("reference-study", n_per_group={"ALS": 400, "NC": 10}, seed=5)
+    df = sample_participants(spec)
+    als = df[df.group == "ALS"]
+    assert als["alsfrs_r"].between(0, 48).all() and als["umn"].between(0, 16).all()
+    assert np.corrcoef(als.severity, als.alsfrs_r)[0, 1] < -0.5
+    assert np.corrcoef(als.severity, als.umn)[0, 1] > 0.5
+    np.testing.assert_allclose(als.dpr, (48 - als.alsfrs_r) / als.dd, atol=1e-3)
+    assert df[df.group == "NC"][["alsfrs_r", "umn", "dd", "dpr"]].isna().all().all()
+
+
+def test_effects_are_where_the_parameters_say():
+    template = load_template(3.0)
+    moved = Effect("elsewhere", "Putamen_R", (26.0, 4.0, 2.0), radius_mm=10)
+    maps = effect_maps(template, [moved])
+    w = maps["elsewhere"]
+    centre = template.grid.voxel_to_world(np.argwhere(w > 0.5).mean(0))[0]
+    assert np.linalg.norm(centre - np.array([26.0, 4.0, 2.0])) < 8
+    assert (template.atlas[w > 0.9] == 7012).mean() > 0.9  # Putamen_R
+    with pytest.raises(ValueError, match="no voxel"):
+        effect_maps(template, [Effect("bad", "Thalamus_L", (60.0, 60.0, 60.0), radius_mm=5)])
+    with pytest.raises(KeyError, match="unknown AAL region"):
+        template.region("Nowhere_L")
+
+
+def test_patients_differ_from_controls_where_planted():
+    from cohort.simulate import subject_mni_maps
+
+    spec = preset("tiny", seed=2)
+    template = load_template(spec.voxel_size)
+    base = {"age": spec.age_mean, "severity": 0.0}
+    rng = lambda: np.random.default_rng(0)  # noqa: E731 (same texture in both)
+    als = subject_mni_maps(template, spec, {**base, "group": "ALS"}, rng())
+    nc = subject_mni_maps(template, spec, {**base, "group": "NC"}, rng())
+    for e in spec.effects:
+        w = als[f"effect_{e.name}"] > 0.8
+        assert (als["chi_brain"] - nc["chi_brain"])[w].mean() == pytest.approx(e.chi_ppm, rel=0.25)
+        assert (als["gm"] < nc["gm"] - 1e-6)[w & (nc["gm"] > 0.2)].mean() > 0.9
+    far = np.ones(template.grid.shape, bool)
+    for e in spec.effects:
+        far &= als[f"effect_{e.name}"] < 1e-3
+    np.testing.assert_allclose(als["chi_brain"][far], nc["chi_brain"][far], atol=1e-4)
+
+
+def test_written_dataset_is_valid_bids(tiny_bids, tiny_spec):
+    root, table = tiny_bids
+    ds = discover(root)
+    assert not ds.problems and sorted(ds.subjects) == sorted(table.participant_id)
+    img = load_subject(ds.subjects[table.participant_id[0]])
+    assert img.mag.shape[0] == tiny_spec.n_echoes and img.b0 == tiny_spec.b0
+    truth = pd.read_csv(root / "derivatives" / "ground-truth" / "participants.tsv", sep="\t")
+    assert truth["tiv_ml"].between(1000, 2200).all()
+    sub = table.participant_id[0]
+    gt = root / "derivatives" / "ground-truth" / sub
+    chi = nib.load(gt / f"{sub}_space-GRE_Chimap.nii.gz")
+    assert chi.shape == img.mag.shape[1:]
+    np.testing.assert_allclose(chi.affine, img.gre_affine, atol=1e-5)
+    # oblique GRE and T1w on different grids, as real scans
+    assert not np.allclose(img.gre_affine, img.t1w_affine)
