@@ -1,0 +1,153 @@
+"""Voxelwise ordinary least squares over stacked (subject, x, y, z) arrays.
+
+The fit is blockwise over voxel chunks of a dask array: every block holds all
+subjects for a block of voxels, so memory is bounded by the chunk size, not by
+the cohort.  NumPy arrays are accepted too and treated as one block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+__all__ = ["GLMFit", "fit_glm", "t_contrast", "f_contrast", "standardized_residuals"]
+
+
+@dataclass
+class GLMFit:
+    """Lazy results of :func:`fit_glm`.
+
+    ``beta`` (p, x, y, z), ``sigma2`` (x, y, z) residual variance,
+    ``df`` error degrees of freedom; ``Y`` and ``X`` are kept for residuals.
+    """
+
+    beta: da.Array
+    sigma2: da.Array
+    df: int
+    X: np.ndarray
+    pinv: np.ndarray
+    Y: da.Array
+    mask: da.Array | None
+
+
+def _as_dask(Y) -> da.Array:
+    Y = Y if isinstance(Y, da.Array) else da.from_array(np.asarray(Y), chunks=(-1, "auto", "auto", "auto"))
+    if Y.ndim != 4:
+        raise ValueError(f"Y must be (subject, x, y, z), got {Y.ndim} dimensions")
+    if Y.numblocks[0] != 1:
+        Y = Y.rechunk({0: -1})
+    return Y
+
+
+def _combine(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``weights @ rows`` accumulated in a fixed order, one row at a time.
+
+    BLAS blocks a matrix product differently for different widths, so the
+    last bit of a voxel's result would depend on the chunk it sits in.
+    Accumulating row by row makes every voxel's value independent of the
+    chunking (and of the number of workers).
+    """
+    out = np.zeros((weights.shape[0], rows.shape[1]))
+    for i in range(rows.shape[0]):
+        out += weights[:, i : i + 1] * rows[i]
+    return out
+
+
+def _fit_block(y, pinv, X, df):
+    n = y.shape[0]
+    flat = y.reshape(n, -1).astype(np.float64)
+    b = _combine(pinv, flat)
+    r = flat - _combine(X, b)
+    s2 = np.zeros(flat.shape[1])
+    for i in range(n):
+        s2 += r[i] * r[i]
+    s2 /= df
+    out = np.concatenate([b, s2[None]], axis=0)
+    return out.reshape((b.shape[0] + 1, *y.shape[1:]))
+
+
+def fit_glm(Y, X, mask=None) -> GLMFit:
+    """Fit ``Y = X beta + e`` at every voxel.
+
+    Parameters
+    ----------
+    Y : array (subject, x, y, z), numpy or dask
+        Stacked images; chunks along voxels are kept, the subject axis is
+        made one chunk.
+    X : array (subject, p)
+        Design matrix (full column rank).
+    mask : array (x, y, z) of bool, optional
+        Voxels outside are NaN in every result.
+
+    Returns
+    -------
+    GLMFit (lazy)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = _as_dask(Y)
+    if X.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X must be (subjects, regressors) with {Y.shape[0]} rows, got {X.shape}")
+    rank = np.linalg.matrix_rank(X)
+    if rank < X.shape[1]:
+        raise ValueError(f"design matrix is rank deficient (rank {rank} < {X.shape[1]})")
+    df = X.shape[0] - rank
+    if df < 1:
+        raise ValueError("no error degrees of freedom: more regressors than subjects")
+    pinv = np.linalg.pinv(X)
+    p = X.shape[1]
+    out = da.map_blocks(_fit_block, Y, pinv, X, df, dtype=np.float64,
+                        chunks=((p + 1,), *Y.chunks[1:]), name="ferritin-glm")
+    beta, sigma2 = out[:p], out[p]
+    m = None
+    if mask is not None:
+        m = da.asarray(np.asarray(mask, dtype=bool)) if not isinstance(mask, da.Array) else mask.astype(bool)
+        if m.shape != Y.shape[1:]:
+            raise ValueError(f"mask shape {m.shape} differs from image shape {Y.shape[1:]}")
+        m = m.rechunk(Y.chunks[1:])
+        beta = da.where(m[None], beta, np.nan)
+        sigma2 = da.where(m, sigma2, np.nan)
+    return GLMFit(beta, sigma2, df, X, pinv, Y, m)
+
+
+def t_contrast(fit: GLMFit, c) -> da.Array:
+    """T statistic map of contrast vector ``c``."""
+    c = np.asarray(c, dtype=np.float64).ravel()
+    if c.size != fit.X.shape[1]:
+        raise ValueError(f"contrast has {c.size} weights for {fit.X.shape[1]} regressors")
+    xtx_inv = np.linalg.inv(fit.X.T @ fit.X)
+    var_c = float(c @ xtx_inv @ c)
+    effect = da.tensordot(c, fit.beta, axes=(0, 0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return effect / da.sqrt(fit.sigma2 * var_c)
+
+
+def f_contrast(fit: GLMFit, C) -> da.Array:
+    """F statistic map of contrast matrix ``C`` (q, p)."""
+    C = np.atleast_2d(np.asarray(C, dtype=np.float64))
+    if C.shape[1] != fit.X.shape[1]:
+        raise ValueError(f"contrast has {C.shape[1]} columns for {fit.X.shape[1]} regressors")
+    q = np.linalg.matrix_rank(C)
+    xtx_inv = np.linalg.inv(fit.X.T @ fit.X)
+    M = np.linalg.pinv(C @ xtx_inv @ C.T)
+    cb = da.tensordot(C, fit.beta, axes=(1, 0))  # (q, x, y, z)
+    quad = da.einsum("i...,ij,j...->...", cb, M, cb)
+    return quad / (q * fit.sigma2)
+
+
+def _std_resid_block(y, b, s2, X):
+    n = y.shape[0]
+    flat_b = b.reshape(b.shape[0], -1)
+    fitted = _combine(X, flat_b).reshape((n, *y.shape[1:]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((y - fitted) / np.sqrt(s2)[None]).astype(np.float64).reshape((n, *y.shape[1:]))
+
+
+def standardized_residuals(fit: GLMFit) -> da.Array:
+    """Residuals divided by the residual s.d. (SPM's ResI), NaN outside the mask."""
+    r = da.map_blocks(_std_resid_block, fit.Y, fit.beta, fit.sigma2, fit.X, dtype=np.float64,
+                      chunks=fit.Y.chunks)
+    if fit.mask is not None:
+        r = da.where(fit.mask[None], r, np.nan)
+    return r
