@@ -334,7 +334,8 @@ def _head_layers(template: Template):
     sinus = np.zeros(template.grid.shape, bool)
     for c, r in (((0.0, 62.0, 4.0), (14.0, 7.0, 9.0)), ((0.0, 12.0, -32.0), (13.0, 11.0, 9.0))):
         e = sum(((xyz[a] - c[a]) / r[a]) ** 2 for a in range(3))
-        sinus |= (e <= 1.0) & ~brain
+        # a bony wall and the meninges keep air pockets a few mm from the brain
+        sinus |= (e <= 1.0) & (dist > 6.0)
     return skull.astype(np.float32), scalp.astype(np.float32), csf_rim.astype(np.float32), sinus.astype(np.float32)
 
 
@@ -375,7 +376,9 @@ def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -
     head = (tissue > 0.05) | (skull + scalp + rim > 0)
     air = (~head).astype(np.float32)
     head_chi = head_chi * (1 - sinus) + CHI["air"] * sinus
-    full_chi = np.where(tissue > 0, brain_chi + (1 - tissue) * head_chi, head_chi) + CHI["air"] * air
+    # Air outside the head is added on each subject's own grid (it continues
+    # beyond the template box), so it is not part of this map.
+    full_chi = np.where(tissue > 0, brain_chi + (1 - tissue) * head_chi, head_chi)
     return {
         "gm": gm.astype(np.float32), "wm": wm.astype(np.float32), "csf": csf.astype(np.float32),
         "chi_brain": brain_chi, "chi_full": full_chi.astype(np.float32),
@@ -464,7 +467,7 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     air = np.clip(_pull_air(maps, template, gre_mni), 0, 1)
     tissue = np.clip(g["gm"] + g["wm"] + g["csf"], 0, 1)
     brain = tissue > 0.5
-    chi_full = g["chi_full"] + CHI["air"] * air * (1 - np.clip(g["skull"] + g["scalp"] + g["rim"] + tissue, 0, 1))
+    chi_full = g["chi_full"] + CHI["air"] * air
     chi_brain = np.where(brain, g["chi_brain"], 0.0).astype(np.float32)
     b0dir = b0_direction(gre_aff)
     voxel = (vs, vs, vs)
