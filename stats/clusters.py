@@ -101,6 +101,16 @@ def _table(stat, inset, info: Inference, u: float, max_peaks: int, min_distance_
     return pd.DataFrame(rows, columns=cols)
 
 
+def _drop_small_clusters(inset: np.ndarray, k_voxels: int) -> np.ndarray:
+    """The excursion set without its 18-connected clusters of fewer than ``k_voxels`` voxels."""
+    if k_voxels <= 0:
+        return inset
+    lab, nlab = ndimage.label(inset, structure=_CONN18)
+    small = np.bincount(lab.ravel(), minlength=nlab + 1) < k_voxels
+    small[0] = False
+    return inset & ~small[lab]
+
+
 def cluster_table(stat, mask, info: Inference, u: float, k_voxels: int = 0, max_peaks: int = 3,
                   min_distance_mm: float = 8.0, labels_img=None, label_names=None) -> pd.DataFrame:
     """SPM's results table for the whole search volume.
@@ -120,13 +130,7 @@ def cluster_table(stat, mask, info: Inference, u: float, k_voxels: int = 0, max_
     """
     stat = np.asarray(stat, dtype=float)
     mask = np.asarray(mask, dtype=bool)
-    inset = mask & np.isfinite(stat) & (stat >= u)
-    if k_voxels > 0:
-        lab, nlab = ndimage.label(inset, structure=_CONN18)
-        sizes = np.bincount(lab.ravel(), minlength=nlab + 1)
-        small = sizes < k_voxels
-        small[0] = False
-        inset &= ~small[lab]
+    inset = _drop_small_clusters(mask & np.isfinite(stat) & (stat >= u), k_voxels)
     return _table(stat, inset, info, u, max_peaks, min_distance_mm, labels_img, label_names)
 
 
@@ -166,13 +170,7 @@ def svc_table(stat, mask, info: Inference, u: float, volume=None, sphere=None, k
         R = rft.resel_counts(vol, info.fwhm_vox)
     S = int((vol & mask).sum())
     small = Inference(info.df, info.stat, info.fwhm_vox, R, S, info.affine, info.n)
-    inset = vol & mask & np.isfinite(stat) & (stat >= u)
-    if k_voxels > 0:
-        lab, nlab = ndimage.label(inset, structure=_CONN18)
-        sizes = np.bincount(lab.ravel(), minlength=nlab + 1)
-        few = sizes < k_voxels
-        few[0] = False
-        inset &= ~few[lab]
+    inset = _drop_small_clusters(vol & mask & np.isfinite(stat) & (stat >= u), k_voxels)
     table = _table(stat, inset, small, u, 16, 4.0, labels_img, label_names)
     table.attrs["resels"] = R.tolist()
     table.attrs["n_voxels"] = S
