@@ -1,0 +1,31 @@
+"""QSM accuracy on one simulated subject: NRMSE from the true local field and from the full chain.
+
+Run by hand:  .venv/bin/python benchmarks/qsm_accuracy.py VOXEL_MM   (e.g. 2 or 3)
+NRMSE = 100 * ||chi - chi_true|| / ||chi_true|| inside the mask, both demeaned there.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import time
+import numpy as np
+from cohort.simulate import preset, sample_participants, simulate_subject
+from engine.qsm.chain import reconstruct_qsm, QSMParams
+from engine.qsm.inversion import reference_to_mean, tkd, tv_admm
+from engine.qsm.dipole import b0_direction
+vs_mm = float(sys.argv[1])
+spec = preset("tiny", voxel_size=vs_mm, n_echoes=6)
+df = sample_participants(spec)
+t = simulate_subject(spec, df.iloc[0].to_dict(), 0)
+tm = t.brain_mask_native.astype(bool)
+def nrmse(chi, m):
+    tr = reference_to_mean(t.chi_native, m); c = reference_to_mean(chi, m)
+    return 100*np.linalg.norm((c-tr)[m])/np.linalg.norm(tr[m])
+b = b0_direction(t.gre_affine); vs=(vs_mm,)*3
+for name, fn in [("tkd", lambda: tkd(t.local_field_ppm, tm, vs, b)), ("tv", lambda: tv_admm(t.local_field_ppm, tm, vs, b))]:
+    print(vs_mm, "mm", name, "from true local field NRMSE %.1f" % nrmse(fn(), tm))
+for inv in ("tkd", "tv"):
+    t0 = time.time(); chi, m = reconstruct_qsm(t.mag, t.phase, t.echo_times, t.gre_affine, spec.b0, QSMParams(inversion=inv))
+    mm = m & tm
+    print(vs_mm, "mm", inv, "full chain NRMSE %.1f" % nrmse(chi, mm), "mask voxels", mm.sum(), "of", tm.sum(), "%.1fs" % (time.time()-t0))
