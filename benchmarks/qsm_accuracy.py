@@ -15,7 +15,7 @@ from engine.qsm.chain import reconstruct_qsm, QSMParams
 from engine.qsm.inversion import reference_to_mean, tkd, tv_admm
 from engine.qsm.dipole import b0_direction
 vs_mm = float(sys.argv[1])
-spec = preset("tiny", voxel_size=vs_mm, n_echoes=6)
+spec = preset("tiny", voxel_size=vs_mm, n_echoes=int(sys.argv[2]) if len(sys.argv) > 2 else 6)
 df = sample_participants(spec)
 t = simulate_subject(spec, df.iloc[0].to_dict(), 0)
 tm = t.brain_mask_native.astype(bool)

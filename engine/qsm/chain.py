@@ -5,14 +5,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .background import vsharp
 from .dipole import b0_direction
 from .inversion import tkd, tv_admm
-from .mask import brain_mask
+from .mask import ball, brain_mask
 from .unwrap import combine_echoes, field_to_ppm
 
-__all__ = ["QSMParams", "reconstruct_qsm"]
+__all__ = ["QSMParams", "reconstruct_qsm", "outlier_voxels"]
+
+
+def outlier_voxels(local_field: np.ndarray, mask: np.ndarray, n_mad: float = 8.0) -> np.ndarray:
+    """Voxels whose local field lies more than ``n_mad`` robust s.d. from the median."""
+    values = local_field[mask]
+    med = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - med))
+    if mad == 0:
+        return np.zeros(mask.shape, bool)
+    return mask & (np.abs(local_field - med) > n_mad * mad)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == np.argmax(sizes)
 
 
 @dataclass(frozen=True)
@@ -20,11 +40,15 @@ class QSMParams:
     """Parameters of :func:`reconstruct_qsm` (all recorded with the output)."""
 
     combine: str = "phase-difference"
+    unwrapper: str = "path"
     mask_detach_mm: float = 5.0
-    mask_erode_mm: float = 0.0
+    mask_erode_mm: float | None = None  # None: one voxel (the bright CSF rim is unreliable)
     vsharp_max_radius_mm: float = 12.0
     vsharp_min_radius_vox: float = 2.0
     vsharp_threshold: float = 0.05
+    quality_iterations: int = 2
+    quality_mad: float = 12.0
+    quality_margin_mm: float = 6.0
     inversion: str = "tv"
     tkd_threshold: float = 0.15
     tv_lambda: float = 3e-4
@@ -34,13 +58,16 @@ class QSMParams:
         return asdict(self)
 
 
-def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMParams = QSMParams()):
+def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMParams = QSMParams(),
+                    mask: np.ndarray | None = None):
     """Magnitude and phase (echo, x, y, z) to chi (ppm) and its mask.
 
     Steps: brain mask from the magnitude, Laplacian unwrapping and weighted
     echo combination, V-SHARP (radii from ``vsharp_max_radius_mm`` down to
     ``vsharp_min_radius_vox`` voxels), dipole inversion with B0 taken from the
     affine (oblique slabs), chi referenced to the mean over the mask.
+
+    A precomputed brain ``mask`` may be given instead of the magnitude-based one.
 
     Returns
     -------
@@ -50,18 +77,35 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     magnitude = np.asarray(magnitude, dtype=np.float64)
     affine = np.asarray(affine, dtype=float)
     vs = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-    mask = brain_mask(magnitude[0], vs, detach_mm=params.mask_detach_mm, erode_mm=params.mask_erode_mm)
+    if mask is None:
+        erode = max(vs) if params.mask_erode_mm is None else params.mask_erode_mm
+        mask = brain_mask(magnitude[0], vs, detach_mm=params.mask_detach_mm, erode_mm=erode)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != magnitude.shape[1:]:
+            raise ValueError(f"mask shape {mask.shape} differs from the image shape {magnitude.shape[1:]}")
     method = params.combine
     te = np.asarray(echo_times, dtype=float)
     if method == "phase-difference" and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):
         method = "laplacian-wls"  # unequal echo spacing: fit each unwrapped echo instead
-    omega = combine_echoes(phase, magnitude, echo_times, vs, method=method, mask=mask)
+    omega = combine_echoes(phase, magnitude, echo_times, vs, method=method, mask=mask, unwrapper=params.unwrapper)
     total = field_to_ppm(omega, b0_tesla)
     step = max(vs)
     radii = np.arange(params.vsharp_max_radius_mm, params.vsharp_min_radius_vox * step - 1e-6, -step)
     if radii.size == 0:
         radii = np.array([params.vsharp_max_radius_mm])
     local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold)
+    for _ in range(params.quality_iterations):
+        # Background that V-SHARP could not remove (next to sinuses, at the
+        # edge of the field of view) shows up as local-field outliers that the
+        # inversion would smear over the whole brain: drop them from the mask
+        # and remove the background again.
+        bad = outlier_voxels(local, lmask, params.quality_mad)
+        if not bad.any():
+            break
+        grow = ndimage.binary_dilation(bad, ball(params.quality_margin_mm / np.asarray(vs)))
+        mask = _largest_component(mask & ~grow)
+        local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold)
     b = b0_direction(affine)
     if params.inversion == "tkd":
         chi = tkd(local, lmask, vs, b, threshold=params.tkd_threshold)

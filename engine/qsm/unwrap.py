@@ -7,7 +7,7 @@ import scipy.fft as sfft
 
 from .dipole import GAMMA_HZ_PER_T
 
-__all__ = ["laplacian_kernel", "laplacian_unwrap", "path_unwrap", "combine_echoes", "field_to_ppm"]
+__all__ = ["laplacian_kernel", "laplacian_unwrap", "path_unwrap", "combine_echoes", "refine_frequency", "field_to_ppm"]
 
 
 def laplacian_kernel(shape, voxel_size=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -63,7 +63,8 @@ def path_unwrap(phase: np.ndarray, mask: np.ndarray | None = None, seed: int = 0
 
 
 def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_size=(1.0, 1.0, 1.0),
-                   method: str = "laplacian-wls", mask: np.ndarray | None = None, workers=None) -> np.ndarray:
+                   method: str = "laplacian-wls", mask: np.ndarray | None = None, unwrapper: str = "laplacian",
+                   workers=None) -> np.ndarray:
     """Field map (rad/s) from multi-echo phase.
 
     Methods
@@ -74,7 +75,10 @@ def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_s
         :func:`laplacian_unwrap` and divided by the echo spacing.  The
         receiver phase offset cancels exactly and the spatial phase gradient
         is that of one echo spacing, not of the last echo, so strong fields
-        near air do not alias (needs equally spaced echoes).
+        near air do not alias (needs equally spaced echoes).  The map is
+        then refined with every echo (:func:`refine_frequency`) and unwrapped
+        spatially once, by ``unwrapper="laplacian"`` or ``"path"`` (exact,
+        within ``mask``).
     ``"laplacian-wls"`` (default)
         Unwrap every echo with :func:`laplacian_unwrap`, then fit
         ``phase_e = phi0 + omega * TE_e`` per voxel by least squares weighted
@@ -104,7 +108,16 @@ def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_s
         if not np.allclose(steps, steps[0], rtol=1e-3):
             raise ValueError(f"the phase-difference combination needs equally spaced echoes, got {te.tolist()}")
         z = (mag[1:] * mag[:-1] * np.exp(1j * (phase[1:] - phase[:-1]))).sum(axis=0)
-        return laplacian_unwrap(np.angle(z), voxel_size, workers=workers) / steps[0]
+        dte = steps[0]
+        # Per voxel, the echo-difference frequency is right modulo 2 pi / dte;
+        # refining it with every echo keeps that ambiguity but averages the
+        # noise over the whole echo train.  One spatial unwrap then resolves
+        # the 2 pi / dte ambiguity.
+        omega_w = refine_frequency(phase, mag, te, np.angle(z) / dte)
+        wrapped = np.angle(np.exp(1j * omega_w * dte))
+        if unwrapper == "path":
+            return path_unwrap(wrapped, mask) / dte
+        return laplacian_unwrap(wrapped, voxel_size, workers=workers) / dte
     if method.startswith("laplacian"):
         psi = np.stack([laplacian_unwrap(p, voxel_size, workers=workers) for p in phase])
     elif method == "path-wls":
@@ -125,6 +138,34 @@ def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_s
     stp = (w * tt * psi).sum(0)
     det = sw * stt - st**2
     return (sw * stp - st * sp) / np.where(det == 0, np.inf, det)
+
+
+def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
+    """Refine a frequency map with every echo (temporal unwrapping + weighted fit).
+
+    The residual phase of each echo against the model ``phi0 + omega0 TE`` is
+    wrapped into (-pi, pi] and fitted by magnitude²-weighted least squares
+    ``r_e = a + delta TE_e``; ``omega0 + delta`` uses the whole echo train, so
+    its noise is that of the whole echo range.  ``omega0`` must be right to
+    within about pi / TE_max, or off by a multiple of 2 pi / delta-TE for
+    equally spaced echoes (that ambiguity is kept, not resolved).
+    """
+    phase = np.asarray(phase, dtype=np.float64)
+    w = np.asarray(magnitude, dtype=np.float64) ** 2 + 1e-12
+    te = np.asarray(echo_times, dtype=np.float64)[:, None, None, None]
+    omega = np.asarray(omega0, dtype=np.float64)
+    sw = w.sum(0)
+    st = (w * te).sum(0)
+    stt = (w * te * te).sum(0)
+    det = sw * stt - st**2
+    det = np.where(det == 0, np.inf, det)
+    for _ in range(int(iterations)):
+        phi0 = np.angle((w * np.exp(1j * (phase - omega[None] * te))).sum(0))
+        r = np.angle(np.exp(1j * (phase - phi0[None] - omega[None] * te)))
+        sr = (w * r).sum(0)
+        str_ = (w * te * r).sum(0)
+        omega = omega + (sw * str_ - st * sr) / det
+    return omega
 
 
 def field_to_ppm(omega_rad_s: np.ndarray, b0_tesla: float) -> np.ndarray:
