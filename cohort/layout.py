@@ -67,13 +67,15 @@ def participants_dataset(table: pd.DataFrame, descriptions: dict | None = None) 
         elif pd.api.types.is_bool_dtype(s):
             values = s.to_numpy(dtype=bool)
         else:
-            values = np.array(["" if pd.isna(v) else str(v) for v in s], dtype=str)
+            # object (variable-length) text: Zarr v3 has a specified string
+            # type for it, unlike fixed-width UTF-32
+            values = np.array(["" if pd.isna(v) else str(v) for v in s], dtype=object)
         attrs = {}
         desc = (descriptions or {}).get(col)
         if isinstance(desc, dict):
             attrs = {k: v for k, v in desc.items() if isinstance(v, (str, int, float, dict, list))}
         data_vars[str(col)] = ("subject", values, attrs)
-    ds = xr.Dataset(data_vars, coords={"subject": np.array(table.index, dtype=str)})
+    ds = xr.Dataset(data_vars, coords={"subject": np.array([str(v) for v in table.index], dtype=object)})
     return ds
 
 
@@ -108,12 +110,13 @@ def mni_stack_dataset(variables: dict, subjects, grid, participants: dict | None
         ``ds.chi.where(ds.group == "ALS")`` works.
     """
     subjects = [str(s) for s in subjects]
-    coords = {"subject": ("subject", np.array(subjects, dtype=str)),
+    coords = {"subject": ("subject", np.array(subjects, dtype=object)),
               **{ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()}}
     for col, values in (participants or {}).items():
         values = np.asarray(values)
-        if values.dtype == object:
-            values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values])
+        if values.dtype == object or values.dtype.kind == "U":
+            values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values],
+                              dtype=object)
         coords[col] = ("subject", values)
     data_vars = {}
     for name, arr in variables.items():

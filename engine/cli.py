@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+
+import numpy as np
 import sys
 import time
 from pathlib import Path
@@ -71,6 +73,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=Path, help="study spec (YAML); default: the reference study")
     _add_cluster_args(p)
 
+    p = sub.add_parser("spec", help="print the study spec (the reference study by default)")
+    p.add_argument("--default", action="store_true", help="print the built-in default spec")
+    p.add_argument("--check", type=Path, metavar="FILE", help="validate a spec file and print it merged with the default")
+
     p = sub.add_parser("report", help="write report.html from a finished output folder")
     p.add_argument("output_dir", type=Path)
 
@@ -135,6 +141,76 @@ def _cmd_ingest(args) -> int:
     return 1 if result.failed and not (result.written or result.skipped) else 0
 
 
+def _cmd_spec(args) -> int:
+    import yaml
+
+    from .spec import SpecError, default_spec_text, load_spec
+
+    if args.check:
+        try:
+            print(yaml.safe_dump(load_spec(args.check), sort_keys=False))
+        except SpecError as exc:
+            print(f"ferritin spec: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    print(default_spec_text())
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from cohort.errors import DatasetError
+
+    from .cluster import dask_client
+    from .ingest import ingest
+    from .pipeline import run_group, run_participants
+    from .spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"ferritin run: {exc}", file=sys.stderr)
+        return 2
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "cohort.zarr"
+    t0 = time.perf_counter()
+    if args.analysis_level == "participant":
+        try:
+            with dask_client(args.scheduler, args.workers, quiet=True) as client:
+                if not args.no_progress:
+                    print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+                result = ingest(args.bids_dir, store, client, args.participant_label, progress=not args.no_progress)
+                print(result.summary())
+                labels = None
+                if args.participant_label:
+                    labels = [lab if lab.startswith("sub-") else f"sub-{lab}" for lab in args.participant_label]
+                summary = run_participants(store, spec, client, labels, progress=not args.no_progress)
+        except DatasetError as exc:
+            print(f"ferritin run: {exc}", file=sys.stderr)
+            return 2
+        print(summary.text())
+        return 0
+    try:
+        res = run_group(store, spec, out)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"ferritin run group: {exc}", file=sys.stderr)
+        return 2
+    print(f"group statistics on {len(res['subjects'])} subjects; excluded {len(res['excluded'])}")
+    for sub, why in sorted(res["excluded"].items()):
+        print(f"  excluded {sub}: {why}")
+    for name, c in res["contrasts"].items():
+        print(f"{name}: FWHM {np.round(c['fwhm_mm'], 1).tolist()} mm, {len(c['table'])} peaks at T >= {c['u']:.2f}")
+        for region, t in c["svc"].items():
+            if "p_fwe" in t.columns and len(t):
+                best = t.iloc[0]
+                print(f"  SVC {region}: peak ({best.x:.0f}, {best.y:.0f}, {best.z:.0f}) T = {best['T']:.2f}, "
+                      f"p(FWE-SVC) = {best.p_fwe:.3g}")
+            else:
+                print(f"  SVC {region}: no voxel above threshold")
+    print(f"tables and maps in {out}  ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 def _not_yet(name: str):
     def run(args) -> int:
         print(f"ferritin {name}: this release does not include the {name} stage yet; "
@@ -176,7 +252,8 @@ def _cmd_demo(args) -> int:
 COMMANDS = {
     "simulate": _cmd_simulate,
     "ingest": _cmd_ingest,
-    "run": _not_yet("run"),
+    "run": _cmd_run,
+    "spec": _cmd_spec,
     "report": _not_yet("report"),
     "demo": _cmd_demo,
 }

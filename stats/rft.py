@@ -176,8 +176,10 @@ class RFResult(NamedTuple):
 
 def _as_resels(R) -> np.ndarray:
     R = np.atleast_1d(np.asarray(R, dtype=float))
-    if R.ndim != 1 or R.size == 0 or R.size > 4 or np.any(R < 0) or not np.all(np.isfinite(R)):
-        raise ValueError(f"R must be up to 4 finite non-negative resel counts, got {R.tolist()}")
+    # The Euler characteristic R0 (and, for ragged masks, R1) can be negative;
+    # SPM uses such counts as they are.
+    if R.ndim != 1 or R.size == 0 or R.size > 4 or not np.all(np.isfinite(R)):
+        raise ValueError(f"R must be up to 4 finite resel counts, got {R.tolist()}")
     nz = np.flatnonzero(R)
     if nz.size == 0:
         raise ValueError("R has no non-zero resel count")

@@ -77,7 +77,8 @@ def jacobian_determinant(points: np.ndarray, voxel_size) -> np.ndarray:
         for b in range(3):
             grads[a, b] = np.gradient(points[a], axis=b) / vs[b]
     J = np.moveaxis(grads, (0, 1), (-2, -1))
-    return np.linalg.det(J)
+    with np.errstate(invalid="ignore"):  # NaN where the map leaves the image
+        return np.linalg.det(J)
 
 
 def smooth_fwhm(data: np.ndarray, fwhm_mm: float, voxel_size, mask: np.ndarray | None = None) -> np.ndarray:

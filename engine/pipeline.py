@@ -1,0 +1,308 @@
+"""The study pipeline: per-subject stages mapped on Dask, then the group reduce.
+
+Participant level (one Dask task per subject per stage, results written to the
+store as they finish, each with a completion record):
+
+    native/<sub> ──qsm──▶ derived/<sub>/qsm ──anat──▶ derived/<sub>/anat
+
+Group level: stack the MNI maps of every subject that passed into ``/mni``
+(subject, x, y, z), fit each contrast of the spec voxelwise, estimate
+smoothness, and write SPM-style tables (whole brain, extent rule, SVC) to
+``/stats/<contrast>`` and ``tables/``.
+
+A re-run skips every node whose record matches its inputs and parameters; a
+changed QSM parameter recomputes QSM and anatomy, a changed anatomy parameter
+only anatomy.  A subject whose stage raises is recorded in ``/log`` with the
+reason and left out of the group statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cohort.layout import mni_stack_dataset, participants_frame
+from cohort.store import CohortStore, affine_attr, digest_params
+from cohort.templates import atlas_labels, load_template
+
+from .anat.stages import AnatParams, process_anatomy
+from .progress import track
+from .qsm.chain import QSMParams, reconstruct_qsm
+
+__all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "PIPELINE_VERSION"]
+
+PIPELINE_VERSION = 1
+
+
+@dataclass
+class RunSummary:
+    done: dict = field(default_factory=dict)  # stage -> [subjects]
+    skipped: dict = field(default_factory=dict)
+    failed: dict = field(default_factory=dict)  # stage -> {subject: reason}
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        lines = []
+        for stage in sorted(set(self.done) | set(self.skipped) | set(self.failed)):
+            lines.append(f"{stage}: computed {len(self.done.get(stage, []))}, unchanged "
+                         f"{len(self.skipped.get(stage, []))}, failed {len(self.failed.get(stage, {}))}")
+            for sub, why in sorted(self.failed.get(stage, {}).items()):
+                lines.append(f"  FAILED {sub}: {why}")
+        lines.append(f"wall time {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _qsm_params(spec: dict) -> QSMParams:
+    return replace(QSMParams(), **spec.get("qsm", {}))
+
+
+def _anat_params(spec: dict) -> AnatParams:
+    extra = dict(spec.get("anat", {}))
+    if "syn_iterations" in extra:
+        extra["syn_iterations"] = tuple(extra["syn_iterations"])
+    return replace(AnatParams(), **extra)
+
+
+def qsm_stage(subject: str, store_path: str, spec: dict) -> tuple[str, str, str | None]:
+    """QSM of one subject: ``native/<sub>`` → ``derived/<sub>/qsm``."""
+    store = CohortStore(store_path)
+    params = _qsm_params(spec)
+    src = store.record(f"native/{subject}")
+    if src is None:
+        return ("failed", subject, f"{subject}: not ingested")
+    digest = digest_params(src["digest"], params.to_dict(), PIPELINE_VERSION)
+    node = f"derived/{subject}/qsm"
+    if store.is_current(node, digest):
+        return ("skipped", subject, None)
+    try:
+        nat = store.open_node(f"native/{subject}").load()
+        affine = np.asarray(nat.attrs["gre_affine"])
+        chi, mask = reconstruct_qsm(nat["megre_mag"].values, nat["megre_phase"].values, nat["echo_time"].values,
+                                    affine, float(nat.attrs["b0_tesla"]), params)
+    except Exception as exc:  # one subject's failure must not stop the cohort
+        return ("failed", subject, f"{subject}: QSM failed: {type(exc).__name__}: {exc}")
+    ds = xr.Dataset(
+        {"chi": (("i", "j", "k"), chi, {"units": "ppm", "long_name": "magnetic susceptibility"}),
+         "qsm_mask": (("i", "j", "k"), mask.astype(np.uint8))},
+        attrs={"subject": subject, "gre_affine": affine_attr(affine)},
+    )
+    store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict())
+    return ("written", subject, None)
+
+
+def anat_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[str, str, str | None]:
+    """Anatomy and normalisation: ``native`` + ``derived/qsm`` → ``derived/<sub>/anat``."""
+    store = CohortStore(store_path)
+    if _after is not None and _after[0] == "failed":
+        return ("failed", subject, f"{subject}: skipped because QSM failed")
+    params = _anat_params(spec)
+    vs = float(spec.get("mni_voxel_size", 2.0))
+    qrec = store.record(f"derived/{subject}/qsm")
+    nrec = store.record(f"native/{subject}")
+    if qrec is None or nrec is None:
+        return ("failed", subject, f"{subject}: no QSM result to normalise")
+    digest = digest_params(nrec["digest"], qrec["digest"], params.to_dict(), vs, PIPELINE_VERSION)
+    node = f"derived/{subject}/anat"
+    if store.is_current(node, digest):
+        return ("skipped", subject, None)
+    try:
+        nat = store.open_node(f"native/{subject}").load()
+        q = store.open_node(f"derived/{subject}/qsm").load()
+        template = load_template(vs)
+        r = process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]), nat["megre_mag"].values[0],
+                            np.asarray(nat.attrs["gre_affine"]), q["chi"].values, q["qsm_mask"].values > 0,
+                            template, params)
+    except Exception as exc:
+        return ("failed", subject, f"{subject}: anatomy failed: {type(exc).__name__}: {exc}")
+    grid = template.grid
+    ds = xr.Dataset(
+        {
+            "gm": (("t1_i", "t1_j", "t1_k"), r.gm), "wm": (("t1_i", "t1_j", "t1_k"), r.wm),
+            "csf": (("t1_i", "t1_j", "t1_k"), r.csf),
+            "chi_mni": (("x", "y", "z"), r.chi_mni, {"units": "ppm"}),
+            "gm_mod": (("x", "y", "z"), r.gm_mod), "gm_mod_s": (("x", "y", "z"), r.gm_mod_smooth),
+            "jacobian": (("x", "y", "z"), r.jacobian),
+        },
+        coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
+        attrs={"subject": subject, "tiv_ml": r.tiv_ml, "qc_gm_corr": r.qc_gm_corr, "qc_dice": r.qc_dice,
+               "gre_to_t1": affine_attr(r.gre_to_t1), "mni_affine": affine_attr(grid.affine)},
+    )
+    store.write_node(node, ds, stage="anat", digest=digest, params={**params.to_dict(), "mni_voxel_size": vs})
+    return ("written", subject, None)
+
+
+def run_participants(store_path: str | Path, spec: dict, client, subjects: list[str] | None = None,
+                     progress: bool = True) -> RunSummary:
+    """QSM then anatomy for every ingested subject, one task per subject per stage."""
+    t0 = time.perf_counter()
+    store = CohortStore(store_path)
+    store.clean_staging()
+    subjects = subjects or store.children("native")
+    summary = RunSummary()
+    qsm_futs = {s: client.submit(qsm_stage, s, str(store.path), spec, key=f"qsm-{s}", pure=False) for s in subjects}
+    anat_futs = {s: client.submit(anat_stage, s, str(store.path), spec, qsm_futs[s], key=f"anat-{s}", pure=False)
+                 for s in subjects}
+    stage_of = {f.key: "qsm" for f in qsm_futs.values()} | {f.key: "anat" for f in anat_futs.values()}
+    for fut in track(list(qsm_futs.values()) + list(anat_futs.values()), "participant", enabled=progress):
+        stage = stage_of[fut.key]
+        try:
+            status, sub, reason = fut.result()
+        except Exception as exc:
+            sub = fut.key.split("-", 1)[1]
+            status, reason = "failed", f"{sub}: {stage} task lost: {type(exc).__name__}: {exc}"
+        if status == "written":
+            summary.done.setdefault(stage, []).append(sub)
+        elif status == "skipped":
+            summary.skipped.setdefault(stage, []).append(sub)
+        else:
+            summary.failed.setdefault(stage, {})[sub] = reason
+    for stage in ("qsm", "anat"):
+        previous = store.failures().get(stage, {})
+        failures = {k: v for k, v in previous.items() if k not in subjects}
+        failures.update(summary.failed.get(stage, {}))
+        store.set_failures(stage, failures)
+    store.consolidate()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str, str], pd.DataFrame]:
+    """Subjects usable for group statistics, and why the others are not."""
+    participants = participants_frame(store.open_node("participants").load())
+    excluded: dict[str, str] = {}
+    rows = []
+    min_corr = float(spec.get("qc", {}).get("min_gm_correlation", 0.0))
+    failures = store.failures()
+    for sub in store.children("native"):
+        for stage in ("ingest", "qsm", "anat"):
+            if sub in failures.get(stage, {}):
+                excluded[sub] = failures[stage][sub]
+                break
+        else:
+            if store.record(f"derived/{sub}/anat") is None:
+                excluded[sub] = "not processed (run the participant level first)"
+                continue
+            attrs = store.open_node(f"derived/{sub}/anat").attrs
+            if attrs["qc_gm_corr"] < min_corr:
+                excluded[sub] = (f"normalisation QC failed: GM correlation {attrs['qc_gm_corr']:.3f} "
+                                 f"< {min_corr}")
+                continue
+            if sub not in participants.index:
+                excluded[sub] = "no row in participants"
+                continue
+            group = participants.loc[sub, "group"]
+            if group not in spec["groups"]:
+                excluded[sub] = f"group {group!r} is not in the spec's groups {spec['groups']}"
+                continue
+            rows.append({"subject": sub, "tiv": attrs["tiv_ml"], "qc_gm_corr": attrs["qc_gm_corr"]})
+    table = pd.DataFrame(rows).set_index("subject") if rows else pd.DataFrame(columns=["tiv", "qc_gm_corr"])
+    table = participants.join(table, how="inner", rsuffix="_measured")
+    if "tiv_measured" in table.columns:  # a tiv column in participants.tsv is kept; ours is tiv_measured
+        pass
+    return list(table.index), excluded, table
+
+
+def _clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Largest connected part of an analysis mask, holes filled: voxels lost
+    in one subject's coverage should not riddle the search volume with holes
+    (which inflate its Euler characteristic and resel counts)."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        mask = lab == np.argmax(sizes)
+    return ndimage.binary_fill_holes(mask)
+
+
+def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
+    """Stack, fit every contrast of the spec, write maps and tables.
+
+    Returns a dict with the subjects used, those excluded with reasons, and
+    per contrast the whole-brain and SVC tables.
+    """
+    import dask.array as da
+    import nibabel as nib
+
+    from stats.analysis import analyse_contrast
+    from stats.design import design_matrix
+
+    store = CohortStore(store_path)
+    out = Path(out_dir)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "maps").mkdir(parents=True, exist_ok=True)
+    subjects, excluded, table = _group_subjects(store, spec)
+    if len(subjects) < len(spec["groups"]) + len(spec["covariates"]) + 2:
+        raise ValueError(f"only {len(subjects)} usable subjects; excluded: {excluded}")
+    vs = float(spec.get("mni_voxel_size", 2.0))
+    template = load_template(vs)
+    grid = template.grid
+    # Stack: one dask array per map, chunks = one subject, whole volume; the
+    # GLM re-chunks to voxel blocks with all subjects.
+    maps = {}
+    for name, var in (("chi", "chi_mni"), ("gm_mod_s", "gm_mod_s")):
+        parts = [store.open_node(f"derived/{s}/anat")[var].data for s in subjects]
+        maps[name] = da.stack(parts)
+    participants_cols = {c: table[c].to_numpy() for c in table.columns}
+    stack = mni_stack_dataset({k: v for k, v in maps.items()}, subjects, grid, participants_cols)
+    digest = digest_params([store.record(f"derived/{s}/anat")["digest"] for s in subjects], PIPELINE_VERSION)
+    if not store.is_current("mni", digest):
+        store.write_node("mni", stack.chunk({"subject": -1, "x": 32, "y": 32, "z": 32}), stage="stack", digest=digest)
+    mni = store.open_node("mni")
+    names = atlas_labels()["name"].to_dict()
+    design_table = table.copy()
+    if "tiv" in spec["covariates"] and "tiv_measured" in design_table.columns:
+        design_table["tiv"] = design_table["tiv_measured"]
+    design = design_matrix(design_table, groups=spec["groups"], covariates=spec["covariates"])
+    order = [subjects.index(s) for s in design.subjects]
+    inf = spec["inference"]
+    results = {"subjects": list(design.subjects), "excluded": excluded, "contrasts": {}}
+    for c in spec["contrasts"]:
+        Y = mni[c["map"]].data[order]
+        if c["map"] == "chi":
+            finite = np.isfinite(Y).all(axis=0).compute()
+            mask = _clean_mask(finite & template.brain_mask)
+            Y = da.where(da.isfinite(Y), Y, 0.0)
+        else:
+            mask = (template.gm > 0.2) & template.brain_mask
+        regions = {}
+        for s in spec.get("svc", []):
+            region = template.region(s["region"]) if s.get("region") else None
+            regions[s["name"]] = (region, float(s.get("radius_mm", 20)), s.get("centre_mm"))
+        res = analyse_contrast(Y, design.X, design.contrast(c["weights"]), mask, grid.affine,
+                               height_p=float(inf.get("height_p", 0.001)),
+                               extent_mm3=float(inf.get("extent_voxels", 0)),
+                               svc_regions=regions, alpha=float(inf.get("svc_alpha", 0.05)),
+                               labels_img=template.atlas, label_names=names)
+        ds = xr.Dataset(
+            {"T": (("x", "y", "z"), res.T.astype(np.float32)), "effect": (("x", "y", "z"), res.effect.astype(np.float32)),
+             "mask": (("x", "y", "z"), res.mask.astype(np.uint8))},
+            coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
+            attrs={"df": res.df, "fwhm_vox": res.fwhm_vox.tolist(), "fwhm_mm": (res.fwhm_vox * vs).tolist(),
+                   "resels": res.resels.tolist(), "u": res.u, "k_voxels": res.k_voxels,
+                   "fwe_threshold": res.fwe_threshold, "contrast": str(c["weights"]), "map": c["map"],
+                   "design_columns": list(design.columns), "subjects": list(design.subjects)},
+        )
+        store.write_node(f"stats/{c['name']}", ds, stage="group", digest=digest_params(digest, c, inf))
+        res.table.to_csv(out / "tables" / f"{c['name']}_clusters.csv", index=False)
+        svc_rows = []
+        for name, t in res.svc.items():
+            t = t.copy()
+            t.insert(0, "svc", name)
+            svc_rows.append(t)
+        svc_all = pd.concat(svc_rows, ignore_index=True) if svc_rows else pd.DataFrame()
+        svc_all.to_csv(out / "tables" / f"{c['name']}_svc.csv", index=False)
+        img = nib.Nifti1Image(res.T.astype(np.float32), grid.affine)
+        nib.save(img, str(out / "maps" / f"contrast-{c['name']}_stat-t_statmap.nii.gz"))
+        results["contrasts"][c["name"]] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
+                                          "u": res.u, "df": res.df}
+    (out / "tables" / "excluded.json").write_text(json.dumps(excluded, indent=2))
+    store.consolidate()
+    return results

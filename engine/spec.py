@@ -1,0 +1,70 @@
+"""The declarative study spec: load, validate, default."""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+__all__ = ["load_spec", "default_spec", "default_spec_text", "SpecError"]
+
+
+class SpecError(ValueError):
+    """A study spec that cannot be used, with the key that is wrong."""
+
+
+_REQUIRED = {"groups": list, "covariates": list, "contrasts": list, "inference": dict}
+
+
+def default_spec_text() -> str:
+    return resources.files("engine").joinpath("default_study.yaml").read_text()
+
+
+def default_spec() -> dict:
+    return yaml.safe_load(default_spec_text())
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_spec(path: str | Path | None = None) -> dict:
+    """The study spec at ``path`` laid over the default (reference study).
+
+    Raises
+    ------
+    SpecError
+        Naming the key and what is wrong.
+    """
+    spec = default_spec()
+    if path is not None:
+        try:
+            user = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise SpecError(f"{path}: cannot read the study spec: {exc}") from exc
+        if not isinstance(user, dict):
+            raise SpecError(f"{path}: the study spec must be a mapping of keys to values")
+        spec = _merge(spec, user)
+    for key, kind in _REQUIRED.items():
+        if not isinstance(spec.get(key), kind):
+            raise SpecError(f"spec key {key!r} must be a {kind.__name__}, got {spec.get(key)!r}")
+    if len(spec["groups"]) < 2:
+        raise SpecError("spec key 'groups' needs at least two groups")
+    for i, c in enumerate(spec["contrasts"]):
+        for k in ("name", "map", "weights"):
+            if k not in c:
+                raise SpecError(f"contrasts[{i}] has no {k!r}")
+        if c["map"] not in ("chi", "gm_mod_s"):
+            raise SpecError(f"contrasts[{i}].map must be 'chi' or 'gm_mod_s', got {c['map']!r}")
+    inf = spec["inference"]
+    if not 0 < float(inf.get("height_p", 0.001)) < 1:
+        raise SpecError("inference.height_p must be in (0, 1)")
+    for i, s in enumerate(spec.get("svc", [])):
+        if "region" not in s and "centre_mm" not in s:
+            raise SpecError(f"svc[{i}] needs a 'region' (AAL name) and/or 'centre_mm'")
+    return spec

@@ -1,0 +1,93 @@
+"""Pipeline orchestration: stage records, resume, downstream-only recompute, failure isolation."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ants")
+
+from cohort.store import CohortStore  # noqa: E402
+from engine import pipeline  # noqa: E402
+from engine.ingest import ingest  # noqa: E402
+from engine.spec import SpecError, load_spec  # noqa: E402
+
+
+def _fast_spec():
+    spec = load_spec()
+    spec["mni_voxel_size"] = 3.0
+    # orchestration is under test here, not accuracy: short registrations
+    spec["anat"] = {"syn_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1}
+    spec["qsm"] = {"inversion": "tkd", "unwrapper": "laplacian"}
+    return spec
+
+
+@pytest.fixture(scope="module")
+def processed(tiny_bids, client, tmp_path_factory):
+    root, table = tiny_bids
+    store = tmp_path_factory.mktemp("pipe") / "cohort.zarr"
+    ingest(root, store, client, progress=False)
+    subjects = sorted(table["participant_id"])[:2]
+    spec = _fast_spec()
+    summary = pipeline.run_participants(store, spec, client, subjects, progress=False)
+    return store, spec, subjects, summary
+
+
+def test_stages_write_records(processed):
+    store, spec, subjects, summary = processed
+    assert sorted(summary.done["qsm"]) == subjects and sorted(summary.done["anat"]) == subjects
+    s = CohortStore(store)
+    for sub in subjects:
+        assert s.record(f"derived/{sub}/qsm")["stage"] == "qsm"
+        anat = s.open_node(f"derived/{sub}/anat")
+        assert anat["chi_mni"].dims == ("x", "y", "z") and 1000 < anat.attrs["tiv_ml"] < 2500
+        assert np.isfinite(anat["chi_mni"].values).mean() > 0.2
+
+
+def test_rerun_skips_everything(processed, client):
+    store, spec, subjects, _ = processed
+    again = pipeline.run_participants(store, spec, client, subjects, progress=False)
+    assert sorted(again.skipped["qsm"]) == subjects and sorted(again.skipped["anat"]) == subjects
+    assert not again.done
+
+
+def test_changed_anat_parameter_recomputes_only_anat(processed, client):
+    store, spec, subjects, _ = processed
+    s = CohortStore(store)
+    before = s.record(f"derived/{subjects[0]}/qsm")
+    changed = {**spec, "anat": {**spec["anat"], "vbm_fwhm_mm": 6.0}}
+    out = pipeline.run_participants(store, changed, client, subjects[:1], progress=False)
+    assert out.skipped["qsm"] == subjects[:1] and out.done["anat"] == subjects[:1]
+    assert s.record(f"derived/{subjects[0]}/qsm") == before
+    assert s.record(f"derived/{subjects[0]}/anat")["params"]["vbm_fwhm_mm"] == 6.0
+
+
+def test_failing_subject_is_recorded_and_isolated(processed, client, monkeypatch):
+    store, spec, subjects, _ = processed
+    bad = subjects[1]
+    real = pipeline.reconstruct_qsm
+
+    def flaky(mag, *a, **k):
+        if mag.shape[0] and np.isclose(mag.sum(), flaky.target):
+            raise RuntimeError("simulated scanner artefact")
+        return real(mag, *a, **k)
+
+    s = CohortStore(store)
+    flaky.target = float(s.open_node(f"native/{bad}")["megre_mag"].sum().values)
+    monkeypatch.setattr(pipeline, "reconstruct_qsm", flaky)
+    changed = {**spec, "qsm": {**spec["qsm"], "tkd_threshold": 0.2}}
+    out = pipeline.run_participants(store, changed, client, subjects, progress=False)
+    assert "simulated scanner artefact" in out.failed["qsm"][bad]
+    assert bad in out.failed["anat"] and subjects[0] in out.done["qsm"]
+    assert bad in s.failures()["qsm"]
+
+
+def test_spec_validation(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("groups: [ALS]\n")
+    with pytest.raises(SpecError, match="at least two groups"):
+        load_spec(p)
+    p.write_text("contrasts:\n  - name: x\n    map: t2\n    weights: 'ALS - NC'\n")
+    with pytest.raises(SpecError, match="map must be"):
+        load_spec(p)
+    p.write_text(": not yaml : [")
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(p)
