@@ -138,7 +138,7 @@ REFERENCE_EFFECTS = (
 
 PRESETS = {
     "reference-study": SimulationSpec(effects=REFERENCE_EFFECTS),
-    "demo": SimulationSpec(n_per_group={"ALS": 10, "NC": 10}, voxel_size=2.0, effects=REFERENCE_EFFECTS,
+    "demo": SimulationSpec(n_per_group={"ALS": 10, "NC": 10}, voxel_size=3.0, effects=REFERENCE_EFFECTS,
                            n_echoes=6),
     "tiny": SimulationSpec(n_per_group={"ALS": 2, "NC": 2}, voxel_size=3.0, effects=REFERENCE_EFFECTS, n_echoes=4),
     "null": SimulationSpec(effects=()),

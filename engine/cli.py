@@ -195,6 +195,12 @@ def _cmd_run(args) -> int:
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"ferritin run group: {exc}", file=sys.stderr)
         return 2
+    _print_group(res)
+    print(f"tables and maps in {out}  ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _print_group(res: dict) -> None:
     print(f"group statistics on {len(res['subjects'])} subjects; excluded {len(res['excluded'])}")
     for sub, why in sorted(res["excluded"].items()):
         print(f"  excluded {sub}: {why}")
@@ -207,8 +213,6 @@ def _cmd_run(args) -> int:
                       f"p(FWE-SVC) = {best.p_fwe:.3g}")
             else:
                 print(f"  SVC {region}: no voxel above threshold")
-    print(f"tables and maps in {out}  ({time.perf_counter() - t0:.1f} s)")
-    return 0
 
 
 def _not_yet(name: str):
@@ -227,6 +231,8 @@ def _cmd_demo(args) -> int:
 
     from .cluster import dask_client
     from .ingest import ingest
+    from .pipeline import run_group, run_participants
+    from .spec import load_spec
 
     spec = preset("reference-study") if args.full else preset("demo")
     if args.subjects:
@@ -242,8 +248,15 @@ def _cmd_demo(args) -> int:
             print(f"simulating {n} subjects at {spec.voxel_size} mm into {bids}", file=sys.stderr)
             simulate_cohort(bids, spec, client=client, progress=not args.no_progress)
         result = ingest(bids, store, client, progress=not args.no_progress)
-    print(result.summary())
+        print(result.summary())
+        study = load_spec()
+        study["mni_voxel_size"] = max(2.0, spec.voxel_size)
+        summary = run_participants(store, study, client, progress=not args.no_progress)
+        print(summary.text())
+    res = run_group(store, study, out)
+    _print_group(res)
     print(f"cohort store: {store}  (open with xarray.open_datatree(path, engine='zarr'))")
+    print(f"tables and maps: {out / 'tables'}, {out / 'maps'}")
     print(f"ground truth: {bids / 'derivatives' / 'ground-truth'}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0

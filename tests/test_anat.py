@@ -28,7 +28,9 @@ def test_segmentation_against_truth(subject_and_result):
     truth, _, r = subject_and_result
     assert _dice(r.gm > 0.5, truth.gm_t1 > 0.5) > 0.75  # 3 mm voxels: partial volume everywhere
     assert _dice(r.wm > 0.5, truth.wm_t1 > 0.5) > 0.75
-    assert abs(r.tiv_ml / truth.tiv_ml - 1) < 0.15
+    # 3 mm voxels and a whole-head T1 registered to a brain-only template: within 12 %
+    # (the 3 % bar of the issue is not met yet, see the README)
+    assert abs(r.tiv_ml / truth.tiv_ml - 1) < 0.12
 
 
 def test_coregistration_recovers_head_motion(subject_and_result):

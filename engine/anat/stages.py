@@ -139,7 +139,12 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         csf, gm, wm = post
         brain = mask_img.numpy() > 0
         vox_ml = float(np.prod(np.sqrt((np.asarray(t1_affine)[:3, :3] ** 2).sum(axis=0)))) / 1000.0
-        tiv = float((gm + wm + csf)[brain].sum() * vox_ml)
+        # TIV as the soft intracranial mask of the template brought back to the
+        # subject (the "reverse-normalised ICV mask" of Keihaninejad et al.
+        # 2010): partial voxels at the skull count by their fraction, and
+        # atrophy (GM turning into CSF) does not change it.
+        icv = np.clip(brain_prob.numpy(), 0.0, 1.0)
+        tiv = float(icv.sum() * vox_ml)
         # Rigid GRE -> T1 by mutual information.
         gre_img = to_ants(np.asarray(gre_mag, dtype=np.float32), gre_affine)
         rig = ants.registration(fixed=n4, moving=gre_img, type_of_transform="Rigid", aff_metric="mattes",
