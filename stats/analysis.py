@@ -67,7 +67,7 @@ def analyse_contrast(Y, X, contrast, mask: np.ndarray, affine, height_p: float =
     svc_regions : {name: (region_mask or None, radius_mm, centre_mm or None)}
     """
     mask = np.asarray(mask, bool)
-    fit = fit_glm(Y, X, mask=mask)
+    fit = fit_glm(Y, X, mask=mask).persist()
     T = np.asarray(t_contrast(fit, contrast).compute())
     effect = np.asarray(np.tensordot(np.asarray(contrast, float), fit.beta, axes=(0, 0)).compute())
     resid = standardized_residuals(fit)

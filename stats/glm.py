@@ -31,6 +31,17 @@ class GLMFit:
     Y: da.Array
     mask: da.Array | None
 
+    def persist(self) -> "GLMFit":
+        """Compute the parameter maps once (p + 1 volumes) and keep them.
+
+        Residual images and contrasts are then cheap; without it, every
+        residual image taken one at a time would refit the model.
+        """
+        beta, sigma2 = da.compute(self.beta, self.sigma2)
+        chunks = self.Y.chunks[1:]
+        return GLMFit(da.from_array(beta, chunks=((beta.shape[0],), *chunks)), da.from_array(sigma2, chunks=chunks),
+                      self.df, self.X, self.pinv, self.Y, self.mask)
+
 
 def _as_dask(Y) -> da.Array:
     Y = Y if isinstance(Y, da.Array) else da.from_array(np.asarray(Y), chunks=(-1, "auto", "auto", "auto"))
@@ -136,18 +147,21 @@ def f_contrast(fit: GLMFit, C) -> da.Array:
     return quad / (q * fit.sigma2)
 
 
-def _std_resid_block(y, b, s2, X):
-    n = y.shape[0]
-    flat_b = b.reshape(b.shape[0], -1)
-    fitted = _combine(X, flat_b).reshape((n, *y.shape[1:]))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return ((y - fitted) / np.sqrt(s2)[None]).astype(np.float64).reshape((n, *y.shape[1:]))
-
-
 def standardized_residuals(fit: GLMFit) -> da.Array:
-    """Residuals divided by the residual s.d. (SPM's ResI), NaN outside the mask."""
-    r = da.map_blocks(_std_resid_block, fit.Y, fit.beta, fit.sigma2, fit.X, dtype=np.float64,
-                      chunks=fit.Y.chunks)
-    if fit.mask is not None:
-        r = da.where(fit.mask[None], r, np.nan)
-    return r
+    """Residuals divided by the residual s.d. (SPM's ResI), NaN outside the mask.
+
+    One chunk per subject image, so taking images one at a time (as the
+    smoothness estimate does) computes each once; persist the fit first
+    (:meth:`GLMFit.persist`) so that the parameters are not refitted.
+    """
+    sd = da.sqrt(fit.sigma2)
+    images = []
+    for i in range(fit.X.shape[0]):
+        fitted = fit.X[i, 0] * fit.beta[0]
+        for j in range(1, fit.X.shape[1]):
+            fitted = fitted + fit.X[i, j] * fit.beta[j]
+        r = (fit.Y[i].astype(np.float64) - fitted) / sd
+        if fit.mask is not None:
+            r = da.where(fit.mask, r, np.nan)
+        images.append(r)
+    return da.stack(images)

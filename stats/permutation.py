@@ -77,7 +77,8 @@ def freedman_lane_t(Y: np.ndarray, X: np.ndarray, c: np.ndarray, perms: np.ndarr
     A = a[inv]  # (B, n)
     num = A @ ez + num0[None, :]
     QP = Q[inv]  # (B, n, p)
-    proj = np.einsum("bnp,nv->bpv", QP, ez)
+    B = QP.shape[0]
+    proj = (QP.transpose(0, 2, 1).reshape(B * p, n) @ ez).reshape(B, p, -1)  # one BLAS product
     rss = ss_total[None, :] - (proj * proj).sum(axis=1)
     rss = np.maximum(rss, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
