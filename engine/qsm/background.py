@@ -11,6 +11,16 @@ from .mask import ball
 __all__ = ["vsharp", "pdf", "smv_kernel"]
 
 
+def _field_and_mask(field, mask) -> tuple[np.ndarray, np.ndarray]:
+    field = np.asarray(field, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    if field.shape != mask.shape or field.ndim != 3:
+        raise ValueError(f"field {field.shape} and mask {mask.shape} must be the same 3-D shape")
+    if not mask.any():
+        raise ValueError("mask is empty")
+    return field, mask
+
+
 def smv_kernel(shape, radius_mm: float, voxel_size=(1.0, 1.0, 1.0)) -> np.ndarray:
     """FFT of the spherical-mean-value kernel of ``radius_mm`` (centred at index 0)."""
     vs = np.asarray(voxel_size, dtype=float)
@@ -48,12 +58,7 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
     -------
     local_field, eroded_mask
     """
-    field = np.asarray(field, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool)
-    if field.shape != mask.shape or field.ndim != 3:
-        raise ValueError(f"field {field.shape} and mask {mask.shape} must be the same 3-D shape")
-    if not mask.any():
-        raise ValueError("mask is empty")
+    field, mask = _field_and_mask(field, mask)
     vs = np.asarray(voxel_size, dtype=float)
     if radii_mm is None:
         step = float(vs.max())
@@ -107,12 +112,7 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), b0_dir=
     """
     from .dipole import dipole_kernel
 
-    field = np.asarray(field, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool)
-    if field.shape != mask.shape or field.ndim != 3:
-        raise ValueError(f"field {field.shape} and mask {mask.shape} must be the same 3-D shape")
-    if not mask.any():
-        raise ValueError("mask is empty")
+    field, mask = _field_and_mask(field, mask)
     w = np.ones(field.shape) if weight is None else np.asarray(weight, dtype=np.float64)
     pw = [(pad, pad)] * 3
     f = np.pad(field * mask, pw)
