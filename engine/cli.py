@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Dask's own chatter (connections, worker start-up) only when asked for.
+    for name in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(name).setLevel(level if args.verbose >= 2 else logging.WARNING)
     return COMMANDS[args.command](args)
 
 
