@@ -249,12 +249,12 @@ def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
     maps = {}
     for name, var in (("chi", "chi_mni"), ("gm_mod_s", "gm_mod_s")):
         parts = [store.open_node(f"derived/{s}/anat")[var].data for s in subjects]
-        maps[name] = da.stack(parts)
+        maps[name] = da.stack(parts).rechunk((-1, 32, 32, 32))
     participants_cols = {c: table[c].to_numpy() for c in table.columns}
     stack = mni_stack_dataset({k: v for k, v in maps.items()}, subjects, grid, participants_cols)
     digest = digest_params([store.record(f"derived/{s}/anat")["digest"] for s in subjects], PIPELINE_VERSION)
     if not store.is_current("mni", digest):
-        store.write_node("mni", stack.chunk({"subject": -1, "x": 32, "y": 32, "z": 32}), stage="stack", digest=digest)
+        store.write_node("mni", stack, stage="stack", digest=digest)
     mni = store.open_node("mni")
     names = atlas_labels()["name"].to_dict()
     design_table = table.copy()
