@@ -34,6 +34,7 @@ from cohort.templates import atlas_labels, load_template
 from .anat.stages import AnatParams, process_anatomy
 from .progress import track
 from .qsm.chain import QSMParams, reconstruct_qsm
+from .qsm.mask import largest_component
 
 __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "PIPELINE_VERSION"]
 
@@ -203,8 +204,6 @@ def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str
             rows.append({"subject": sub, "tiv": attrs["tiv_ml"], "qc_gm_corr": attrs["qc_gm_corr"]})
     table = pd.DataFrame(rows).set_index("subject") if rows else pd.DataFrame(columns=["tiv", "qc_gm_corr"])
     table = participants.join(table, how="inner", rsuffix="_measured")
-    if "tiv_measured" in table.columns:  # a tiv column in participants.tsv is kept; ours is tiv_measured
-        pass
     return list(table.index), excluded, table
 
 
@@ -214,12 +213,7 @@ def _clean_mask(mask: np.ndarray) -> np.ndarray:
     (which inflate its Euler characteristic and resel counts)."""
     from scipy import ndimage
 
-    lab, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        mask = lab == np.argmax(sizes)
-    return ndimage.binary_fill_holes(mask)
+    return ndimage.binary_fill_holes(largest_component(mask))
 
 
 def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:

@@ -10,7 +10,7 @@ from scipy import ndimage
 from .background import vsharp
 from .dipole import b0_direction
 from .inversion import tkd, tv_admm
-from .mask import ball, brain_mask
+from .mask import ball, brain_mask, largest_component
 from .unwrap import combine_echoes, field_to_ppm
 
 __all__ = ["QSMParams", "reconstruct_qsm", "outlier_voxels"]
@@ -24,15 +24,6 @@ def outlier_voxels(local_field: np.ndarray, mask: np.ndarray, n_mad: float = 8.0
     if mad == 0:
         return np.zeros(mask.shape, bool)
     return mask & (np.abs(local_field - med) > n_mad * mad)
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == np.argmax(sizes)
 
 
 @dataclass(frozen=True)
@@ -104,7 +95,7 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         if not bad.any():
             break
         grow = ndimage.binary_dilation(bad, ball(params.quality_margin_mm / np.asarray(vs)))
-        mask = _largest_component(mask & ~grow)
+        mask = largest_component(mask & ~grow)
         local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold)
     b = b0_direction(affine)
     if params.inversion == "tkd":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["brain_mask", "otsu_threshold", "ball"]
+__all__ = ["brain_mask", "otsu_threshold", "ball", "largest_component"]
 
 
 def ball(radius_vox) -> np.ndarray:
@@ -15,6 +15,16 @@ def ball(radius_vox) -> np.ndarray:
     grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
     d = sum((g / max(rr, 1e-6)) ** 2 for g, rr in zip(grids, r))
     return d <= 1.0
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected part of a boolean mask (all of it if it is one piece)."""
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return np.asarray(mask, bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == np.argmax(sizes)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -72,12 +82,9 @@ def brain_mask(magnitude: np.ndarray, voxel_size=(1.0, 1.0, 1.0), detach_mm: flo
     # No hole filling yet: a closed scalp shell would fill the skull gap too.
     fg = root > thr
     core = ndimage.binary_erosion(fg, ball(detach_mm / vs)) if detach_mm > 0 else fg
-    lab, n = ndimage.label(core)
-    if n == 0:
+    if not core.any():
         raise ValueError("no tissue found above the threshold; is the magnitude image empty?")
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    brain = lab == np.argmax(sizes)
+    brain = largest_component(core)
     if detach_mm > 0:
         brain = ndimage.binary_dilation(brain, ball(detach_mm / vs)) & fg
     brain = ndimage.binary_fill_holes(brain)
