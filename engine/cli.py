@@ -196,7 +196,32 @@ def _cmd_run(args) -> int:
         print(f"ferritin run group: {exc}", file=sys.stderr)
         return 2
     _print_group(res)
-    print(f"tables and maps in {out}  ({time.perf_counter() - t0:.1f} s)")
+    report = _write_report(out)
+    print(f"tables, maps and BIDS derivatives in {out}  ({time.perf_counter() - t0:.1f} s)")
+    if report:
+        print(f"report: {report}")
+    return 0
+
+
+def _write_report(out: Path) -> Path | None:
+    from .report import build_report
+
+    try:
+        return build_report(out)
+    except Exception as exc:  # the statistics are written; a figure failing must not hide them
+        print(f"ferritin: the report could not be written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    try:
+        path = build_report(args.output_dir)
+    except FileNotFoundError as exc:
+        print(f"ferritin report: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
     return 0
 
 
@@ -213,15 +238,6 @@ def _print_group(res: dict) -> None:
                       f"p(FWE-SVC) = {best.p_fwe:.3g}")
             else:
                 print(f"  SVC {region}: no voxel above threshold")
-
-
-def _not_yet(name: str):
-    def run(args) -> int:
-        print(f"ferritin {name}: this release does not include the {name} stage yet; "
-              "`ferritin simulate` and `ferritin ingest` are available.", file=sys.stderr)
-        return 3
-
-    return run
 
 
 def _cmd_demo(args) -> int:
@@ -256,9 +272,12 @@ def _cmd_demo(args) -> int:
     res = run_group(store, study, out)
     _print_group(res)
     print(f"cohort store: {store}  (open with xarray.open_datatree(path, engine='zarr'))")
-    print(f"tables and maps: {out / 'tables'}, {out / 'maps'}")
+    print(f"tables and maps: {out / 'tables'}, {out / 'group'}")
     print(f"ground truth: {bids / 'derivatives' / 'ground-truth'}")
+    report = _write_report(out)
     print(f"done in {time.perf_counter() - t0:.1f} s")
+    if report:
+        print(f"report: {report.absolute()}")
     return 0
 
 
@@ -267,7 +286,7 @@ COMMANDS = {
     "ingest": _cmd_ingest,
     "run": _cmd_run,
     "spec": _cmd_spec,
-    "report": _not_yet("report"),
+    "report": _cmd_report,
     "demo": _cmd_demo,
 }
 

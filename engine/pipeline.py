@@ -31,7 +31,11 @@ from cohort.layout import mni_stack_dataset, participants_frame
 from cohort.store import CohortStore, affine_attr, digest_params
 from cohort.templates import atlas_labels, load_template
 
+from stats.roi import label_image
+
 from .anat.stages import AnatParams, process_anatomy
+from .derivatives import export_subject, save_nifti, write_dataset_description
+from .findings import clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .progress import track
 from .qsm.chain import QSMParams, reconstruct_qsm
 from .qsm.mask import largest_component
@@ -203,7 +207,8 @@ def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str
                 continue
             rows.append({"subject": sub, "tiv": attrs["tiv_ml"], "qc_gm_corr": attrs["qc_gm_corr"]})
     table = pd.DataFrame(rows).set_index("subject") if rows else pd.DataFrame(columns=["tiv", "qc_gm_corr"])
-    table = participants.join(table, how="inner", rsuffix="_measured")
+    table = pd.merge(participants, table, left_index=True, right_index=True, how="inner",
+                     suffixes=("", "_measured"))
     return list(table.index), excluded, table
 
 
@@ -223,7 +228,7 @@ def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
     per contrast the whole-brain and SVC tables.
     """
     import dask.array as da
-    import nibabel as nib
+    import yaml
 
     from stats.analysis import analyse_contrast
     from stats.design import design_matrix
@@ -231,7 +236,7 @@ def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
     store = CohortStore(store_path)
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    (out / "maps").mkdir(parents=True, exist_ok=True)
+    (out / "group").mkdir(parents=True, exist_ok=True)
     subjects, excluded, table = _group_subjects(store, spec)
     if len(subjects) < len(spec["groups"]) + len(spec["covariates"]) + 2:
         raise ValueError(f"only {len(subjects)} usable subjects; excluded: {excluded}")
@@ -258,6 +263,7 @@ def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
     order = [subjects.index(s) for s in design.subjects]
     inf = spec["inference"]
     results = {"subjects": list(design.subjects), "excluded": excluded, "contrasts": {}}
+    contrast_results = {}
     for c in spec["contrasts"]:
         Y = mni[c["map"]].data[order]
         if c["map"] == "chi":
@@ -293,10 +299,52 @@ def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
             svc_rows.append(t)
         svc_all = pd.concat(svc_rows, ignore_index=True) if svc_rows else pd.DataFrame()
         svc_all.to_csv(out / "tables" / f"{c['name']}_svc.csv", index=False)
-        img = nib.Nifti1Image(res.T.astype(np.float32), grid.affine)
-        nib.save(img, str(out / "maps" / f"contrast-{c['name']}_stat-t_statmap.nii.gz"))
+        save_nifti(np.where(res.mask, res.T, 0.0), grid.affine, out / "group" / f"contrast-{c['name']}_stat-t_statmap.nii.gz",
+                   {"df": res.df, "height_threshold_T": res.u, "extent_voxels": res.k_voxels,
+                    "fwe_threshold_T": res.fwe_threshold, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
+                    "contrast": str(c["weights"]), "map": c["map"]})
+        save_nifti(res.mask, grid.affine, out / "group" / f"contrast-{c['name']}_mask.nii.gz")
+        contrast_results[c["name"]] = res
         results["contrasts"][c["name"]] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
                                           "u": res.u, "df": res.df}
     (out / "tables" / "excluded.json").write_text(json.dumps(excluded, indent=2))
+    used = design_table.loc[list(design.subjects)]
+    used.to_csv(out / "tables" / "subjects.csv", index_label="subject")
+    results["findings"] = _findings(store, mni.isel(subject=order), contrast_results, spec, template, used, out,
+                                    digest)
+    write_dataset_description(out)
+    for sub in store.children("derived"):
+        export_subject(store, sub, out, vs)
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (out / "group" / "run.json").write_text(json.dumps({"store": str(store.path), "pipeline_version": PIPELINE_VERSION}))
     store.consolidate()
     return results
+
+
+def _findings(store, mni, contrast_results, spec, template, participants, out: Path, digest) -> dict:
+    """ROIs from the significant clusters, their values per subject, the clinical tables."""
+    masks, sources = define_rois(contrast_results, spec, template)
+    sources.to_csv(out / "tables" / "roi_sources.csv", index=False)
+    csv = out / "tables" / "roi_values.csv"
+    if not masks:
+        pd.DataFrame(columns=["subject", "group", "roi", "map", "value"]).to_csv(csv, index=False)
+        if store.exists("roi"):
+            store.remove_node("roi")
+        tables = clinical_tables(pd.DataFrame(columns=["subject", "roi", "map", "value"]), participants, spec)
+    else:
+        roi_long = extract_roi_values(mni, masks)
+        roi_long.insert(1, "group", participants.loc[roi_long["subject"], "group"].to_numpy())
+        store.write_node("roi", roi_dataset(roi_long, masks, sources, template.grid), stage="roi",
+                         digest=digest_params(digest, sorted(masks), spec.get("roi")))
+        # one volume per ROI (they may overlap), and a label image for viewers
+        save_nifti(np.stack(list(masks.values()), axis=-1), template.grid.affine, out / "group" / "desc-roi_mask.nii.gz")
+        save_nifti(label_image(masks)[0], template.grid.affine, out / "group" / "desc-roi_dseg.nii.gz")
+        pd.DataFrame({"index": range(1, len(masks) + 1), "name": list(masks)}).to_csv(
+            out / "group" / "desc-roi_dseg.tsv", sep="\t", index=False)
+        roi_long.to_csv(csv, index=False)
+        # the tables are computed from the CSV as written, so that anyone can
+        # reproduce every number from the files alone
+        tables = clinical_tables(csv, participants, spec)
+    for name, t in tables.items():
+        t.to_csv(out / "tables" / f"{name}.csv", index=False)
+    return {"rois": sources, **tables}

@@ -67,4 +67,20 @@ def load_spec(path: str | Path | None = None) -> dict:
     for i, s in enumerate(spec.get("svc", [])):
         if "region" not in s and "centre_mm" not in s:
             raise SpecError(f"svc[{i}] needs a 'region' (AAL name) and/or 'centre_mm'")
+    roi = spec.get("roi") or {}
+    names = {c["name"] for c in spec["contrasts"]}
+    for c in roi.get("from_contrasts", []) or []:
+        if c not in names:
+            raise SpecError(f"roi.from_contrasts names {c!r}; the contrasts are {sorted(names)}")
+    for i, r in enumerate(roi.get("regions", []) or []):
+        if "name" not in r or not ("region" in r or "centre_mm" in r):
+            raise SpecError(f"roi.regions[{i}] needs a 'name' and a 'region' (AAL name) and/or 'centre_mm'")
+    cl = spec.get("clinical") or {}
+    signs = [cl.get("chi_vs_gm", "negative")]
+    signs += [v for per_map in (cl.get("expected_sign") or {}).values() for v in (per_map or {}).values()]
+    for v in signs:
+        if v not in ("positive", "negative"):
+            raise SpecError(f"clinical signs must be 'positive' or 'negative', got {v!r}")
+    if cl.get("patient_group", spec["groups"][0]) not in spec["groups"]:
+        raise SpecError(f"clinical.patient_group {cl['patient_group']!r} is not one of the groups {spec['groups']}")
     return spec

@@ -1,0 +1,147 @@
+"""From group maps to findings: ROIs from the significant clusters, per-subject
+ROI values, and the post-hoc clinical tables.
+
+ROIs are, as in the reference study, the clusters of the contrasts named in
+``spec["roi"]["from_contrasts"]`` that survive correction — a small-volume
+correction (peak p(FWE-SVC) < alpha: the cluster inside that small volume) or
+the whole brain (peak or cluster p(FWE) < alpha) — plus any atlas region or
+sphere listed in ``spec["roi"]["regions"]``.  Their mean χ and mean modulated
+GM per subject go to the store (``/roi``) and to ``tables/roi_values.csv``;
+the clinical tables are computed from exactly that CSV content.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from stats import findings
+from stats.analysis import svc_volume
+from stats.clusters import sphere_mask
+from stats.roi import cluster_roi, label_image, roi_means
+
+__all__ = ["define_rois", "extract_roi_values", "clinical_tables", "DEFAULT_ROI_MAPS"]
+
+DEFAULT_ROI_MAPS = ("chi", "gm_mod_s")
+
+
+def _peak_voxel(grid, row) -> tuple[int, int, int]:
+    ijk = np.round(grid.world_to_voxel([row["x"], row["y"], row["z"]])[0]).astype(int)
+    return tuple(int(v) for v in ijk)
+
+
+def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.DataFrame]:
+    """ROI masks on the template grid, and a table saying where each came from.
+
+    Parameters
+    ----------
+    contrast_results : dict name -> stats.analysis.ContrastResult
+    spec : the study spec (``roi``, ``svc``, ``inference``)
+    template : cohort.templates.Template
+
+    Returns
+    -------
+    masks : dict name -> bool array
+    sources : DataFrame (roi, source, contrast, peak x/y/z, T, p, voxels)
+    """
+    roi_spec = spec.get("roi", {}) or {}
+    alpha = float(spec["inference"].get("svc_alpha", 0.05))
+    grid = template.grid
+    svc_by_name = {s["name"]: s for s in spec.get("svc", [])}
+    masks, rows = {}, []
+    for cname in roi_spec.get("from_contrasts", []):
+        if cname not in contrast_results:
+            raise ValueError(f"roi.from_contrasts names {cname!r}, which is not a contrast of the spec")
+        res = contrast_results[cname]
+        for name, table in res.svc.items():
+            if "p_fwe" not in table.columns or not len(table) or not table["p_fwe"].iloc[0] < alpha:
+                continue
+            s = svc_by_name[name]
+            region = template.region(s["region"]) if s.get("region") else None
+            vol, _ = svc_volume(res.T, res.mask, grid.affine, region, float(s.get("radius_mm", 20)),
+                                table.attrs.get("centre_mm", s.get("centre_mm")))
+            peak = table.iloc[0]
+            m = cluster_roi(np.where(res.mask, res.T, np.nan), res.u, _peak_voxel(grid, peak), within=vol)
+            roi = f"{cname}_{name}"
+            masks[roi] = m
+            rows.append({"roi": roi, "source": f"SVC {name}", "contrast": cname, "x": peak.x, "y": peak.y,
+                         "z": peak.z, "T": peak["T"], "p_fwe": peak.p_fwe, "voxels": int(m.sum())})
+        table = res.table
+        for cl, t in table.groupby("cluster", sort=True) if len(table) else []:
+            first = t.iloc[0]
+            if not (first.p_fwe < alpha or first.cluster_p_fwe < alpha):
+                continue
+            peak = _peak_voxel(grid, first)
+            if any(other[peak] for other in masks.values()):
+                continue  # the same finding, already an ROI through its small volume
+            m = cluster_roi(np.where(res.mask, res.T, np.nan), res.u, peak)
+            roi = f"{cname}_cluster{int(cl)}"
+            masks[roi] = m
+            rows.append({"roi": roi, "source": "whole brain", "contrast": cname, "x": first.x, "y": first.y,
+                         "z": first.z, "T": first["T"], "p_fwe": min(first.p_fwe, first.cluster_p_fwe),
+                         "voxels": int(m.sum())})
+    for r in roi_spec.get("regions", []) or []:
+        m = np.ones(grid.shape, dtype=bool)
+        if r.get("region"):
+            m &= template.region(r["region"])
+        if r.get("centre_mm") is not None:
+            m &= sphere_mask(grid.shape, grid.affine, r["centre_mm"], float(r.get("radius_mm", 10)))
+        if not m.any():
+            raise ValueError(f"roi.regions {r['name']!r} has no voxel on the {grid.voxel_size} mm grid")
+        masks[r["name"]] = m
+        c = r.get("centre_mm") or [np.nan] * 3
+        rows.append({"roi": r["name"], "source": "spec", "contrast": "", "x": c[0], "y": c[1], "z": c[2],
+                     "T": np.nan, "p_fwe": np.nan, "voxels": int(m.sum())})
+    cols = ["roi", "source", "contrast", "x", "y", "z", "T", "p_fwe", "voxels"]
+    return masks, pd.DataFrame(rows, columns=cols)
+
+
+def extract_roi_values(mni: xr.Dataset, masks: dict, maps=DEFAULT_ROI_MAPS) -> pd.DataFrame:
+    """Tidy table (subject, roi, map, value) of ROI means from the stacked ``/mni`` node."""
+    rows = []
+    subjects = [str(s) for s in mni["subject"].values]
+    names = list(masks)
+    for m in maps:
+        values = roi_means(mni[m].data, masks)
+        for n, roi in enumerate(names):
+            rows.append(pd.DataFrame({"subject": subjects, "roi": roi, "map": m, "value": values[:, n]}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["subject", "roi", "map", "value"])
+
+
+def roi_dataset(roi_long: pd.DataFrame, masks: dict, sources: pd.DataFrame, grid) -> xr.Dataset:
+    """The ``/roi`` node: values (subject, roi) per map and the ROI label image."""
+    labels, names = label_image(masks)
+    wide = roi_long.pivot_table(index="subject", columns=["map", "roi"], values="value", aggfunc="first",
+                                dropna=False)
+    rois = list(masks)
+    subjects = list(dict.fromkeys(roi_long["subject"]))
+    data = {m: (("subject", "roi"), wide[m].reindex(index=subjects, columns=rois).to_numpy(float))
+            for m in dict.fromkeys(roi_long["map"])}
+    data["roi_labels"] = (("x", "y", "z"), labels, {"flag_values": list(names), "flag_meanings": rois})
+    return xr.Dataset(
+        data,
+        coords={"subject": np.array(subjects, dtype=object), "roi": np.array(rois, dtype=object),
+                "source": ("roi", np.array(sources.set_index("roi").loc[rois, "source"].tolist(), dtype=object)),
+                **{ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()}},
+    )
+
+
+def clinical_tables(roi_csv: str | Path | pd.DataFrame, participants: pd.DataFrame, spec: dict) -> dict:
+    """Table 1, ROI ANCOVA, correlations and normality from the ROI CSV and participants."""
+    roi_long = pd.read_csv(roi_csv) if not isinstance(roi_csv, pd.DataFrame) else roi_csv
+    groups = spec["groups"]
+    cl = spec.get("clinical", {}) or {}
+    out = {"table1": findings.table_one(participants, groups)}
+    if len(roi_long):
+        scores = [s for s in cl.get("scores", []) if s in participants.columns]
+        out["roi_groups"] = findings.roi_group_table(roi_long, participants, groups,
+                                                     covariates=tuple(cl.get("roi_covariates", ["tiv"])))
+        out["correlations"] = findings.correlation_table(
+            roi_long, participants, groups, cl.get("patient_group", groups[0]), scores=scores,
+            expected_sign=cl.get("expected_sign", {}), chi_vs_gm=cl.get("chi_vs_gm", "negative"),
+            partial_covariates=tuple(cl.get("partial_covariates", ["age"])))
+        out["normality"] = findings.normality_table(roi_long, participants, groups, extra=["age", *scores])
+    return out

@@ -1,0 +1,248 @@
+"""Group level on a store with known maps: ROIs where the effect was planted,
+tables equal to scipy/statsmodels on the written CSVs, BIDS derivatives, and
+a self-contained report that a real browser renders."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from scipy import ndimage, stats
+
+from cohort.layout import participants_dataset
+from cohort.store import CohortStore, affine_attr
+from cohort.templates import load_template
+from engine.pipeline import run_group
+from engine.spec import load_spec
+
+VS = 3.0
+PLANT_MM = (-14.0, -17.0, 7.0)  # left thalamus
+N_PER_GROUP = 9
+
+
+def _smooth_noise(rng, shape, fwhm_vox=2.5):
+    sigma = fwhm_vox / np.sqrt(8 * np.log(2))
+    x = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    return x / x.std()
+
+
+@pytest.fixture(scope="module")
+def group_out(tmp_path_factory):
+    """A store with per-subject MNI maps made here: χ rises with severity in a
+    sphere around PLANT_MM in patients, GM falls there; nothing elsewhere."""
+    rng = np.random.default_rng(5)
+    tpl = load_template(VS)
+    grid = tpl.grid
+    root = tmp_path_factory.mktemp("group")
+    store = CohortStore(root / "cohort.zarr", create=True)
+    subjects = [f"sub-{n:02d}" for n in range(1, 2 * N_PER_GROUP + 2)]  # one extra: fails QC
+    rows = []
+    ijk = np.indices(grid.shape).reshape(3, -1).T @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    dist = np.linalg.norm(ijk - np.array(PLANT_MM), axis=1).reshape(grid.shape)
+    blob = np.exp(-0.5 * (dist / 6.0) ** 2)
+    for n, sub in enumerate(subjects):
+        group = "ALS" if n < N_PER_GROUP else "NC"
+        sev = rng.uniform(0.5, 1.5) if group == "ALS" else 0.0
+        row = {"participant_id": sub, "group": group, "age": float(rng.normal(55, 8)), "sex": "M" if n % 3 else "F"}
+        if group == "ALS":
+            row.update(alsfrs_r=float(np.round(44 - 6 * sev + rng.normal(0, 1))), umn=float(np.round(4 + 5 * sev)),
+                       dd=float(rng.integers(6, 30)))
+            row["dpr"] = (48 - row["alsfrs_r"]) / row["dd"]
+        else:
+            row.update(alsfrs_r=np.nan, umn=np.nan, dd=np.nan, dpr=np.nan)
+        rows.append(row)
+        chi = 0.02 * tpl.gm + 0.008 * _smooth_noise(rng, grid.shape) + 0.04 * sev * blob
+        chi = np.where(tpl.brain_mask, chi, np.nan).astype(np.float32)
+        gm = np.clip(tpl.gm * (1 - 0.25 * sev * blob) + 0.04 * _smooth_noise(rng, grid.shape), 0, 1).astype(np.float32)
+        native = xr.Dataset({"t1w": (("t1_i", "t1_j", "t1_k"), rng.uniform(0, 1, (6, 6, 6)).astype(np.float32)),
+                             "megre_mag": (("echo", "i", "j", "k"), rng.uniform(1, 2, (1, 8, 8, 8)).astype(np.float32))},
+                            attrs={"subject": sub})
+        store.write_node(f"native/{sub}", native, stage="ingest", digest=f"n{n}")
+        aff = np.diag([3.0, 3.0, 3.0, 1.0])
+        q = xr.Dataset({"chi": (("i", "j", "k"), rng.normal(0, 0.02, (8, 8, 8)).astype(np.float32)),
+                        "qsm_mask": (("i", "j", "k"), np.ones((8, 8, 8), np.uint8))},
+                       attrs={"subject": sub, "gre_affine": affine_attr(aff)})
+        store.write_node(f"derived/{sub}/qsm", q, stage="qsm", digest=f"q{n}", params={"inversion": "tv"})
+        qc = 0.3 if sub == subjects[-1] else float(rng.uniform(0.8, 0.95))
+        a = xr.Dataset({"chi_mni": (("x", "y", "z"), chi), "gm_mod_s": (("x", "y", "z"), gm),
+                        "gm_mod": (("x", "y", "z"), gm)},
+                       coords={ax: (ax, v) for ax, v in grid.coords().items()},
+                       attrs={"subject": sub, "tiv_ml": float(rng.normal(1450, 100)), "qc_gm_corr": qc,
+                              "qc_dice": qc, "mni_affine": affine_attr(grid.affine)})
+        store.write_node(f"derived/{sub}/anat", a, stage="anat", digest=f"a{n}", params={"syn_metric": "mattes"})
+    table = pd.DataFrame(rows).set_index("participant_id")
+    store.write_node("participants", participants_dataset(table), stage="ingest", digest="p")
+    spec = load_spec()
+    spec["mni_voxel_size"] = VS
+    spec["svc"] = [{"name": "thalamus_L", "region": "Thalamus_L", "radius_mm": 20},
+                   {"name": "precentral_R", "region": "Precentral_R", "radius_mm": 20}]
+    spec["roi"]["regions"] = [{"name": "sphere_R_putamen", "centre_mm": [24, 4, 2], "radius_mm": 8}]
+    out = root / "out"
+    res = run_group(store.path, spec, out)
+    return out, res, subjects
+
+
+def test_planted_effect_becomes_an_roi(group_out):
+    out, res, _ = group_out
+    rois = pd.read_csv(out / "tables" / "roi_sources.csv")
+    chi_rois = rois[rois.contrast == "chi_als_gt_nc"]
+    assert "chi_als_gt_nc_thalamus_L" in set(chi_rois.roi)
+    row = chi_rois.set_index("roi").loc["chi_als_gt_nc_thalamus_L"]
+    assert np.linalg.norm(row[["x", "y", "z"]].to_numpy(float) - PLANT_MM) <= 10
+    # nothing was planted in the right precentral gyrus
+    svc = pd.read_csv(out / "tables" / "chi_als_gt_nc_svc.csv")
+    pre = svc[svc.svc == "precentral_R"]
+    assert pre.empty or "p_fwe" not in pre or not (pre.p_fwe < 0.05).any()
+    assert "sphere_R_putamen" in set(rois.roi)
+
+
+def test_qc_failure_is_excluded_with_reason(group_out):
+    out, res, subjects = group_out
+    excluded = json.loads((out / "tables" / "excluded.json").read_text())
+    assert list(excluded) == [subjects[-1]] and "QC" in excluded[subjects[-1]]
+    assert subjects[-1] not in set(pd.read_csv(out / "tables" / "roi_values.csv").subject)
+
+
+def test_roi_values_equal_direct_means(group_out):
+    out, _, _ = group_out
+    store = CohortStore(out.parent / "cohort.zarr")
+    masks = nib.load(out / "group" / "desc-roi_mask.nii.gz").get_fdata() > 0
+    names = pd.read_csv(out / "group" / "desc-roi_dseg.tsv", sep="\t").set_index("index")["name"]
+    assert masks.shape[-1] == len(names) >= 2
+    values = pd.read_csv(out / "tables" / "roi_values.csv")
+    sub = values.subject.iloc[0]
+    anat = store.open_node(f"derived/{sub}/anat").load()
+    for code, name in names.items():
+        m = masks[..., code - 1]
+        for var, mapname in (("chi_mni", "chi"), ("gm_mod_s", "gm_mod_s")):
+            want = np.nanmean(anat[var].values[m])
+            got = values[(values.subject == sub) & (values.roi == name) & (values["map"] == mapname)]["value"].item()
+            assert got == pytest.approx(want, rel=1e-6)
+
+
+def _frame(out):
+    values = pd.read_csv(out / "tables" / "roi_values.csv")
+    wide = values.pivot_table(index="subject", columns=["map", "roi"], values="value")
+    wide.columns = [f"{m}:{r}" for m, r in wide.columns]
+    return pd.read_csv(out / "tables" / "subjects.csv").set_index("subject").join(wide)
+
+
+def test_table_one_equals_scipy(group_out):
+    out, _, _ = group_out
+    d = _frame(out)
+    t1 = pd.read_csv(out / "tables" / "table1.csv").set_index("variable")
+    als, nc = d[d.group == "ALS"], d[d.group == "NC"]
+    for var in ("age", "tiv"):
+        ref = stats.ttest_ind(als[var], nc[var])
+        assert t1.loc[var, "statistic"] == pytest.approx(ref.statistic, rel=1e-9)
+        assert t1.loc[var, "p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert t1.loc[var, "ALS mean"] == pytest.approx(als[var].mean())
+    chi2, p, _, _ = stats.chi2_contingency(pd.crosstab(d.group, d.sex).to_numpy(), correction=False)
+    assert t1.loc["sex", "statistic"] == pytest.approx(chi2) and t1.loc["sex", "p"] == pytest.approx(p)
+    assert np.isnan(t1.loc["alsfrs_r", "p"])  # patients only: described, not tested
+
+
+def test_correlations_equal_scipy(group_out):
+    out, _, _ = group_out
+    d = _frame(out)
+    corr = pd.read_csv(out / "tables" / "correlations.csv")
+    assert len(corr) > 4
+    for r in corr.itertuples():
+        sub = d[d.group == r.group][[r.x, r.y, "age"]].dropna()
+        ref = stats.pearsonr(sub[r.x], sub[r.y])
+        assert r.r == pytest.approx(ref.statistic, rel=1e-9) and r.p_two_tailed == pytest.approx(ref.pvalue, rel=1e-9)
+        if r.expected in ("positive", "negative"):
+            alt = "greater" if r.expected == "positive" else "less"
+            assert r.p_one_tailed == pytest.approx(stats.pearsonr(sub[r.x], sub[r.y], alternative=alt).pvalue,
+                                                   rel=1e-9)
+        # partial correlation on age = correlation of the residuals
+        C = np.column_stack([np.ones(len(sub)), sub["age"]])
+        res = [sub[c] - C @ np.linalg.lstsq(C, sub[c], rcond=None)[0] for c in (r.x, r.y)]
+        assert r.partial_r == pytest.approx(np.corrcoef(*res)[0, 1], rel=1e-9)
+    # the planted effect: χ in the thalamic ROI rises with UMN in patients
+    row = corr[(corr.x == "chi:chi_als_gt_nc_thalamus_L") & (corr.y == "umn")].iloc[0]
+    assert row.r > 0.5 and row.p_one_tailed < 0.05
+
+
+def test_roi_ancova_equals_statsmodels(group_out):
+    import statsmodels.formula.api as smf
+
+    out, _, _ = group_out
+    d = _frame(out)
+    g = pd.read_csv(out / "tables" / "roi_groups.csv")
+    for r in g.itertuples():
+        col = f"{r.map}:{r.roi}"
+        dd = d[[col, "group", "tiv"]].rename(columns={col: "v"}).dropna()
+        dd["group"] = pd.Categorical(dd.group, categories=["ALS", "NC"])
+        fit = smf.ols("v ~ C(group) + tiv", data=dd).fit()
+        assert r.t == pytest.approx(fit.tvalues["C(group)[T.NC]"], rel=1e-9)
+        assert r.p == pytest.approx(fit.pvalues["C(group)[T.NC]"], rel=1e-9)
+    thal = g[(g.roi == "chi_als_gt_nc_thalamus_L") & (g["map"] == "gm_mod_s")].iloc[0]
+    assert thal["ALS adj mean"] < thal["NC adj mean"]
+
+
+def test_bids_derivatives(group_out):
+    out, res, subjects = group_out
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    sub = subjects[0]
+    store = CohortStore(out.parent / "cohort.zarr")
+    chi = nib.load(out / sub / "anat" / f"{sub}_Chimap.nii.gz")
+    assert np.array_equal(chi.get_fdata(dtype=np.float32), store.open_node(f"derived/{sub}/qsm")["chi"].values)
+    mni = nib.load(out / sub / "anat" / f"{sub}_space-MNI152NLin2009cSym_res-3mm_Chimap.nii.gz")
+    assert np.allclose(mni.affine, load_template(VS).grid.affine)
+    tmap = nib.load(out / "group" / "contrast-chi_als_gt_nc_stat-t_statmap.nii.gz")
+    side = json.loads((out / "group" / "contrast-chi_als_gt_nc_stat-t_statmap.json").read_text())
+    assert tmap.shape == load_template(VS).grid.shape and side["df"] == res["contrasts"]["chi_als_gt_nc"]["df"]
+    # exporting again rewrites nothing (the sidecar digest matches)
+    from engine.derivatives import export_subject
+
+    assert export_subject(store, sub, out, VS) == []
+
+
+def test_report_is_self_contained(group_out):
+    from engine.report import build_report
+
+    out, _, _ = group_out
+    path = build_report(out)
+    page = path.read_text()
+    for section in ("Table 1", "Clinical associations", "Quality control", "Methods", "Software", "Excluded subjects"):
+        assert section in page
+    # no resource outside the file: every src is a data URI, no stylesheet or script links
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'<link|src="http|href="http', page)
+    assert "V-SHARP" in page and "Thalamus_L" in page
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="Chromium is not installed (make test installs it where apt-get works)")
+def test_report_renders_in_chromium(group_out, tmp_path):
+    from engine.report import build_report
+
+    out, _, _ = group_out
+    path = build_report(out)
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", path.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    m = re.search(r"figures rendered: (\d+)/(\d+)", dom)
+    assert m, "the page's load handler did not run"
+    assert int(m.group(2)) >= 8 and m.group(1) == m.group(2)
+
+
+def test_cli_report_rebuilds_and_refuses_an_empty_folder(group_out, tmp_path, capsys):
+    from engine.cli import main
+
+    out, _, _ = group_out
+    (out / "report.html").unlink(missing_ok=True)
+    assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
+    assert main(["report", str(tmp_path)]) == 2
+    assert "run the group level first" in capsys.readouterr().err
