@@ -67,3 +67,88 @@ def test_detects_a_real_effect(data):
     r = permutation_max_t(Y, X, c, n_perm=500, seed=1)
     assert r.p_fwe[2, 3, 1] < 0.05
     assert np.nanargmax(r.t_obs) == np.ravel_multi_index((2, 3, 1), Y.shape[1:])
+
+
+# ---- spatial statistics: cluster mass and TFCE -------------------------------------------
+
+from scipy import ndimage  # noqa: E402
+
+from stats.permutation import cluster_masses, permutation_cluster, tfce  # noqa: E402
+
+
+def _smooth_images(rng, n, shape, sigma=1.5):
+    Y = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), sigma) for _ in range(n)])
+    return Y / Y.std()
+
+
+def test_tfce_equals_nilearn():
+    from nilearn.mass_univariate._utils import calculate_tfce
+
+    rng = np.random.default_rng(4)
+    img = 2 * _smooth_images(rng, 1, (24, 25, 26), 2.0)[0]
+    steps = np.linspace(0, img.max(), round(img.max() / 0.1) + 1)[1:]  # nilearn's grid of thresholds
+    ref = calculate_tfce(img[..., None], ndimage.generate_binary_structure(3, 3), dh=0.1, two_sided_test=False)
+    np.testing.assert_allclose(tfce(img, thresholds=steps), ref[..., 0], rtol=1e-12)
+    with pytest.raises(ValueError, match="connectivity"):
+        tfce(img, connectivity=4)
+
+
+def test_cluster_masses_by_hand():
+    img = np.zeros((6, 6, 6))
+    img[1, 1, 1:3] = [3.0, 4.0]  # one cluster, mass 7
+    img[4, 4, 4] = 5.0  # another, mass 5
+    img[1, 3, 1] = 2.0  # below the threshold
+    lab, masses = cluster_masses(img, 2.5)
+    assert sorted(masses[1:]) == [5.0, 7.0] and lab[1, 1, 1] == lab[1, 1, 2] != lab[4, 4, 4]
+
+
+def test_cluster_permutation_is_seeded_batch_free_and_agrees_with_max_t():
+    rng = np.random.default_rng(2)
+    n, shape = 16, (10, 11, 9)
+    X = np.column_stack([np.r_[np.ones(8), np.zeros(8)], np.r_[np.zeros(8), np.ones(8)], rng.normal(0, 1, n)])
+    c = np.array([1.0, -1.0, 0.0])
+    Y = _smooth_images(rng, n, shape)
+    mask = np.ones(shape, bool)
+    mask[0] = False
+    a = permutation_cluster(Y, X, c, mask, n_perm=40, seed=3, cluster_forming_t=2.0, tfce_dh=0.2, batch=7)
+    b = permutation_cluster(Y, X, c, mask, n_perm=40, seed=3, cluster_forming_t=2.0, tfce_dh=0.2, batch=40,
+                            block_voxels=100)
+    np.testing.assert_allclose(a.max_mass_null, b.max_mass_null, rtol=1e-12)
+    np.testing.assert_allclose(a.max_tfce_null, b.max_tfce_null, rtol=1e-12)
+    np.testing.assert_array_equal(a.tfce_p_fwe, b.tfce_p_fwe)
+    voxel = permutation_max_t(Y, X, c, mask=mask, n_perm=40, seed=3)
+    np.testing.assert_allclose(a.max_t_null, voxel.max_null, rtol=1e-10)
+    np.testing.assert_array_equal(np.isnan(a.t_obs), ~mask)
+
+
+def test_cluster_and_tfce_find_a_planted_blob_and_nothing_else():
+    rng = np.random.default_rng(9)
+    n, shape = 20, (14, 14, 12)
+    X = np.column_stack([np.r_[np.ones(10), np.zeros(10)], np.r_[np.zeros(10), np.ones(10)], rng.normal(0, 1, n)])
+    c = np.array([1.0, -1.0, 0.0])
+    Y = _smooth_images(rng, n, shape)
+    blob = np.zeros(shape)
+    blob[3:7, 3:7, 3:6] = 1.0
+    Y[:10] += 2.0 * ndimage.gaussian_filter(blob, 1.0)[None]
+    r = permutation_cluster(Y, X, c, np.ones(shape, bool), n_perm=200, seed=0, cluster_forming_t=2.5, tfce_dh=0.1)
+    centre = (5, 5, 4)
+    assert r.cluster_p_fwe[r.cluster_labels[centre]] < 0.05
+    assert r.tfce_p_fwe[centre] < 0.05
+    far = np.zeros(shape, bool)
+    far[10:, 10:, :] = True
+    assert (r.tfce_p_fwe[far] > 0.05).all()
+
+
+def test_cluster_fwe_controlled_under_the_null():
+    rng = np.random.default_rng(1)
+    n, shape = 16, (10, 10, 8)
+    X = np.column_stack([np.r_[np.ones(8), np.zeros(8)], np.r_[np.zeros(8), np.ones(8)], rng.normal(0, 1, n)])
+    c = np.array([1.0, -1.0, 0.0])
+    trials, hits_mass, hits_tfce = 40, 0, 0
+    for i in range(trials):
+        Y = _smooth_images(rng, n, shape) + 1.5 * X[:, 2, None, None, None]
+        r = permutation_cluster(Y, X, c, np.ones(shape, bool), n_perm=50, seed=i, cluster_forming_t=2.0, tfce_dh=0.2)
+        hits_mass += bool(np.nanmin(r.cluster_p_fwe, initial=1.0) <= 0.05)
+        hits_tfce += bool(np.nanmin(r.tfce_p_fwe) <= 0.05)
+    # 5 % expected; P(>= 7 of 40 | 5 %) = 0.014
+    assert hits_mass <= 6 and hits_tfce <= 6
