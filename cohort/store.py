@@ -24,7 +24,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import threading
 import uuid
+from contextlib import contextmanager
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +36,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-__all__ = ["CohortStore", "digest_files", "digest_params", "RECORD_KEY", "LAYOUT_VERSION"]
+__all__ = ["CohortStore", "StoreLocked", "digest_files", "digest_params", "RECORD_KEY", "LAYOUT_VERSION"]
 
 # Text coordinates (group, sex, subject) are stored as Zarr v3 fixed-width
 # strings, which zarr-python flags on every write and read as not yet in the
@@ -183,6 +186,64 @@ class CohortStore:
         if self.staging.exists():
             shutil.rmtree(self.staging, ignore_errors=True)
 
+    # -- one run at a time ----------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path.parent / f".{self.path.name}.lock"
+
+    @contextmanager
+    def lock(self, purpose: str):
+        """Hold the store for one run; a second run is refused with :class:`StoreLocked`.
+
+        The lock is a file beside the store, created atomically (``O_EXCL``) and
+        naming the holder.  A lock left by a process that no longer exists on
+        this host (a killed client) is taken over, so a killed run resumes
+        with a plain re-run.  Nested use within one process is allowed.
+        """
+        key = str(self.lock_path)
+        with _HELD_GUARD:
+            if _HELD.get(key):
+                _HELD[key] += 1
+                nested = True
+            else:
+                nested = False
+        if nested:
+            try:
+                yield
+            finally:
+                with _HELD_GUARD:
+                    _HELD[key] -= 1
+            return
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        for attempt in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    held = json.loads(self.lock_path.read_text())
+                except (OSError, ValueError):
+                    held = {}
+                stale = held.get("host") == info["host"] and not _pid_alive(int(held.get("pid", -1)))
+                if stale and attempt == 0:
+                    self.lock_path.unlink(missing_ok=True)
+                    continue
+                raise StoreLocked(
+                    f"{self.path} is in use by another run ({held.get('purpose', '?')}, pid {held.get('pid', '?')} "
+                    f"on {held.get('host', '?')} since {held.get('started', '?')}); wait for it to finish, or if "
+                    f"that run no longer exists, delete {self.lock_path}") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+            break
+        with _HELD_GUARD:
+            _HELD[key] = 1
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(key, None)
+            self.lock_path.unlink(missing_ok=True)
+
     # -- log -----------------------------------------------------------------
     def failures(self) -> dict[str, dict[str, str]]:
         """Failures recorded so far: ``{stage: {subject: reason}}``."""
@@ -222,6 +283,24 @@ class CohortStore:
             raise KeyError(f"{self.path}: no node {node!r}")
         return xr.open_zarr(str(self.path), group=node.strip("/"), consolidated=False,
                             chunks={} if chunks is None else chunks, zarr_format=3)
+
+
+class StoreLocked(RuntimeError):
+    """Another run holds the cohort store."""
+
+
+_HELD: dict[str, int] = {}  # lock path -> hold count, for nested locks of this process
+_HELD_GUARD = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def affine_attr(affine: np.ndarray) -> list[list[float]]:

@@ -28,6 +28,10 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="address (tcp://host:8786) or scheduler file of a running Dask scheduler; "
                         "default: start a local cluster on this machine")
+    g.add_argument("--cluster", choices=["local", "scheduler", "k8s", "slurm", "pbs"], metavar="KIND",
+                   help="local (default), scheduler (address from the configuration), k8s (dask-kubernetes "
+                        "operator) or slurm/pbs (dask-jobqueue); settings under 'ferritin.cluster' in Dask's "
+                        "configuration")
     g.add_argument("--workers", type=int, metavar="N",
                    help="local worker processes (default: one per core); each runs one subject at a time")
     g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
@@ -115,7 +119,7 @@ def _cmd_simulate(args) -> int:
     from .cluster import dask_client
 
     t0 = time.perf_counter()
-    with dask_client(args.scheduler, args.workers, quiet=True) as client:
+    with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
         table = simulate_cohort(args.out_bids, spec, client=client, progress=not args.no_progress)
     print(f"wrote {len(table)} subjects to {args.out_bids} in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -129,7 +133,7 @@ def _cmd_ingest(args) -> int:
 
     t0 = time.perf_counter()
     try:
-        with dask_client(args.scheduler, args.workers, quiet=True) as client:
+        with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
             if not args.no_progress:
                 print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
             result = ingest(args.bids_dir, args.store, client, args.participant_label, progress=not args.no_progress)
@@ -176,7 +180,7 @@ def _cmd_run(args) -> int:
     t0 = time.perf_counter()
     if args.analysis_level == "participant":
         try:
-            with dask_client(args.scheduler, args.workers, quiet=True) as client:
+            with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
                 if not args.no_progress:
                     print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
                 result = ingest(args.bids_dir, store, client, args.participant_label, progress=not args.no_progress)
@@ -257,7 +261,7 @@ def _cmd_demo(args) -> int:
     bids = out / "bids"
     store = out / "cohort.zarr"
     t0 = time.perf_counter()
-    with dask_client(args.scheduler, args.workers, quiet=True) as client:
+    with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
         print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         if not (bids / "participants.tsv").exists():
             n = sum(spec.n_per_group.values())
@@ -302,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     # Dask's own chatter (connections, worker start-up) only when asked for.
     for name in ("distributed", "bokeh", "tornado"):
         logging.getLogger(name).setLevel(level if args.verbose >= 2 else logging.WARNING)
-    return COMMANDS[args.command](args)
+    from cohort.store import StoreLocked
+
+    try:
+        return COMMANDS[args.command](args)
+    except StoreLocked as exc:
+        print(f"ferritin {args.command}: {exc}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":  # pragma: no cover

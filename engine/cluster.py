@@ -1,4 +1,9 @@
-"""Where work runs: a Dask client for a local cluster or an existing scheduler.
+"""Where work runs: a Dask client on a local cluster, an existing scheduler,
+Kubernetes (dask-kubernetes operator) or an HPC batch system (dask-jobqueue).
+
+Settings live in Dask's configuration under ``ferritin.cluster`` (defaults in
+the shipped ``ferritin.yaml``; override in ``~/.config/dask/`` or with
+``DASK_FERRITIN__CLUSTER__...`` environment variables); explicit arguments win.
 
 Every per-subject stage is single-threaded numerically (one BLAS/ITK/FFT
 thread per task) and parallel across subjects, which keeps results bitwise
@@ -9,10 +14,15 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from importlib import resources
 
+import dask.config
+import yaml
 from distributed import Client, LocalCluster
 
-__all__ = ["dask_client", "SINGLE_THREAD_ENV"]
+__all__ = ["dask_client", "make_cluster", "settings", "SINGLE_THREAD_ENV", "KINDS"]
+
+KINDS = ("local", "scheduler", "k8s", "slurm", "pbs")
 
 #: Environment for worker processes: one numerical thread per task.
 SINGLE_THREAD_ENV = {
@@ -23,46 +33,116 @@ SINGLE_THREAD_ENV = {
 }
 
 
-@contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1,
-                processes: bool = True, memory_limit: str | None = "auto", quiet: bool = False):
-    """Yield a :class:`distributed.Client`, closing what it started.
+def _load_defaults() -> None:
+    defaults = yaml.safe_load(resources.files("engine").joinpath("ferritin.yaml").read_text())
+    dask.config.update_defaults(defaults)
 
-    Parameters
-    ----------
-    scheduler : str, optional
-        Address (``tcp://host:8786``) or scheduler-file path of a running
-        scheduler.  Without it a :class:`distributed.LocalCluster` is started.
-    workers : int, optional
-        Number of local worker processes (default: the number of cores).
-    threads_per_worker : int
-        Tasks run at once per worker.  Keep 1 for deterministic stages.
-    processes : bool
-        Local workers as processes (default) or threads of this process.
+
+_load_defaults()
+
+
+def settings() -> dict:
+    """The effective ``ferritin.cluster`` settings (defaults < config files < environment)."""
+    return dask.config.get("ferritin.cluster")
+
+
+def _kube_cluster(cfg: dict, workers: int | None):
+    try:
+        from dask_kubernetes.operator import KubeCluster
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        raise RuntimeError("kind 'k8s' needs dask-kubernetes: pip install 'ferritin[k8s]'") from exc
+    k8s = cfg["k8s"]
+    env = dict(SINGLE_THREAD_ENV)
+    return KubeCluster(name=k8s["name"], image=k8s["image"], namespace=k8s.get("namespace"),
+                       n_workers=workers or cfg.get("workers") or 2, resources=k8s["resources"], env=env,
+                       worker_command=["dask", "worker", "--nthreads", str(cfg["threads-per-worker"])])
+
+
+def _jobqueue_cluster(kind: str, cfg: dict, workers: int | None):
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        raise RuntimeError(f"kind {kind!r} needs dask-jobqueue: pip install 'ferritin[hpc]'") from exc
+    jq = cfg["jobqueue"]
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
+    prologue = [f"export {k}={v}" for k, v in SINGLE_THREAD_ENV.items()]
+    cluster = cls(cores=jq["cores"], processes=jq["processes"], memory=jq["memory"], walltime=jq["walltime"],
+                  queue=jq.get("queue"), account=jq.get("account"),
+                  job_extra_directives=list(jq.get("job-extra-directives") or []),
+                  local_directory=jq.get("local-directory"), job_script_prologue=prologue)
+    n = workers or cfg.get("workers")
+    if n:
+        cluster.scale(jobs=int(n))
+    return cluster
+
+
+def make_cluster(kind: str | None = None, workers: int | None = None, processes: bool = True, quiet: bool = False):
+    """Start the cluster of ``kind`` (default: ``ferritin.cluster.kind``); the caller closes it.
+
+    Returns None for kind ``scheduler``, which connects to a running one instead.
     """
-    if scheduler:
-        if os.path.exists(scheduler):
-            client = Client(scheduler_file=scheduler)
-        else:
-            client = Client(scheduler)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    n = workers or os.cpu_count() or 1
+    cfg = settings()
+    kind = kind or cfg["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"unknown cluster kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "scheduler":
+        return None
+    if kind == "k8s":
+        return _kube_cluster(cfg, workers)
+    if kind in ("slurm", "pbs"):
+        return _jobqueue_cluster(kind, cfg, workers)
+    n = workers or cfg.get("workers") or os.cpu_count() or 1
     env = SINGLE_THREAD_ENV if processes else {}
     old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    os.environ.update(env)  # inherited by the worker processes started now
     try:
-        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
-                               memory_limit=memory_limit, dashboard_address=":0", silence_logs=50 if quiet else 30)
+        return LocalCluster(n_workers=n, threads_per_worker=int(cfg["threads-per-worker"]), processes=processes,
+                            memory_limit=cfg["memory-limit"], dashboard_address=":0",
+                            silence_logs=50 if quiet else 30)
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None, processes: bool = True,
+                quiet: bool = False, kind: str | None = None, security=None):
+    """Yield a :class:`distributed.Client`, closing what it started.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address (``tcp://host:8786``, ``tls://…``) or scheduler-file path of a
+        running scheduler; overrides ``kind``.
+    workers : int, optional
+        Local worker processes, or workers/jobs to start on k8s/slurm/pbs.
+    processes : bool
+        Local workers as processes (default) or threads of this process.
+    kind : str, optional
+        local | scheduler | k8s | slurm | pbs (default from the configuration).
+    security : distributed.Security, optional
+        TLS settings for ``tls://`` schedulers (else Dask's ``distributed.comm.tls`` config).
+    """
+    cfg = settings()
+    if scheduler is None and (kind or cfg["kind"]) == "scheduler":
+        scheduler = cfg.get("scheduler-file") or cfg.get("scheduler-address")
+        if not scheduler:
+            raise ValueError("cluster kind 'scheduler' needs ferritin.cluster.scheduler-address or scheduler-file")
+    if scheduler:
+        kwargs = {"security": security} if security is not None else {}
+        if os.path.exists(scheduler):
+            client = Client(scheduler_file=scheduler, **kwargs)
+        else:
+            client = Client(scheduler, **kwargs)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = make_cluster(kind, workers, processes, quiet)
     client = Client(cluster)
     try:
         yield client

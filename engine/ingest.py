@@ -90,6 +90,11 @@ def ingest(bids_dir: str | Path, store_path: str | Path, client, participant_lab
     """
     dataset = discover(bids_dir, participant_label)
     store = CohortStore(store_path, create=True)
+    with store.lock("ingest"):
+        return _ingest(dataset, store, client, progress, Path(bids_dir), participant_label)
+
+
+def _ingest(dataset, store: CohortStore, client, progress: bool, bids_dir: Path, participant_label) -> IngestResult:
     store.clean_staging()
     result = IngestResult()
     for p in dataset.problems:

@@ -144,7 +144,16 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[
 
 def run_participants(store_path: str | Path, spec: dict, client, subjects: list[str] | None = None,
                      progress: bool = True) -> RunSummary:
-    """QSM then anatomy for every ingested subject, one task per subject per stage."""
+    """QSM then anatomy for every ingested subject, one task per subject per stage.
+
+    Holds the store's lock: a second run on the same store is refused
+    (:class:`cohort.store.StoreLocked`) rather than interleaved.
+    """
+    with CohortStore(store_path).lock("participant level"):
+        return _run_participants(store_path, spec, client, subjects, progress)
+
+
+def _run_participants(store_path, spec, client, subjects, progress) -> RunSummary:
     t0 = time.perf_counter()
     store = CohortStore(store_path)
     store.clean_staging()
@@ -222,11 +231,16 @@ def _clean_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
-    """Stack, fit every contrast of the spec, write maps and tables.
+    """Stack, fit every contrast of the spec, write maps, tables, ROI values and derivatives.
 
     Returns a dict with the subjects used, those excluded with reasons, and
-    per contrast the whole-brain and SVC tables.
+    per contrast the whole-brain and SVC tables.  Holds the store's lock.
     """
+    with CohortStore(store_path).lock("group level"):
+        return _run_group(store_path, spec, out_dir)
+
+
+def _run_group(store_path, spec: dict, out_dir) -> dict:
     import dask.array as da
     import yaml
 

@@ -1,0 +1,92 @@
+"""Cluster settings through dask.config, the HPC deployers, and the one-run-per-store lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask.config
+import pytest
+
+from cohort.store import CohortStore, StoreLocked
+from engine import cluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_in_the_ferritin_namespace():
+    cfg = cluster.settings()
+    assert cfg["kind"] == "local" and cfg["threads-per-worker"] == 1
+    assert dask.config.get("ferritin.store.lock") is True
+
+
+def test_environment_overrides_the_shipped_defaults():
+    env = {**os.environ, "DASK_FERRITIN__CLUSTER__KIND": "slurm", "DASK_FERRITIN__CLUSTER__JOBQUEUE__MEMORY": "12GiB"}
+    code = "from engine import cluster; c = cluster.settings(); print(c['kind'], c['jobqueue']['memory'], c['jobqueue']['cores'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["slurm", "12GiB", "1"]
+
+
+def test_unknown_kind_and_missing_scheduler_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown cluster kind 'yarn'"):
+        cluster.make_cluster("yarn")
+    with dask.config.set({"ferritin.cluster.kind": "scheduler"}):
+        with pytest.raises(ValueError, match="scheduler-address or scheduler-file"):
+            with cluster.dask_client():
+                pass
+
+
+@pytest.mark.parametrize("kind, directive", [("slurm", "#SBATCH"), ("pbs", "#PBS")])
+def test_jobqueue_cluster_writes_a_single_threaded_job(kind, directive):
+    pytest.importorskip("dask_jobqueue")
+    with dask.config.set({"ferritin.cluster.jobqueue.memory": "7GiB", "ferritin.cluster.jobqueue.walltime": "01:30:00"}):
+        c = cluster.make_cluster(kind)
+    try:
+        script = c.job_script()
+    finally:
+        c.close()
+    assert directive in script and "01:30:00" in script
+    assert "export OMP_NUM_THREADS=1" in script and "export ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1" in script
+    assert "--nthreads 1" in script and "--memory-limit 7.00GiB" in script
+
+
+def test_second_run_on_a_store_is_refused_and_a_killed_holder_is_taken_over(tmp_path):
+    store = CohortStore(tmp_path / "c.zarr", create=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from cohort.store import CohortStore; s = CohortStore(sys.argv[1]);\n"
+         "with s.lock('participant level'):\n    print('held', flush=True); time.sleep(120)", str(store.path)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLocked, match=r"in use by another run \(participant level, pid \d+"):
+            with store.lock("group level"):
+                pass
+        from engine.pipeline import run_group
+
+        with pytest.raises(StoreLocked):
+            run_group(store.path, {}, tmp_path / "out")
+        assert not (tmp_path / "out").exists()  # refused before writing anything
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the holder died without cleaning up: its lock is stale and is taken over
+    assert store.lock_path.exists()
+    with store.lock("group level"):
+        with store.lock("nested, same process"):
+            pass
+        assert store.lock_path.exists()
+    assert not store.lock_path.exists()
+
+
+def test_cli_reports_a_locked_store(tmp_path, capsys):
+    from engine.cli import main
+
+    store = CohortStore(tmp_path / "out" / "cohort.zarr", create=True)
+    store.lock_path.write_text('{"pid": 1, "host": "elsewhere", "purpose": "ingest", "started": "now"}')
+    assert main(["run", str(tmp_path / "bids"), str(tmp_path / "out"), "group"]) == 4
+    assert "in use by another run (ingest" in capsys.readouterr().err
