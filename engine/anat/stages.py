@@ -134,7 +134,8 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         brain_prob = priors[0] + priors[1] + priors[2]
         mask_img = ants.copy_image_info(n4, ants.threshold_image(brain_prob, 0.3, 1e9).iMath("FillHoles"))
         seg = ants.atropos(a=n4, x=mask_img, i=priors, m=f"[{params.seg_mrf},1x1x1]",
-                           c=f"[{params.seg_iterations},0]", priorweight=params.seg_prior_weight)
+                           c=f"[{params.seg_iterations},0]", priorweight=params.seg_prior_weight,
+                           r=0)  # Atropos seeds from the clock unless told not to (-r 0)
         post = [p.numpy() for p in seg["probabilityimages"]]
         csf, gm, wm = post
         brain = mask_img.numpy() > 0
