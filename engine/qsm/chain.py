@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from .background import vsharp
 from .dipole import b0_direction
-from .inversion import tkd, tv_admm
+from .inversion import ilsqr, star_qsm, tkd, tv_admm
 from .mask import ball, brain_mask, largest_component
 from .unwrap import combine_echoes, field_to_ppm
 
@@ -44,6 +44,9 @@ class QSMParams:
     tkd_threshold: float = 0.15
     tv_lambda: float = 3e-4
     tv_iterations: int = 50
+    star_lambda_large: float = 3e-3
+    star_lambda_small: float = 1e-4
+    ilsqr_tol: float = 0.01
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +80,7 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
             raise ValueError(f"mask shape {mask.shape} differs from the image shape {magnitude.shape[1:]}")
     method = params.combine
     te = np.asarray(echo_times, dtype=float)
-    if method == "phase-difference" and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):
+    if method in ("phase-difference", "nonlinear") and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):
         method = "laplacian-wls"  # unequal echo spacing: fit each unwrapped echo instead
     omega = combine_echoes(phase, magnitude, echo_times, vs, method=method, mask=mask, unwrapper=params.unwrapper)
     total = field_to_ppm(omega, b0_tesla)
@@ -102,6 +105,11 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         chi = tkd(local, lmask, vs, b, threshold=params.tkd_threshold)
     elif params.inversion == "tv":
         chi = tv_admm(local, lmask, vs, b, lam=params.tv_lambda, iterations=params.tv_iterations)
+    elif params.inversion == "star":
+        chi = star_qsm(local, lmask, vs, b, lam_large=params.star_lambda_large, lam_small=params.star_lambda_small,
+                       iterations=params.tv_iterations)
+    elif params.inversion == "ilsqr":
+        chi = ilsqr(local, lmask, vs, b, tol=params.ilsqr_tol)
     else:
-        raise ValueError(f"unknown dipole inversion {params.inversion!r} (tkd or tv)")
+        raise ValueError(f"unknown dipole inversion {params.inversion!r} (tkd, tv, star or ilsqr)")
     return chi.astype(np.float32), lmask
