@@ -21,8 +21,12 @@ def _field_and_mask(field, mask) -> tuple[np.ndarray, np.ndarray]:
     return field, mask
 
 
-def smv_kernel(shape, radius_mm: float, voxel_size=(1.0, 1.0, 1.0)) -> np.ndarray:
-    """FFT of the spherical-mean-value kernel of ``radius_mm`` (centred at index 0)."""
+def smv_kernel(shape, radius_mm: float, voxel_size=(1.0, 1.0, 1.0), half: bool = False, workers=None) -> np.ndarray:
+    """FFT of the spherical-mean-value kernel of ``radius_mm`` (centred at index 0).
+
+    ``half=True`` gives the half spectrum of :func:`scipy.fft.rfftn` (the kernel
+    is real and even, so its transform is real).
+    """
     vs = np.asarray(voxel_size, dtype=float)
     r = radius_mm / vs
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
@@ -30,7 +34,9 @@ def smv_kernel(shape, radius_mm: float, voxel_size=(1.0, 1.0, 1.0)) -> np.ndarra
     d = sum(((np.minimum(g, n - g)) / max(rr, 1e-6)) ** 2 for g, n, rr in zip(grids, shape, r))
     sphere = (d <= 1.0).astype(np.float64)
     sphere /= sphere.sum()
-    return sfft.fftn(sphere).real
+    if half:
+        return sfft.rfftn(sphere, workers=workers).real
+    return sfft.fftn(sphere, workers=workers).real
 
 
 def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radii_mm=None,
@@ -67,23 +73,27 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     pad = int(np.ceil(radii[0] / vs.min())) + 2
-    shape = tuple(n + 2 * pad for n in field.shape)
+    # real-to-complex transforms of fast lengths: half the spectrum, a third
+    # of the time of full complex FFTs on the same padded grid
+    shape = tuple(sfft.next_fast_len(n + 2 * pad, real=True) for n in field.shape)
+    workers = -1 if workers is None else workers
     f = np.zeros(shape)
-    m = np.zeros(shape, bool)
+    m = np.zeros(shape)
     core = tuple(slice(pad, pad + n) for n in field.shape)
     f[core] = field * mask
     m[core] = mask
-    F = sfft.fftn(f, workers=workers)
-    M = sfft.fftn(m.astype(np.float64), workers=workers)
+    F = sfft.rfftn(f, workers=workers)
+    M = sfft.rfftn(m, workers=workers)
     filtered = np.zeros(shape)
     done = np.zeros(shape, bool)
     for r in radii:
-        s = smv_kernel(shape, r, vs)
+        s = smv_kernel(shape, r, vs, half=True, workers=workers)
         # voxels whose whole sphere lies inside the mask
-        inside = sfft.ifftn(s * M, workers=workers).real > 1 - 1e-6
-        hp = f - sfft.ifftn(s * F, workers=workers).real
+        inside = sfft.irfftn(s * M, s=shape, workers=workers) > 1 - 1e-6
         new = inside & ~done
-        filtered[new] = hp[new]
+        if new.any():
+            hp = f - sfft.irfftn(s * F, s=shape, workers=workers)
+            filtered[new] = hp[new]
         done |= inside
         if r == radii[0]:
             s_large = s
@@ -92,7 +102,7 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
     inv = np.zeros_like(one_minus)
     keep = np.abs(one_minus) >= threshold
     inv[keep] = 1.0 / one_minus[keep]
-    local = sfft.ifftn(inv * sfft.fftn(filtered * final, workers=workers), workers=workers).real * final
+    local = sfft.irfftn(inv * sfft.rfftn(filtered * final, workers=workers), s=shape, workers=workers) * final
     return local[core], final[core]
 
 

@@ -169,9 +169,12 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
     stt = (w * te * te).sum(0)
     det = sw * stt - st**2
     det = np.where(det == 0, np.inf, det)
+    # unit phasors once, in single precision (phase noise is far above 1e-7 rad)
+    U = np.exp(1j * phase.astype(np.float32))
     for _ in range(int(iterations)):
-        phi0 = np.angle((w * np.exp(1j * (phase - omega[None] * te))).sum(0))
-        r = np.angle(np.exp(1j * (phase - phi0[None] - omega[None] * te)))
+        R = U * np.exp(-1j * (omega[None] * te)).astype(np.complex64)
+        phi0 = np.angle((w * R).sum(0))
+        r = np.angle(R * np.exp(-1j * phi0).astype(np.complex64)[None]).astype(np.float64)
         sr = (w * r).sum(0)
         str_ = (w * te * r).sum(0)
         omega = omega + (sw * str_ - st * sr) / det
