@@ -147,21 +147,33 @@ def f_contrast(fit: GLMFit, C) -> da.Array:
     return quad / (q * fit.sigma2)
 
 
-def standardized_residuals(fit: GLMFit) -> da.Array:
+def residual_subset(n: int, max_images: int = 64) -> np.ndarray:
+    """Which scans SPM keeps residual images of: all, or ``max_images`` evenly spaced
+    (``spm_spm``: ``round(linspace(1, nScan, maxres))`` with ``stats.maxres = 64``)."""
+    if n <= max_images:
+        return np.arange(n)
+    return np.round(np.linspace(0, n - 1, max_images)).astype(int)
+
+
+def standardized_residuals(fit: GLMFit, max_images: int | None = 64) -> da.Array:
     """Residuals divided by the residual s.d. (SPM's ResI), NaN outside the mask.
 
-    One chunk per subject image, so taking images one at a time (as the
-    smoothness estimate does) computes each once; persist the fit first
-    (:meth:`GLMFit.persist`) so that the parameters are not refitted.
+    As SPM, at most ``max_images`` residual images (evenly spaced over the
+    scans) are formed for the smoothness estimate; None keeps all.  Chunked
+    like the data (all chosen scans per voxel block), so computing them reads
+    the stack once; persist the fit first (:meth:`GLMFit.persist`) so that
+    the parameters are not refitted.
     """
     sd = da.sqrt(fit.sigma2)
-    images = []
-    for i in range(fit.X.shape[0]):
-        fitted = fit.X[i, 0] * fit.beta[0]
-        for j in range(1, fit.X.shape[1]):
-            fitted = fitted + fit.X[i, j] * fit.beta[j]
-        r = (fit.Y[i].astype(np.float64) - fitted) / sd
-        if fit.mask is not None:
-            r = da.where(fit.mask, r, np.nan)
-        images.append(r)
-    return da.stack(images)
+    n = fit.X.shape[0]
+    idx = np.arange(n) if max_images is None else residual_subset(n, max_images)
+    # all chosen scans of a voxel block at once: the stack is read once
+    Ys = fit.Y[idx].astype(np.float64)
+    Xs = fit.X[idx]
+    fitted = Xs[:, 0].reshape(-1, 1, 1, 1) * fit.beta[0][None]
+    for j in range(1, fit.X.shape[1]):  # fixed order: the same bits for any chunking
+        fitted = fitted + Xs[:, j].reshape(-1, 1, 1, 1) * fit.beta[j][None]
+    r = (Ys - fitted) / sd[None]
+    if fit.mask is not None:
+        r = da.where(fit.mask[None], r, np.nan)
+    return r

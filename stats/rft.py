@@ -454,6 +454,9 @@ def est_smoothness(resid, mask, ndf=None, voxel_size=None) -> Smoothness:
     D = len(axes)
     if D == 0:
         return Smoothness(np.full(3, np.inf), np.full(shape, np.nan), np.zeros(4))
+    if hasattr(resid, "dask"):
+        # a lazy stack is computed once (at most SPM's 64 images), not once per image
+        resid = resid.persist()
     ssq = np.zeros(shape)
     L = {(a, b): np.zeros(shape) for i, a in enumerate(axes) for b in axes[i:]}
     for i in range(m_img):
