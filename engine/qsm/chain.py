@@ -68,7 +68,9 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     chi : ndarray (x, y, z), ppm
     mask : ndarray of bool, where chi is defined
     """
-    magnitude = np.asarray(magnitude, dtype=np.float64)
+    magnitude = np.asarray(magnitude)
+    if not np.issubdtype(magnitude.dtype, np.floating):
+        magnitude = magnitude.astype(np.float64)
     affine = np.asarray(affine, dtype=float)
     vs = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
     if mask is None:

@@ -101,8 +101,10 @@ def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_s
     -------
     ndarray (x, y, z): angular frequency offset in rad/s.
     """
-    phase = np.asarray(phase, dtype=np.float64)
-    mag = np.asarray(magnitude, dtype=np.float64)
+    phase = np.asarray(phase)
+    mag = np.asarray(magnitude)
+    if not np.issubdtype(phase.dtype, np.floating) or not np.issubdtype(mag.dtype, np.floating):
+        phase, mag = phase.astype(np.float64), mag.astype(np.float64)
     te = np.asarray(echo_times, dtype=np.float64)
     if phase.ndim != 4 or phase.shape != mag.shape:
         raise ValueError(f"phase and magnitude must both be (echo, x, y, z); got {phase.shape} and {mag.shape}")
@@ -114,7 +116,10 @@ def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_s
         steps = np.diff(te)
         if not np.allclose(steps, steps[0], rtol=1e-3):
             raise ValueError(f"the phase-difference combination needs equally spaced echoes, got {te.tolist()}")
-        z = (mag[1:] * mag[:-1] * np.exp(1j * (phase[1:] - phase[:-1]))).sum(axis=0)
+        z = np.zeros(phase.shape[1:], dtype=np.complex128)
+        for e in range(len(te) - 1):  # echo by echo: a few volumes of memory
+            z += (np.asarray(mag[e + 1], np.float64) * mag[e]) * np.exp(
+                1j * (np.asarray(phase[e + 1], np.float64) - phase[e]))
         dte = steps[0]
         # Per voxel, the echo-difference frequency is right modulo 2 pi / dte;
         # refining it with every echo keeps that ambiguity but averages the
@@ -160,23 +165,35 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
     within about pi / TE_max, or off by a multiple of 2 pi / delta-TE for
     equally spaced echoes (that ambiguity is kept, not resolved).
     """
-    phase = np.asarray(phase, dtype=np.float64)
-    w = np.asarray(magnitude, dtype=np.float64) ** 2 + 1e-12
-    te = np.asarray(echo_times, dtype=np.float64)[:, None, None, None]
+    te = np.asarray(echo_times, dtype=np.float64)
     omega = np.asarray(omega0, dtype=np.float64)
-    sw = w.sum(0)
-    st = (w * te).sum(0)
-    stt = (w * te * te).sum(0)
+    # one echo at a time: memory stays a few volumes whatever the echo count
+    # (broadcasting over (echo, x, y, z) needed ~10 GiB at 256x256x150x12)
+    def weight(e):
+        return np.asarray(magnitude[e], dtype=np.float64) ** 2 + 1e-12
+
+    sw = np.zeros(omega.shape)
+    st = np.zeros(omega.shape)
+    stt = np.zeros(omega.shape)
+    for e, t in enumerate(te):
+        w = weight(e)
+        sw += w
+        st += w * t
+        stt += w * t * t
     det = sw * stt - st**2
     det = np.where(det == 0, np.inf, det)
-    # unit phasors once, in single precision (phase noise is far above 1e-7 rad)
-    U = np.exp(1j * phase.astype(np.float32))
     for _ in range(int(iterations)):
-        R = U * np.exp(-1j * (omega[None] * te)).astype(np.complex64)
-        phi0 = np.angle((w * R).sum(0))
-        r = np.angle(R * np.exp(-1j * phi0).astype(np.complex64)[None]).astype(np.float64)
-        sr = (w * r).sum(0)
-        str_ = (w * te * r).sum(0)
+        acc = np.zeros(omega.shape, dtype=np.complex128)
+        for e, t in enumerate(te):
+            acc += weight(e) * np.exp(1j * (np.asarray(phase[e], dtype=np.float64) - omega * t))
+        phi0 = np.angle(acc)
+        sr = np.zeros(omega.shape)
+        str_ = np.zeros(omega.shape)
+        for e, t in enumerate(te):
+            w = weight(e)
+            r = np.remainder(np.asarray(phase[e], dtype=np.float64) - phi0 - omega * t + np.pi, 2 * np.pi) - np.pi
+            sr += w * r
+            str_ += w * t * r
         omega = omega + (sw * str_ - st * sr) / det
     return omega
 
