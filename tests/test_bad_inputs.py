@@ -1,0 +1,211 @@
+"""The bad-input corpus: every kind of broken subject goes through the real ingest
+(Dask tasks, store writes) next to a good subject.  Each must give an error naming
+the subject and the file, leave no node and no staging debris for that subject, and
+let the good subject through.  Corrections that are applied instead of errors
+(ms echo times, arbitrary phase units, oblique and anisotropic voxels) are tested
+at the end."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cohort.errors import DatasetError
+from cohort.store import CohortStore
+from engine.ingest import ingest
+
+BAD = "sub-02"
+
+
+def _sidecar(f, sub, echo, part):
+    return f.path(sub, echo, part, ext=".json")
+
+
+def _edit_sidecar(f, sub, echo, part, **changes):
+    p = _sidecar(f, sub, echo, part)
+    meta = json.loads(p.read_text())
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    p.write_text(json.dumps(meta))
+
+
+def _rewrite(f, sub, echo, part, fn):
+    p = f.path(sub, echo, part)
+    img = nib.load(p)
+    data = fn(np.asarray(img.dataobj).astype(np.float32))
+    nib.save(nib.Nifti1Image(data, img.affine), p)
+
+
+def corrupt_gzip(f):
+    f.path(BAD, 2, "phase").write_bytes(b"\x1f\x8b" + b"garbage" * 20)
+    return "echo-2_part-phase_MEGRE.nii.gz"
+
+
+def truncated(f):
+    p = f.path(BAD, 1, "mag")
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    return "echo-1_part-mag_MEGRE.nii.gz"
+
+
+def nan_voxels(f):
+    _rewrite(f, BAD, 2, "mag", lambda d: np.where(np.arange(d.size).reshape(d.shape) == 5, np.nan, d))
+    return "echo-2_part-mag_MEGRE.nii.gz"
+
+
+def inf_voxels(f):
+    _rewrite(f, BAD, 1, "phase", lambda d: np.where(np.arange(d.size).reshape(d.shape) == 7, np.inf, d))
+    return "echo-1_part-phase_MEGRE.nii.gz"
+
+
+def zero_phase(f):
+    for e in (1, 2, 3):
+        _rewrite(f, BAD, e, "phase", np.zeros_like)
+    return "part-phase_MEGRE.nii.gz"
+
+
+def degrees_labelled_rad(f):
+    for e in (1, 2, 3):
+        _rewrite(f, BAD, e, "phase", lambda d: d * 180 / np.pi)
+    return "part-phase_MEGRE"  # the sidecar that claims radians
+
+
+def missing_sidecar(f):
+    # one missing sidecar of an echo is fine (its pair gives EchoTime); both is an error
+    _sidecar(f, BAD, 1, "mag").unlink()
+    _sidecar(f, BAD, 1, "phase").unlink()
+    return "echo-1_part-mag_MEGRE.json"
+
+
+def no_echo_time(f):
+    _edit_sidecar(f, BAD, 2, "mag", EchoTime=None)
+    _edit_sidecar(f, BAD, 2, "phase", EchoTime=None)
+    return "echo-2_part-mag_MEGRE.json"
+
+
+def echo_time_text(f):
+    _edit_sidecar(f, BAD, 2, "mag", EchoTime="eight")
+    return "echo-2_part-mag_MEGRE.json"
+
+
+def echo_times_not_increasing(f):
+    _edit_sidecar(f, BAD, 3, "mag", EchoTime=0.006)
+    return "MEGRE.json"
+
+
+def two_d_image(f):
+    p = f.path(BAD, 2, "mag")
+    img = nib.load(p)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 0], img.affine), p)
+    return "echo-2_part-"  # named through the mag/phase pair that no longer matches
+
+
+def echo_shape_mismatch(f):
+    p = f.path(BAD, 3, "mag")
+    img = nib.load(p)
+    nib.save(nib.Nifti1Image(np.ones((5, 5, 5), np.float32), img.affine), p)
+    return "echo-3_part-"
+
+
+def echo_affine_mismatch(f):
+    p = f.path(BAD, 2, "mag")
+    img = nib.load(p)
+    aff = img.affine.copy()
+    aff[0, 3] += 7
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff), p)
+    return "echo-2_part-"
+
+
+def non_utf8_sidecar(f):
+    _sidecar(f, BAD, 1, "phase").write_bytes(b'{"EchoTime": 0.004, "Units": "\xff\xfe rad"}')
+    return "echo-1_part-phase_MEGRE.json"
+
+
+def no_field_strength(f):
+    for e in (1, 2, 3):
+        for part in ("mag", "phase"):
+            _edit_sidecar(f, BAD, e, part, MagneticFieldStrength=None)
+    return "MEGRE.json"
+
+
+def field_strength_differs(f):
+    _edit_sidecar(f, BAD, 2, "mag", MagneticFieldStrength=1.5)
+    return "echo-2_part-mag_MEGRE.json"
+
+
+def missing_t1w(f):
+    (f.anat(BAD) / f"{BAD}_T1w.nii.gz").unlink()
+    return BAD
+
+
+def four_d_t1w(f):
+    p = f.anat(BAD) / f"{BAD}_T1w.nii.gz"
+    img = nib.load(p)
+    nib.save(nib.Nifti1Image(np.stack([np.asarray(img.dataobj)] * 2, -1), img.affine), p)
+    return "T1w.nii.gz"
+
+
+def missing_phase_echo(f):
+    f.path(BAD, 3, "phase").unlink()
+    return "echo-3_part-mag_MEGRE.nii.gz"
+
+
+CASES = [corrupt_gzip, truncated, nan_voxels, inf_voxels, zero_phase, degrees_labelled_rad, missing_sidecar,
+         no_echo_time, echo_time_text, echo_times_not_increasing, two_d_image, echo_shape_mismatch,
+         echo_affine_mismatch, non_utf8_sidecar, no_field_strength, field_strength_differs, missing_t1w,
+         four_d_t1w, missing_phase_echo]
+
+
+@pytest.mark.parametrize("breaks", CASES, ids=lambda fn: fn.__name__)
+def test_bad_subject_is_named_and_isolated(breaks, bids_factory, client, tmp_path):
+    f = bids_factory
+    f.subject("sub-01")
+    f.subject(BAD)
+    f.write_participants()
+    names_file = breaks(f)
+    store = tmp_path / "cohort.zarr"
+    result = ingest(f.root, store, client, progress=False)
+    assert result.written == ["sub-01"], result.summary()
+    reason = result.failed[BAD]
+    assert reason.startswith(BAD) and names_file in reason, reason
+    s = CohortStore(store)
+    assert not s.exists(f"native/{BAD}") and s.record(f"native/{BAD}") is None
+    assert BAD in s.failures()["ingest"]
+    assert not any(s.staging.glob("*")) if s.staging.exists() else True
+
+
+def test_corpus_has_at_least_fifteen_kinds():
+    assert len(CASES) >= 15
+
+
+@pytest.mark.parametrize("content", ["", "participant_id\tgroup\n"], ids=["empty-file", "header-only"])
+def test_empty_participants_is_a_dataset_error(content, bids_factory, client, tmp_path):
+    f = bids_factory
+    f.subject("sub-01", row=False)
+    (f.root / "participants.tsv").write_text(content)
+    with pytest.raises(DatasetError, match="participants.tsv"):
+        ingest(f.root, tmp_path / "c.zarr", client, progress=False)
+    assert not (tmp_path / "c.zarr").exists()  # nothing half-made
+
+
+def test_documented_corrections(bids_factory, client, tmp_path):
+    """ms echo times -> s, arbitrary phase units -> rad, oblique anisotropic voxels kept with their affine."""
+    f = bids_factory
+    f.affine = np.array([[1.8, 0.2, 0.0, -8.0], [-0.2, 1.9, 0.1, -9.0], [0.0, -0.1, 2.6, -8.0], [0, 0, 0, 1.0]])
+    f.subject("sub-01", te=(4.0, 8.0, 12.0), units="arbitrary")
+    f.write_participants()
+    for e in (1, 2, 3):
+        _rewrite(f, "sub-01", e, "phase", lambda d: np.round((d + np.pi) / (2 * np.pi) * 4095))
+    result = ingest(f.root, tmp_path / "c.zarr", client, progress=False)
+    assert result.written == ["sub-01"], result.summary()
+    ds = CohortStore(tmp_path / "c.zarr").open_node("native/sub-01").load()
+    np.testing.assert_allclose(ds["echo_time"].values, [0.004, 0.008, 0.012])
+    assert ds["megre_phase"].values.min() >= -np.pi - 1e-6 and ds["megre_phase"].values.max() <= np.pi + 1e-6
+    np.testing.assert_allclose(np.array(ds.attrs["gre_affine"]), f.affine)
+    assert any("milliseconds" in n or "ms" in n for n in ds.attrs["notes"])
