@@ -36,7 +36,7 @@ from stats.roi import label_image
 from .anat.stages import AnatParams, process_anatomy
 from .derivatives import export_subject, save_nifti, write_dataset_description
 from .findings import clinical_tables, define_rois, extract_roi_values, roi_dataset
-from .progress import track
+from .progress import peak_worker_memory, track
 from .qsm.chain import QSMParams, reconstruct_qsm
 from .qsm.mask import largest_component
 
@@ -51,6 +51,7 @@ class RunSummary:
     skipped: dict = field(default_factory=dict)
     failed: dict = field(default_factory=dict)  # stage -> {subject: reason}
     seconds: float = 0.0
+    peak_worker_gib: float = float("nan")
 
     def text(self) -> str:
         lines = []
@@ -59,7 +60,11 @@ class RunSummary:
                          f"{len(self.skipped.get(stage, []))}, failed {len(self.failed.get(stage, {}))}")
             for sub, why in sorted(self.failed.get(stage, {}).items()):
                 lines.append(f"  FAILED {sub}: {why}")
-        lines.append(f"wall time {self.seconds:.1f} s")
+        subjects = set().union(*self.done.values(), *self.skipped.values(), *self.failed.values()) \
+            if (self.done or self.skipped or self.failed) else set()
+        failed = set().union(*[set(v) for v in self.failed.values()]) if self.failed else set()
+        lines.append(f"subjects: {len(subjects) - len(failed)} done, {len(failed)} failed; wall time "
+                     f"{self.seconds:.1f} s; peak worker memory {self.peak_worker_gib:.2f} GiB")
         return "\n".join(lines)
 
 
@@ -163,7 +168,8 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
     anat_futs = {s: client.submit(anat_stage, s, str(store.path), spec, qsm_futs[s], key=f"anat-{s}", pure=False)
                  for s in subjects}
     stage_of = {f.key: "qsm" for f in qsm_futs.values()} | {f.key: "anat" for f in anat_futs.values()}
-    for fut in track(list(qsm_futs.values()) + list(anat_futs.values()), "participant", enabled=progress):
+    for fut in track(list(qsm_futs.values()) + list(anat_futs.values()), "participant", enabled=progress,
+                     stage_of=stage_of):
         stage = stage_of[fut.key]
         try:
             status, sub, reason = fut.result()
@@ -183,6 +189,7 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
         store.set_failures(stage, failures)
     store.consolidate()
     summary.seconds = time.perf_counter() - t0
+    summary.peak_worker_gib = peak_worker_memory(client)
     return summary
 
 
