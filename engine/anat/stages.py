@@ -10,6 +10,7 @@ interpolation only.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ class AnatParams:
     """Parameters of :func:`process_anatomy` (recorded with its outputs)."""
 
     n4_shrink: int = 4  # ANTs default; 2 costs 8x the time for a smooth field
-    syn_iterations: tuple = (40, 20, 0)
+    syn_iterations: tuple = (40, 20, 10)  # full-resolution iterations: normalisation Dice 0.83 -> 0.86 at 2 mm
     syn_metric: str = "mattes"
     syn_sampling: int = 32  # histogram bins for mattes, radius for CC
     seg_prior_weight: float = 0.3
@@ -33,6 +34,7 @@ class AnatParams:
     seg_mrf: float = 0.1
     vbm_fwhm_mm: float = 4.0
     seed: int = 1
+    skull_strip: bool = True  # affine to MNI, template brain mask back to the T1, SyN on the brain only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +57,8 @@ class AnatResult:
     jacobian: np.ndarray
     qc_gm_corr: float  # correlation of warped GM with the template GM
     qc_dice: float  # Dice of warped GM > 0.5 with template GM > 0.5
+    t1_points: np.ndarray | None = None  # (3, x, y, z): T1 world point of every MNI voxel
+    seconds: dict | None = None  # per-step wall time
 
 
 def sample_at(data: np.ndarray, affine: np.ndarray, points: np.ndarray, order: int = 1, cval=np.nan) -> np.ndarray:
@@ -108,9 +112,18 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     if t1.ndim != 3 or not np.isfinite(t1).all() or t1.max() <= 0:
         raise ValueError("T1w image must be a 3-D, finite, non-empty array")
     grid = template.grid
+    seconds = {}
+    clock = [time.perf_counter()]
+
+    def lap(name):
+        now = time.perf_counter()
+        seconds[name] = now - clock[0]
+        clock[0] = now
+
     with deterministic(params.seed), scratch_dir() as tmp:
         t1_img = to_ants(t1, t1_affine)
         n4 = ants.n4_bias_field_correction(t1_img, shrink_factor=params.n4_shrink)
+        lap("n4")
         # Atropos re-reads its priors from NIfTI files, whose header stores the
         # orientation in single precision; give the T1 the same precision so
         # ITK sees one physical space.
@@ -121,10 +134,25 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         # Affine + SyN of the subject to MNI (fixed = template).  The template
         # is brain-only, so the mask restricts the metric to the MNI brain.
         mni_mask = to_ants(ndimage.binary_dilation(template.brain_mask, iterations=2).astype(np.float32), grid.affine)
-        reg = ants.registration(fixed=mni_t1, moving=n4, type_of_transform="SyN", mask=mni_mask,
+        moving = n4
+        initial = None
+        if params.skull_strip:
+            # The template is brain only: an affine of the whole head brings
+            # the template's brain mask back to the subject, the scalp and
+            # skull are removed, and SyN sees brain against brain.
+            aff = ants.registration(fixed=mni_t1, moving=n4, type_of_transform="Affine", mask=mni_mask,
+                                    outprefix=os.path.join(tmp, "aff_"), random_seed=params.seed)
+            head_mask = ants.apply_transforms(n4, mni_mask, aff["invtransforms"], interpolator="nearestNeighbor",
+                                              whichtoinvert=[True])
+            moving = n4 * ants.copy_image_info(n4, head_mask)
+            initial = aff["fwdtransforms"]
+            lap("affine + skull strip")
+        reg = ants.registration(fixed=mni_t1, moving=moving, type_of_transform="SyNOnly" if initial else "SyN",
+                                mask=mni_mask, initial_transform=initial,
                                 syn_metric=params.syn_metric, syn_sampling=params.syn_sampling,
                                 reg_iterations=tuple(params.syn_iterations),
                                 outprefix=os.path.join(tmp, "norm_"), random_seed=params.seed)
+        lap("normalisation (SyN)")
         # Priors and brain mask to the subject's T1 grid (inverse transforms).
         priors = []
         for prior in (template.csf, template.gm, template.wm):
@@ -136,6 +164,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         seg = ants.atropos(a=n4, x=mask_img, i=priors, m=f"[{params.seg_mrf},1x1x1]",
                            c=f"[{params.seg_iterations},0]", priorweight=params.seg_prior_weight,
                            r=0)  # Atropos seeds from the clock unless told not to (-r 0)
+        lap("segmentation (Atropos)")
         post = [p.numpy() for p in seg["probabilityimages"]]
         csf, gm, wm = post
         brain = mask_img.numpy() > 0
@@ -151,6 +180,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         rig = ants.registration(fixed=n4, moving=gre_img, type_of_transform="Rigid", aff_metric="mattes",
                                 outprefix=os.path.join(tmp, "coreg_"), random_seed=params.seed)
         gre_to_t1 = itk_matrix_to_ras(rig["fwdtransforms"][0])  # T1 point -> GRE point
+        lap("coregistration (rigid)")
         # Point map MNI voxel -> T1 world, then everything sampled once.
         pts_t1 = points_map(grid.shape, grid.affine, reg["fwdtransforms"], n4)
     _, t1_aff_ants = from_ants(t1_img)
@@ -169,8 +199,9 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     corr = float(np.corrcoef(gm_mni[sel], tgm[sel])[0, 1])
     a, b = gm_mni > 0.5, tgm > 0.5
     dice = float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    lap("resampling, modulation, smoothing")
     return AnatResult(gm=gm.astype(np.float32), wm=wm.astype(np.float32), csf=csf.astype(np.float32),
                       brain_mask=brain, tiv_ml=tiv, gre_to_t1=gre_to_t1, chi_mni=chi_mni.astype(np.float32),
                       gm_mni=gm_mni.astype(np.float32), gm_mod=gm_mod.astype(np.float32),
                       gm_mod_smooth=gm_mod_s.astype(np.float32), jacobian=jac.astype(np.float32),
-                      qc_gm_corr=corr, qc_dice=dice)
+                      qc_gm_corr=corr, qc_dice=dice, t1_points=pts_t1, seconds=seconds)
