@@ -302,9 +302,14 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
                                extent_mm3=float(inf.get("extent_voxels", 0)),
                                svc_regions=regions, alpha=float(inf.get("svc_alpha", 0.05)),
                                labels_img=template.atlas, label_names=names)
+        perm_vars = {}
+        n_perm = int(inf.get("permutations", 0) or 0)
+        if n_perm > 0:
+            perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template)
+            perm_table.to_csv(out / "tables" / f"{c['name']}_permutation.csv", index=False)
         ds = xr.Dataset(
             {"T": (("x", "y", "z"), res.T.astype(np.float32)), "effect": (("x", "y", "z"), res.effect.astype(np.float32)),
-             "mask": (("x", "y", "z"), res.mask.astype(np.uint8))},
+             "mask": (("x", "y", "z"), res.mask.astype(np.uint8)), **perm_vars},
             coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
             attrs={"df": res.df, "fwhm_vox": res.fwhm_vox.tolist(), "fwhm_mm": (res.fwhm_vox * vs).tolist(),
                    "resels": res.resels.tolist(), "u": res.u, "k_voxels": res.k_voxels,
@@ -340,6 +345,37 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
     (out / "group" / "run.json").write_text(json.dumps({"store": str(store.path), "pipeline_version": PIPELINE_VERSION}))
     store.consolidate()
     return results
+
+
+def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template):
+    """Freedman–Lane permutations of one contrast: a cluster table (cluster mass and TFCE FWE p) and maps."""
+    from stats.permutation import permutation_cluster
+
+    tfce_dh = 0.1 if inf.get("tfce", True) else None
+    perm = permutation_cluster(Y, design.X, design.contrast(c["weights"]), res.mask, n_perm=n_perm,
+                               seed=int(inf.get("permutation_seed", 0)), cluster_forming_t=res.u, tfce_dh=tfce_dh)
+    rows = []
+    T = np.where(res.mask, perm.t_obs, -np.inf)
+    for label in range(1, len(perm.cluster_mass)):
+        members = perm.cluster_labels == label
+        idx = np.unravel_index(np.argmax(np.where(members, T, -np.inf)), T.shape)
+        xyz = grid.voxel_to_world(idx)[0]
+        row = {"cluster": label, "x": xyz[0], "y": xyz[1], "z": xyz[2], "T": float(T[idx]),
+               "voxels": int(members.sum()), "mass": float(perm.cluster_mass[label]),
+               "p_fwe_cluster_mass": float(perm.cluster_p_fwe[label]), "p_fwe_max_t": float(perm.p_fwe[idx]),
+               "label": names.get(int(template.atlas[idx]), "")}
+        if perm.tfce_p_fwe is not None:
+            row["p_fwe_tfce"] = float(np.nanmin(perm.tfce_p_fwe[members]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values("mass", ascending=False).reset_index(drop=True)
+    maps = {"p_fwe_max_t": (("x", "y", "z"), perm.p_fwe.astype(np.float32))}
+    if perm.tfce_obs is not None:
+        maps["tfce"] = (("x", "y", "z"), perm.tfce_obs.astype(np.float32))
+        maps["p_fwe_tfce"] = (("x", "y", "z"), perm.tfce_p_fwe.astype(np.float32))
+    table.attrs["n_perm"] = n_perm
+    return table, maps
 
 
 def _findings(store, mni, contrast_results, spec, template, participants, out: Path, digest) -> dict:

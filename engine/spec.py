@@ -64,6 +64,9 @@ def load_spec(path: str | Path | None = None) -> dict:
     inf = spec["inference"]
     if not 0 < float(inf.get("height_p", 0.001)) < 1:
         raise SpecError("inference.height_p must be in (0, 1)")
+    n_perm = inf.get("permutations", 0) or 0
+    if not isinstance(n_perm, int) or n_perm < 0 or n_perm == 1:
+        raise SpecError(f"inference.permutations must be 0 (off) or an integer >= 2, got {n_perm!r}")
     for i, s in enumerate(spec.get("svc", [])):
         if "region" not in s and "centre_mm" not in s:
             raise SpecError(f"svc[{i}] needs a 'region' (AAL name) and/or 'centre_mm'")

@@ -84,6 +84,7 @@ def group_out(tmp_path_factory):
     spec["svc"] = [{"name": "thalamus_L", "region": "Thalamus_L", "radius_mm": 20},
                    {"name": "precentral_R", "region": "Precentral_R", "radius_mm": 20}]
     spec["roi"]["regions"] = [{"name": "sphere_R_putamen", "centre_mm": [24, 4, 2], "radius_mm": 8}]
+    spec["inference"]["permutations"] = 40
     out = root / "out"
     res = run_group(store.path, spec, out)
     return out, res, subjects
@@ -246,3 +247,14 @@ def test_cli_report_rebuilds_and_refuses_an_empty_folder(group_out, tmp_path, ca
     assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
     assert main(["report", str(tmp_path)]) == 2
     assert "run the group level first" in capsys.readouterr().err
+
+
+def test_permutation_tables_find_the_planted_cluster(group_out):
+    out, _, _ = group_out
+    perm = pd.read_csv(out / "tables" / "chi_als_gt_nc_permutation.csv")
+    top = perm.iloc[0]  # largest cluster mass
+    assert np.linalg.norm(top[["x", "y", "z"]].to_numpy(float) - PLANT_MM) <= 10
+    assert top.p_fwe_cluster_mass <= 1 / 40 + 1e-12 and top.p_fwe_tfce <= 0.05  # nothing in 39 nulls beats it
+    assert (perm.p_fwe_cluster_mass.iloc[1:] > 0.05).all() if len(perm) > 1 else True
+    ds = CohortStore(out.parent / "cohort.zarr").open_node("stats/chi_als_gt_nc")
+    assert {"p_fwe_max_t", "tfce", "p_fwe_tfce"} <= set(ds.data_vars)

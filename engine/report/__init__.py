@@ -260,6 +260,11 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
         body.append(_table(_read(tables / f"{name}_clusters.csv"), "Whole-brain clusters (extent rule applied)",
                            max_rows=15, source=f"tables/{name}_clusters.csv"))
         body.append(_table(svc, "Small-volume correction"))
+        perm = _read(tables / f"{name}_permutation.csv")
+        if len(perm):
+            body.append(_table(perm, f"Permutation inference ({spec['inference'].get('permutations')} Freedman–Lane "
+                                     "permutations): clusters at the same height threshold, FWE p by cluster mass, "
+                                     "max-T and TFCE", max_rows=15, source=f"tables/{name}_permutation.csv"))
     section("maps", "Statistical maps and tables", "".join(body))
 
     # ROIs and the clinical statistics
