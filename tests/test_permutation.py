@@ -152,3 +152,11 @@ def test_cluster_fwe_controlled_under_the_null():
         hits_tfce += bool(np.nanmin(r.tfce_p_fwe) <= 0.05)
     # 5 % expected; P(>= 7 of 40 | 5 %) = 0.014
     assert hits_mass <= 6 and hits_tfce <= 6
+
+
+def test_single_precision_products_give_the_same_inference(data):
+    X, Y, c = data
+    a = permutation_max_t(Y, X, c, n_perm=300, seed=4)
+    b = permutation_max_t(Y, X, c, n_perm=300, seed=4, dtype=np.float32)
+    np.testing.assert_allclose(b.max_null, a.max_null, rtol=1e-4)
+    assert np.abs(b.p_fwe - a.p_fwe).max() <= 1 / 300
