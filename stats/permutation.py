@@ -240,8 +240,8 @@ def _fwe_p(null_max: np.ndarray, observed: np.ndarray) -> np.ndarray:
 
 
 def permutation_cluster(Y, X, c, mask, n_perm: int = 1000, seed: int = 0, cluster_forming_t: float | None = None,
-                        tfce_dh: float | None = None, batch: int = 32, block_voxels: int = 50000
-                        ) -> ClusterPermutationResult:
+                        tfce_dh: float | None = None, batch: int = 32, block_voxels: int = 50000,
+                        dtype=np.float64) -> ClusterPermutationResult:
     """Max-T, cluster-mass and TFCE FWE inference by Freedman–Lane permutation.
 
     Parameters
@@ -256,6 +256,7 @@ def permutation_cluster(Y, X, c, mask, n_perm: int = 1000, seed: int = 0, cluste
         None: no cluster-mass inference
     tfce_dh : TFCE step; None: no TFCE
     batch : permutations whose T images are held together (memory: batch × voxels × 8 bytes)
+    dtype : precision of the permutation products (see :func:`freedman_lane_t`)
 
     Results depend on ``seed`` and ``n_perm`` only, not on ``batch`` or ``block_voxels``.
     """
@@ -281,7 +282,7 @@ def permutation_cluster(Y, X, c, mask, n_perm: int = 1000, seed: int = 0, cluste
         P = perms[b0 : b0 + batch]
         T = np.empty((P.shape[0], V))
         for v0 in range(0, V, block_voxels):
-            T[:, v0 : v0 + block_voxels] = freedman_lane_t(Ym[:, v0 : v0 + block_voxels], X, c, P)
+            T[:, v0 : v0 + block_voxels] = freedman_lane_t(Ym[:, v0 : v0 + block_voxels], X, c, P, dtype=dtype)
         finite = np.where(np.isfinite(T), T, -np.inf)
         max_t[b0 : b0 + P.shape[0]] = finite.max(axis=1)
         for r in range(P.shape[0]):
