@@ -19,16 +19,20 @@ spec = preset("tiny", voxel_size=vs_mm, n_echoes=int(sys.argv[2]) if len(sys.arg
 df = sample_participants(spec)
 t = simulate_subject(spec, df.iloc[0].to_dict(), 0)
 tm = t.brain_mask_native.astype(bool)
+from engine.qsm.inversion import ilsqr, star_qsm
+from engine.qsm.metrics import hfen, nrmse as _nrmse
 def nrmse(chi, m):
-    tr = reference_to_mean(t.chi_native, m); c = reference_to_mean(chi, m)
-    return 100*np.linalg.norm((c-tr)[m])/np.linalg.norm(tr[m])
+    return _nrmse(chi, t.chi_native, m)
 b = b0_direction(t.gre_affine); vs=(vs_mm,)*3
-for name, fn in [("tkd", lambda: tkd(t.local_field_ppm, tm, vs, b)), ("tv", lambda: tv_admm(t.local_field_ppm, tm, vs, b))]:
-    print(vs_mm, "mm", name, "from true local field NRMSE %.1f" % nrmse(fn(), tm))
-for inv in ("tkd", "tv"):
+methods = {"tkd": tkd, "tv": tv_admm, "star": star_qsm, "ilsqr": ilsqr}
+for name, fn in methods.items():
+    est = fn(t.local_field_ppm, tm, vs, b)
+    print(vs_mm, "mm", name, "from true local field NRMSE %.1f HFEN %.1f" % (nrmse(est, tm), hfen(est, t.chi_native, tm)))
+for inv in methods:
     t0 = time.time(); chi, m = reconstruct_qsm(t.mag, t.phase, t.echo_times, t.gre_affine, spec.b0, QSMParams(inversion=inv))
     mm = m & tm
-    print(vs_mm, "mm", inv, "full chain NRMSE %.1f" % nrmse(chi, mm), "mask voxels", mm.sum(), "of", tm.sum(), "%.1fs" % (time.time()-t0))
+    print(vs_mm, "mm", inv, "full chain NRMSE %.1f HFEN %.1f" % (nrmse(chi, mm), hfen(chi, t.chi_native, mm)),
+          "mask voxels", mm.sum(), "of", tm.sum(), "%.1fs" % (time.time()-t0))
 
 # Deep grey matter: mean chi per nucleus (both demeaned over the chain's mask)
 from cohort.simulate import _world_coords

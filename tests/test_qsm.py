@@ -133,3 +133,23 @@ def test_star_and_ilsqr_on_sphere_phantom():
         assert np.linalg.norm((est - truth)[mask]) / np.linalg.norm(truth[mask]) < 0.6, inv.__name__
         assert est[r < 5].mean() == pytest.approx(truth[r < 5].mean(), rel=0.25), inv.__name__
         assert est[(np.abs(x - 12) < 2) & (np.abs(y) < 3) & (np.abs(z) < 2)].mean() < 0, inv.__name__
+
+
+def test_accuracy_metrics():
+    from engine.qsm.metrics import hfen, nrmse, region_mean_errors
+
+    x, y, z, r = _grid(32)
+    mask = r < 12
+    truth = np.where(r < 5, 0.1, 0.0)
+    assert nrmse(truth + 0.3, truth, mask) == pytest.approx(0.0, abs=1e-10)  # a constant offset is not an error
+    assert nrmse(0.5 * truth, truth, mask) == pytest.approx(50.0, rel=1e-9)
+    assert hfen(0.5 * truth, truth, mask) == pytest.approx(50.0, rel=1e-9)  # linear filter: same as NRMSE
+    blurred = __import__("scipy").ndimage.gaussian_filter(truth, 1.0)
+    smooth_offset = truth + 0.02 * (x / 32)  # a slow ramp: large in NRMSE, nearly invisible to HFEN
+    assert hfen(smooth_offset, truth, mask) < nrmse(smooth_offset, truth, mask)
+    assert hfen(blurred, truth, mask) > 10
+    labels = np.where(r < 5, 1, 0)
+    est, tru = region_mean_errors(0.5 * truth, truth, mask, labels, {1: "core"})["core"]
+    assert est == pytest.approx(0.5 * tru, rel=1e-6) and tru > 0
+    with pytest.raises(ValueError, match="one 3-D shape"):
+        nrmse(truth[:-1], truth, mask)
