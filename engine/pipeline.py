@@ -63,6 +63,8 @@ class RunSummary:
         subjects = set().union(*self.done.values(), *self.skipped.values(), *self.failed.values()) \
             if (self.done or self.skipped or self.failed) else set()
         failed = set().union(*[set(v) for v in self.failed.values()]) if self.failed else set()
+        subjects.discard("template")
+        failed.discard("template")
         lines.append(f"subjects: {len(subjects) - len(failed)} done, {len(failed)} failed; wall time "
                      f"{self.seconds:.1f} s; peak worker memory {self.peak_worker_gib:.2f} GiB")
         return "\n".join(lines)
@@ -72,8 +74,11 @@ def _qsm_params(spec: dict) -> QSMParams:
     return replace(QSMParams(), **spec.get("qsm", {}))
 
 
+_PIPELINE_ANAT_KEYS = ("study_template",)
+
+
 def _anat_params(spec: dict) -> AnatParams:
-    extra = dict(spec.get("anat", {}))
+    extra = {k: v for k, v in spec.get("anat", {}).items() if k not in _PIPELINE_ANAT_KEYS}
     if "syn_iterations" in extra:
         extra["syn_iterations"] = tuple(extra["syn_iterations"])
     return replace(AnatParams(), **extra)
@@ -106,25 +111,39 @@ def qsm_stage(subject: str, store_path: str, spec: dict) -> tuple[str, str, str 
     return ("written", subject, None)
 
 
-def anat_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[str, str, str | None]:
-    """Anatomy and normalisation: ``native`` + ``derived/qsm`` → ``derived/<sub>/anat``."""
+def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: str = "mni",
+               node: str | None = None) -> tuple[str, str, str | None]:
+    """Anatomy and normalisation: ``native`` + ``derived/qsm`` → ``derived/<sub>/anat``.
+
+    ``fixed="mni"`` registers to the MNI template; ``fixed="study"`` to the
+    study template in ``/template`` (itself on the MNI grid, so the mapping
+    to MNI is the registration to it).
+    """
     store = CohortStore(store_path)
     if _after is not None and _after[0] == "failed":
-        return ("failed", subject, f"{subject}: skipped because QSM failed")
+        return ("failed", subject, _after[2] or f"{subject}: skipped because an earlier stage failed")
     params = _anat_params(spec)
     vs = float(spec.get("mni_voxel_size", 2.0))
+    node = node or f"derived/{subject}/anat"
     qrec = store.record(f"derived/{subject}/qsm")
     nrec = store.record(f"native/{subject}")
     if qrec is None or nrec is None:
         return ("failed", subject, f"{subject}: no QSM result to normalise")
-    digest = digest_params(nrec["digest"], qrec["digest"], params.to_dict(), vs, PIPELINE_VERSION)
-    node = f"derived/{subject}/anat"
+    parts = [nrec["digest"], qrec["digest"], params.to_dict(), vs, PIPELINE_VERSION]
+    if fixed == "study":
+        trec = store.record("template")
+        if trec is None:
+            return ("failed", subject, f"{subject}: no study template (it needs at least two normalised subjects)")
+        parts.append(trec["digest"])
+    digest = digest_params(*parts)
     if store.is_current(node, digest):
         return ("skipped", subject, None)
     try:
         nat = store.open_node(f"native/{subject}").load()
         q = store.open_node(f"derived/{subject}/qsm").load()
         template = load_template(vs)
+        if fixed == "study":
+            template = replace(template, t1=store.open_node("template")["t1"].values)
         r = process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]), nat["megre_mag"].values[0],
                             np.asarray(nat.attrs["gre_affine"]), q["chi"].values, q["qsm_mask"].values > 0,
                             template, params)
@@ -137,14 +156,40 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[
             "csf": (("t1_i", "t1_j", "t1_k"), r.csf),
             "chi_mni": (("x", "y", "z"), r.chi_mni, {"units": "ppm"}),
             "gm_mod": (("x", "y", "z"), r.gm_mod), "gm_mod_s": (("x", "y", "z"), r.gm_mod_smooth),
-            "jacobian": (("x", "y", "z"), r.jacobian),
+            "jacobian": (("x", "y", "z"), r.jacobian), "t1_mni": (("x", "y", "z"), r.t1_mni),
         },
         coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
         attrs={"subject": subject, "tiv_ml": r.tiv_ml, "qc_gm_corr": r.qc_gm_corr, "qc_dice": r.qc_dice,
-               "gre_to_t1": affine_attr(r.gre_to_t1), "mni_affine": affine_attr(grid.affine)},
+               "gre_to_t1": affine_attr(r.gre_to_t1), "mni_affine": affine_attr(grid.affine), "fixed": fixed},
     )
-    store.write_node(node, ds, stage="anat", digest=digest, params={**params.to_dict(), "mni_voxel_size": vs})
+    store.write_node(node, ds, stage="anat", digest=digest,
+                     params={**params.to_dict(), "mni_voxel_size": vs, "fixed": fixed})
     return ("written", subject, None)
+
+
+def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) -> tuple[str, str, str | None]:
+    """The study template (DARTEL's idea, on ANTs): the mean of every subject's
+    bias-corrected T1 brain after its first normalisation to MNI, intensity-
+    normalised per subject.  It lives on the MNI grid, so subjects registered
+    to it are in MNI space; a reduce over the per-subject map."""
+    store = CohortStore(store_path)
+    ok = [s for s, res in zip(subjects, _after) if res[0] != "failed"]
+    if len(ok) < 2:
+        return ("failed", "template", f"study template needs at least two normalised subjects, got {len(ok)}")
+    digest = digest_params([store.record(f"derived/{s}/anat_init")["digest"] for s in ok], PIPELINE_VERSION)
+    if store.is_current("template", digest):
+        return ("skipped", "template", None)
+    total = None
+    for s in ok:  # running sum: memory of two volumes whatever the cohort size
+        t1 = store.open_node(f"derived/{s}/anat_init")["t1_mni"].values.astype(np.float64)
+        total = t1 if total is None else total + t1
+    vs = float(spec.get("mni_voxel_size", 2.0))
+    grid = load_template(vs).grid
+    mean = (total / len(ok)).astype(np.float32)
+    ds = xr.Dataset({"t1": (("x", "y", "z"), mean)}, coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
+                    attrs={"subjects": ok, "mni_affine": affine_attr(grid.affine)})
+    store.write_node("template", ds, stage="template", digest=digest, params={"n_subjects": len(ok)})
+    return ("written", "template", None)
 
 
 def run_participants(store_path: str | Path, spec: dict, client, subjects: list[str] | None = None,
@@ -164,11 +209,24 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
     store.clean_staging()
     subjects = subjects or store.children("native")
     summary = RunSummary()
-    qsm_futs = {s: client.submit(qsm_stage, s, str(store.path), spec, key=f"qsm-{s}", pure=False) for s in subjects}
-    anat_futs = {s: client.submit(anat_stage, s, str(store.path), spec, qsm_futs[s], key=f"anat-{s}", pure=False)
-                 for s in subjects}
+    path = str(store.path)
+    qsm_futs = {s: client.submit(qsm_stage, s, path, spec, key=f"qsm-{s}", pure=False) for s in subjects}
+    extra = []
+    if spec.get("anat", {}).get("study_template"):
+        # map (normalise to MNI) -> reduce (mean T1 = study template) -> map (normalise to the template)
+        init = {s: client.submit(anat_stage, s, path, spec, qsm_futs[s], "mni", f"derived/{s}/anat_init",
+                                 key=f"anat_init-{s}", pure=False) for s in subjects}
+        tpl = client.submit(template_stage, path, spec, subjects, [init[s] for s in subjects],
+                            key="template-study", pure=False)
+        anat_futs = {s: client.submit(anat_stage, s, path, spec, tpl, "study", key=f"anat-{s}", pure=False)
+                     for s in subjects}
+        extra = list(init.values()) + [tpl]
+    else:
+        anat_futs = {s: client.submit(anat_stage, s, path, spec, qsm_futs[s], key=f"anat-{s}", pure=False)
+                     for s in subjects}
     stage_of = {f.key: "qsm" for f in qsm_futs.values()} | {f.key: "anat" for f in anat_futs.values()}
-    for fut in track(list(qsm_futs.values()) + list(anat_futs.values()), "participant", enabled=progress,
+    stage_of |= {f.key: f.key.split("-", 1)[0] for f in extra}
+    for fut in track(list(qsm_futs.values()) + extra + list(anat_futs.values()), "participant", enabled=progress,
                      stage_of=stage_of):
         stage = stage_of[fut.key]
         try:
@@ -182,7 +240,9 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
             summary.skipped.setdefault(stage, []).append(sub)
         else:
             summary.failed.setdefault(stage, {})[sub] = reason
-    for stage in ("qsm", "anat"):
+    for stage in ("qsm", "anat_init", "template", "anat"):
+        if stage not in summary.failed and stage in ("anat_init", "template") and stage not in stage_of.values():
+            continue
         previous = store.failures().get(stage, {})
         failures = {k: v for k, v in previous.items() if k not in subjects}
         failures.update(summary.failed.get(stage, {}))

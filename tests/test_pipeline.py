@@ -93,3 +93,26 @@ def test_spec_validation(tmp_path):
     p.write_text(": not yaml : [")
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(p)
+
+
+def test_study_template_map_reduce_map(tiny_bids, client, tmp_path):
+    root, table = tiny_bids
+    store = tmp_path / "cohort.zarr"
+    ingest(root, store, client, progress=False)
+    subjects = sorted(table["participant_id"])[:2]
+    spec = _fast_spec()
+    spec["anat"] = {**spec["anat"], "study_template": True}
+    out = pipeline.run_participants(store, spec, client, subjects, progress=False)
+    assert not out.failed, out.text()
+    assert sorted(out.done["anat_init"]) == subjects and out.done["template"] == ["template"]
+    s = CohortStore(store)
+    tpl = s.open_node("template")
+    assert sorted(tpl.attrs["subjects"]) == subjects
+    # the template is the mean of the subjects' first-pass T1 in MNI space
+    mean = np.mean([s.open_node(f"derived/{x}/anat_init")["t1_mni"].values for x in subjects], axis=0)
+    np.testing.assert_allclose(tpl["t1"].values, mean, rtol=1e-6)
+    for sub in subjects:
+        anat = s.open_node(f"derived/{sub}/anat")
+        assert anat.attrs["fixed"] == "study" and anat.attrs["qc_dice"] > 0.6
+    again = pipeline.run_participants(store, spec, client, subjects, progress=False)
+    assert not again.done and again.skipped["template"] == ["template"]

@@ -58,6 +58,7 @@ class AnatResult:
     qc_gm_corr: float  # correlation of warped GM with the template GM
     qc_dice: float  # Dice of warped GM > 0.5 with template GM > 0.5
     t1_points: np.ndarray | None = None  # (3, x, y, z): T1 world point of every MNI voxel
+    t1_mni: np.ndarray | None = None  # bias-corrected T1 brain on the MNI grid (for a study template)
     seconds: dict | None = None  # per-step wall time
 
 
@@ -166,6 +167,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                            r=0)  # Atropos seeds from the clock unless told not to (-r 0)
         lap("segmentation (Atropos)")
         post = [p.numpy() for p in seg["probabilityimages"]]
+        n4_arr = n4.numpy()
         csf, gm, wm = post
         brain = mask_img.numpy() > 0
         vox_ml = float(np.prod(np.sqrt((np.asarray(t1_affine)[:3, :3] ** 2).sum(axis=0)))) / 1000.0
@@ -191,6 +193,9 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     chi_cov = sample_at(np.asarray(chi_mask, dtype=np.float64), gre_affine, pts_gre, order=1, cval=0.0)
     chi_mni = np.where(chi_cov > 0.5, chi_vals / np.maximum(chi_cov, 1e-6), np.nan)
     gm_mni = np.nan_to_num(sample_at(gm, t1_aff_ants, pts_t1, order=1, cval=0.0))
+    n4_brain = n4_arr * brain
+    t1_mni = np.nan_to_num(sample_at(n4_brain / max(float(n4_brain[brain].mean()), 1e-12), t1_aff_ants, pts_t1,
+                                     order=1, cval=0.0))
     jac_safe = np.nan_to_num(jac, nan=0.0)
     gm_mod = gm_mni * jac_safe
     gm_mod_s = smooth_fwhm(gm_mod, params.vbm_fwhm_mm, vs)
@@ -204,4 +209,5 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                       brain_mask=brain, tiv_ml=tiv, gre_to_t1=gre_to_t1, chi_mni=chi_mni.astype(np.float32),
                       gm_mni=gm_mni.astype(np.float32), gm_mod=gm_mod.astype(np.float32),
                       gm_mod_smooth=gm_mod_s.astype(np.float32), jacobian=jac.astype(np.float32),
-                      qc_gm_corr=corr, qc_dice=dice, t1_points=pts_t1, seconds=seconds)
+                      qc_gm_corr=corr, qc_dice=dice, t1_points=pts_t1, t1_mni=t1_mni.astype(np.float32),
+                      seconds=seconds)
