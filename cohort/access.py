@@ -24,17 +24,23 @@ def _load_subject_coords(ds: xr.Dataset) -> xr.Dataset:
     return ds.assign_coords({name: ds.coords[name].compute() for name in small})
 
 
-def open_cohort(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
+def open_cohort(path: str | Path, chunks: dict | None = None, storage_options: dict | None = None) -> xr.DataTree:
     """Open a cohort store lazily, with per-subject coordinates in memory.
 
     Parameters
     ----------
-    path : path
-        The cohort store (``.zarr``).
+    path : path or URL
+        The cohort store (``cohort.zarr``, or a published copy such as
+        ``s3://bucket/cohort.zarr``, see :func:`cohort.remote.publish`).
     chunks : dict, optional
         Dask chunks (default: the store's own chunks).
+    storage_options : dict, optional
+        fsspec options for URLs (credentials, ``endpoint_url``, ...).
     """
-    tree = xr.open_datatree(str(path), engine="zarr", consolidated=False, chunks={} if chunks is None else chunks)
+    remote = "://" in str(path)
+    tree = xr.open_datatree(str(path), engine="zarr", consolidated=True if remote else False,
+                            chunks={} if chunks is None else chunks,
+                            **({"storage_options": storage_options or {}} if remote else {}))
     return tree.map_over_datasets(_load_subject_coords)
 
 

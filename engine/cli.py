@@ -81,6 +81,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default", action="store_true", help="print the built-in default spec")
     p.add_argument("--check", type=Path, metavar="FILE", help="validate a spec file and print it merged with the default")
 
+    p = sub.add_parser("publish", help="upload a cohort store to object storage (S3, GCS, ... via fsspec)",
+                       description="Copy a finished cohort store to a URL, root metadata last, so that readers "
+                                   "never see a half-uploaded store; read it with cohort.open_cohort(URL).")
+    p.add_argument("store", type=Path, help="local cohort store (cohort.zarr)")
+    p.add_argument("url", help="destination, e.g. s3://bucket/study/cohort.zarr")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph, ...)")
+
     p = sub.add_parser("report", help="write report.html from a finished output folder")
     p.add_argument("output_dir", type=Path)
 
@@ -217,6 +224,19 @@ def _write_report(out: Path) -> Path | None:
         return None
 
 
+def _cmd_publish(args) -> int:
+    from cohort.remote import publish
+
+    opts = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
+    try:
+        n = publish(args.store, args.url, opts)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"ferritin publish: {exc}", file=sys.stderr)
+        return 2
+    print(f"published {n} objects to {args.url}")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report import build_report
 
@@ -291,6 +311,7 @@ COMMANDS = {
     "run": _cmd_run,
     "spec": _cmd_spec,
     "report": _cmd_report,
+    "publish": _cmd_publish,
     "demo": _cmd_demo,
 }
 
