@@ -129,12 +129,41 @@ def roi_dataset(roi_long: pd.DataFrame, masks: dict, sources: pd.DataFrame, grid
     )
 
 
+def with_progression_rate(participants: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """DPR = (48 − ALSFRS-R) / DD filled in where it is missing, and notes on subjects it cannot be given for.
+
+    A disease duration of 0 makes DPR undefined: that subject's DPR stays
+    missing and a note names the subject (the rest of the cohort goes on).
+    """
+    from stats.clinical import progression_rate
+
+    p = participants.copy()
+    notes: list[str] = []
+    if not {"alsfrs_r", "dd"} <= set(p.columns):
+        return p, notes
+    if "dpr" not in p.columns:
+        p["dpr"] = np.nan
+    dd = pd.to_numeric(p["dd"], errors="coerce")
+    score = pd.to_numeric(p["alsfrs_r"], errors="coerce")
+    need = p["dpr"].isna() & dd.notna() & score.notna()
+    zero = need & (dd == 0)
+    for sub in p.index[zero]:
+        notes.append(f"{sub}: DPR undefined: disease duration (dd) is 0; left missing")
+    ok = need & ~zero
+    if ok.any():
+        p.loc[ok, "dpr"] = progression_rate(pd.DataFrame({"alsfrs_r": score[ok], "dd": dd[ok]}))
+        notes.append(f"DPR computed from ALSFRS-R and DD for {int(ok.sum())} subject(s): "
+                     + ", ".join(map(str, p.index[ok])))
+    return p, notes
+
+
 def clinical_tables(roi_csv: str | Path | pd.DataFrame, participants: pd.DataFrame, spec: dict) -> dict:
     """Table 1, ROI ANCOVA, correlations and normality from the ROI CSV and participants."""
     roi_long = pd.read_csv(roi_csv) if not isinstance(roi_csv, pd.DataFrame) else roi_csv
     groups = spec["groups"]
     cl = spec.get("clinical", {}) or {}
-    out = {"table1": findings.table_one(participants, groups)}
+    participants, notes = with_progression_rate(participants)
+    out = {"table1": findings.table_one(participants, groups), "notes": pd.DataFrame({"note": notes})}
     if len(roi_long):
         scores = [s for s in cl.get("scores", []) if s in participants.columns]
         out["roi_groups"] = findings.roi_group_table(roi_long, participants, groups,

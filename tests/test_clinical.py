@@ -89,3 +89,18 @@ def test_fdr_matches_statsmodels():
     ref = multipletests(p[ok], method="fdr_bh")[1]
     np.testing.assert_allclose(clinical.fdr(p)[ok], ref)
     assert np.isnan(clinical.fdr(p)[4])
+
+
+def test_missing_dpr_is_computed_and_zero_duration_is_named():
+    import pandas as pd
+
+    from engine.findings import with_progression_rate
+
+    p = pd.DataFrame({"group": ["ALS", "ALS", "ALS", "NC"], "alsfrs_r": [40, 36, 30, np.nan],
+                      "dd": [8, 0, 12, np.nan], "dpr": [np.nan, np.nan, 1.5, np.nan]},
+                     index=["sub-01", "sub-02", "sub-03", "sub-04"])
+    out, notes = with_progression_rate(p)
+    assert out.loc["sub-01", "dpr"] == pytest.approx((48 - 40) / 8)
+    assert np.isnan(out.loc["sub-02", "dpr"]) and out.loc["sub-03", "dpr"] == 1.5  # given values are kept
+    assert np.isnan(out.loc["sub-04", "dpr"])
+    assert any(n.startswith("sub-02: DPR undefined") for n in notes)

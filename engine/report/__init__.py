@@ -308,6 +308,9 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     body.append(_table(corr, "Correlations: Pearson R (one-tailed p in the expected direction, two-tailed p), "
                              "partial R, FDR q over the family"))
     body.append(_table(_read(tables / "normality.csv"), "Normality (Lilliefors)"))
+    notes = _read(tables / "notes.csv")
+    if len(notes):
+        body.append(_table(notes, "Notes on the clinical data"))
     section("clinical", "Clinical associations", "".join(body))
 
     # QC
