@@ -100,6 +100,16 @@ def freedman_lane_t(Y: np.ndarray, X: np.ndarray, c: np.ndarray, perms: np.ndarr
         return num / np.sqrt(rss / df * var_c)
 
 
+def _checked_design(Y, X, n_perm: int) -> tuple[np.ndarray, int]:
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    if Y.shape[0] != n:
+        raise ValueError(f"Y has {Y.shape[0]} subjects but X has {n} rows")
+    if n_perm < 2:
+        raise ValueError("n_perm must be at least 2 (the identity and one permutation)")
+    return X, n
+
+
 def permutation_max_t(Y, X, c, mask=None, n_perm: int = 1000, seed: int = 0, block_voxels: int = 20000,
                       batch: int = 250, dtype=np.float64) -> PermutationResult:
     """Max-T permutation FWE for a T contrast over voxels.
@@ -115,12 +125,7 @@ def permutation_max_t(Y, X, c, mask=None, n_perm: int = 1000, seed: int = 0, blo
     batch : permutations evaluated together
     dtype : precision of the permutation products (``np.float32``: about twice as fast)
     """
-    X = np.asarray(X, dtype=np.float64)
-    n = X.shape[0]
-    if Y.shape[0] != n:
-        raise ValueError(f"Y has {Y.shape[0]} subjects but X has {n} rows")
-    if n_perm < 2:
-        raise ValueError("n_perm must be at least 2 (the identity and one permutation)")
+    X, n = _checked_design(Y, X, n_perm)
     spatial = Y.shape[1:]
     if mask is None:
         mask = np.ones(spatial, bool)
@@ -260,12 +265,7 @@ def permutation_cluster(Y, X, c, mask, n_perm: int = 1000, seed: int = 0, cluste
 
     Results depend on ``seed`` and ``n_perm`` only, not on ``batch`` or ``block_voxels``.
     """
-    X = np.asarray(X, dtype=np.float64)
-    n = X.shape[0]
-    if Y.shape[0] != n:
-        raise ValueError(f"Y has {Y.shape[0]} subjects but X has {n} rows")
-    if n_perm < 2:
-        raise ValueError("n_perm must be at least 2 (the identity and one permutation)")
+    X, n = _checked_design(Y, X, n_perm)
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != tuple(Y.shape[1:]):
         raise ValueError(f"mask shape {mask.shape} differs from the images {tuple(Y.shape[1:])}")
