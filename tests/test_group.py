@@ -33,6 +33,11 @@ def _smooth_noise(rng, shape, fwhm_vox=2.5):
     return x / x.std()
 
 
+def _hole(grid):
+    ijk = np.round(grid.world_to_voxel([[30.0, -60.0, 20.0]])[0]).astype(int)
+    return tuple(slice(c - 2, c + 3) for c in ijk)
+
+
 @pytest.fixture(scope="module")
 def group_out(tmp_path_factory):
     """A store with per-subject MNI maps made here: χ rises with severity in a
@@ -60,6 +65,8 @@ def group_out(tmp_path_factory):
         rows.append(row)
         chi = 0.02 * tpl.gm + 0.008 * _smooth_noise(rng, grid.shape) + 0.04 * sev * blob
         chi = np.where(tpl.brain_mask, chi, np.nan).astype(np.float32)
+        if n == 3:  # this subject's chi does not cover a patch inside the brain
+            chi[_hole(grid)] = np.nan
         gm = np.clip(tpl.gm * (1 - 0.25 * sev * blob) + 0.04 * _smooth_noise(rng, grid.shape), 0, 1).astype(np.float32)
         native = xr.Dataset({"t1w": (("t1_i", "t1_j", "t1_k"), rng.uniform(0, 1, (6, 6, 6)).astype(np.float32)),
                              "megre_mag": (("echo", "i", "j", "k"), rng.uniform(1, 2, (1, 8, 8, 8)).astype(np.float32))},
@@ -258,3 +265,12 @@ def test_permutation_tables_find_the_planted_cluster(group_out):
     assert (perm.p_fwe_cluster_mass.iloc[1:] > 0.05).all() if len(perm) > 1 else True
     ds = CohortStore(out.parent / "cohort.zarr").open_node("stats/chi_als_gt_nc")
     assert {"p_fwe_max_t", "tfce", "p_fwe_tfce"} <= set(ds.data_vars)
+
+
+def test_voxels_a_subject_does_not_cover_are_left_out_not_zero_filled(group_out):
+    out, _, _ = group_out
+    ds = CohortStore(out.parent / "cohort.zarr").open_node("stats/chi_als_gt_nc")
+    grid = load_template(VS).grid
+    hole = _hole(grid)
+    assert not ds["mask"].values[hole].any()
+    assert ds["mask"].values.sum() > 0.8 * load_template(VS).brain_mask.sum()
