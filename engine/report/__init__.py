@@ -226,9 +226,10 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
                                 f"({r.x:.0f}, {r.y:.0f}, {r.z:.0f}) mm, T = {r['T']:.2f}, p(FWE-SVC) = {_fmt(r.p_fwe)} "
                                 f"— {verdict}</div>")
     n_used = len(used)
+    versions = software_versions()
     head = (f"<h1>{html.escape(str(spec.get('name', 'study')))}: QSM and VBM group study</h1>"
             f"<p>{n_used} subjects in the group statistics, {len(excluded)} excluded; generated "
-            f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ferritin {software_versions()['ferritin']}.</p>")
+            f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ferritin {versions['ferritin']}.</p>")
     section("findings", "Findings", "".join(findings) or "<p class='empty'>No small-volume result.</p>")
 
     # Table 1
@@ -335,12 +336,12 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     section("qc", "Quality control", "".join(body))
 
     # methods and software
-    qrec = next((store.record(f"derived/{s}/qsm") for s in all_subjects if store.record(f"derived/{s}/qsm")), None)
-    arec = next((store.record(f"derived/{s}/anat") for s in all_subjects if store.record(f"derived/{s}/anat")), None)
+    qrec = next((r for s in all_subjects if (r := store.record(f"derived/{s}/qsm"))), None)
+    arec = next((r for s in all_subjects if (r := store.record(f"derived/{s}/anat"))), None)
     section("methods", "Methods", methods_text(spec, (qrec or {}).get("params", {}), (arec or {}).get("params", {}),
                                                 n_used, len(excluded)))
-    versions = pd.DataFrame(list(software_versions().items()), columns=["software", "version"])
-    section("software", "Software", _table(versions) + "<h3>Study spec</h3><pre>"
+    versions_table = pd.DataFrame(list(versions.items()), columns=["software", "version"])
+    section("software", "Software", _table(versions_table) + "<h3>Study spec</h3><pre>"
             + html.escape(yaml.safe_dump(spec, sort_keys=False)) + "</pre>")
 
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ferritin report: "
