@@ -102,3 +102,33 @@ def test_cli_publish(s3, store, capsys, monkeypatch):
     assert main(["publish", str(path), "s3://cohorts/cli.zarr", "--endpoint-url", endpoint]) == 0
     assert fs.exists("cohorts/cli.zarr/zarr.json") and "published" in capsys.readouterr().out
     assert main(["publish", str(path.parent / "nothing.zarr"), "s3://cohorts/x.zarr"]) == 2
+
+
+def test_group_glm_reads_a_published_cohort_array_lazily(s3, tmp_path, client):
+    """Users (and ``stats``) compute on a cohort array straight from object storage."""
+    import xarray as xr
+
+    from stats.glm import fit_glm, t_contrast
+
+    opts, fs = s3
+    rng = np.random.default_rng(5)
+    n, shape = 12, (10, 9, 8)
+    group = np.repeat(["ALS", "NC"], n // 2)
+    y = rng.normal(size=(n, *shape)).astype(np.float32)
+    y[group == "ALS", 2:5, 2:5, 2:5] += 3.0
+    from cohort.store import CohortStore
+
+    local = CohortStore(tmp_path / "stack.zarr", create=True)
+    ds = xr.Dataset({"chi": (("subject", "x", "y", "z"), y)},
+                    coords={"subject": [f"sub-{i:02d}" for i in range(n)], "group": ("subject", group)})
+    local.write_node("mni/chi", ds.chunk({"subject": n, "x": 5, "y": 5, "z": 4}), stage="stack", digest="0")
+    local.consolidate()
+    publish(local.path, "s3://cohorts/stack.zarr", opts)
+    remote = open_cohort("s3://cohorts/stack.zarr", storage_options=opts)["mni/chi"].to_dataset()
+    assert remote["chi"].chunks is not None  # lazy: nothing read yet
+    assert list(remote.cohort.select(group="ALS").subject.values) == [f"sub-{i:02d}" for i in range(n // 2)]
+    X = np.column_stack([group == "ALS", group == "NC"]).astype(float)
+    t_remote = t_contrast(fit_glm(remote["chi"].data, X), [1, -1]).compute()
+    t_local = t_contrast(fit_glm(y, X), [1, -1]).compute()
+    np.testing.assert_allclose(t_remote, t_local, rtol=1e-6)
+    assert t_remote[3, 3, 3] > 3 and abs(t_remote[8, 1, 1]) < t_remote[3, 3, 3]

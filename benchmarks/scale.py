@@ -1,6 +1,6 @@
 """Group statistics on a very large cohort read from a Zarr store, with memory bounded by the chunk size.
 
-Run by hand:  .venv/bin/python benchmarks/glm_scale.py [--subjects 10000] [--voxel 2] [--store /tmp/scale.zarr]
+Run by hand:  .venv/bin/python benchmarks/scale.py [--subjects 10000] [--voxel 2] [--store /tmp/scale.zarr]
 
 Writes (once) a synthetic (subject, x, y, z) float32 store on the MNI grid —
 white noise plus a group effect in a sphere, two groups, TIV and age
