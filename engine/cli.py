@@ -49,7 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "with planted group effects, and write a BIDS dataset plus "
                                    "derivatives/ground-truth.")
     p.add_argument("out_bids", type=Path, help="folder to write the BIDS dataset into (must be empty or absent)")
-    p.add_argument("--preset", default="demo", help="reference-study (34+34 at 1 mm), demo (10+10 at 2 mm), "
+    p.add_argument("--preset", default="demo", help="reference-study (34+34 at 1 mm), demo (10+10 at 3 mm), "
                                                     "tiny (2+2 at 3 mm) or null (no effects); default: demo")
     p.add_argument("--subjects", type=int, metavar="N", help="subjects per group (overrides the preset)")
     p.add_argument("--voxel-size", type=float, metavar="MM", help="isotropic voxel size in mm (overrides the preset)")
