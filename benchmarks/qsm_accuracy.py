@@ -27,30 +27,28 @@ from cohort.simulate import _world_coords, preset, sample_participants, simulate
 from cohort.templates import atlas_labels, load_template  # noqa: E402
 from engine.qsm.chain import QSMParams, reconstruct_qsm  # noqa: E402
 from engine.qsm.dipole import b0_direction  # noqa: E402
-from engine.qsm.inversion import ilsqr, reference_to_mean, star_qsm, tkd, tv_admm  # noqa: E402
-from engine.qsm.metrics import hfen, nrmse  # noqa: E402
+from engine.qsm.inversion import ilsqr, star_qsm, tkd, tv_admm  # noqa: E402
+from engine.qsm.metrics import hfen, nrmse, region_mean_errors  # noqa: E402
 
 METHODS = {"tkd": tkd, "tv": tv_admm, "star": star_qsm, "ilsqr": ilsqr}
 NUCLEI = ("Caudate", "Putamen", "Pallidum", "Thalamus")
 
 
 def nuclei_labels(truth, voxel):
-    """Atlas label of every GRE voxel, through the simulator's true placement."""
+    """Atlas label of every GRE voxel, through the simulator's true placement, and the nuclei's names."""
     tpl = load_template(voxel)
     pts = truth.placement.to_mni(_world_coords(truth.mag.shape[1:], truth.gre_affine), gre=True)
     inv = np.linalg.inv(tpl.grid.affine)
     ijk = np.einsum("ab,b...->a...", inv[:3, :3], pts) + inv[:3, 3].reshape(3, 1, 1, 1)
     labels = ndimage.map_coordinates(tpl.atlas, ijk, order=0, mode="constant", cval=0)
     names = atlas_labels()["name"].to_dict()
-    return labels, [c for c, n in names.items() if any(k in n for k in NUCLEI)]
+    return labels, {c: n for c, n in names.items() if any(k in n for k in NUCLEI)}
 
 
-def deep_grey_error(chi, truth, mask, labels, codes):
-    est, tru = reference_to_mean(chi, mask), reference_to_mean(truth.chi_native, mask)
-    errs = [est[(labels == c) & mask].mean() - tru[(labels == c) & mask].mean()
-            for c in codes if ((labels == c) & mask).sum() >= 5]
-    cover = np.mean([((labels == c) & mask).sum() / max(((labels == c) & truth.brain_mask_native.astype(bool)).sum(), 1)
-                     for c in codes])
+def deep_grey_error(chi, truth, mask, labels, nuclei):
+    errs = [est - tru for est, tru in region_mean_errors(chi, truth.chi_native, mask, labels, nuclei).values()]
+    brain = truth.brain_mask_native.astype(bool)
+    cover = np.mean([((labels == c) & mask).sum() / max(((labels == c) & brain).sum(), 1) for c in nuclei])
     return float(np.mean(np.abs(errs))), float(cover)
 
 
@@ -68,15 +66,15 @@ def main():
         t = simulate_subject(spec, table.iloc[i].to_dict(), i)
         tm = t.brain_mask_native.astype(bool)
         b = b0_direction(t.gre_affine)
-        labels, codes = nuclei_labels(t, args.voxel)
+        labels, nuclei = nuclei_labels(t, args.voxel)
         for name, fn in METHODS.items():
             est = fn(t.local_field_ppm, tm, vs, b)
-            dg, _ = deep_grey_error(est, t, tm, labels, codes)
+            dg, _ = deep_grey_error(est, t, tm, labels, nuclei)
             rows.append((name, "true local field", nrmse(est, t.chi_native, tm), hfen(est, t.chi_native, tm), dg, 1.0, 1.0))
             t0 = time.perf_counter()
             chi, m = reconstruct_qsm(t.mag, t.phase, t.echo_times, t.gre_affine, spec.b0, QSMParams(inversion=name))
             mm = m & tm
-            dg, dcov = deep_grey_error(chi, t, mm, labels, codes)
+            dg, dcov = deep_grey_error(chi, t, mm, labels, nuclei)
             rows.append((name, "full chain", nrmse(chi, t.chi_native, mm), hfen(chi, t.chi_native, mm), dg,
                          mm.sum() / tm.sum(), dcov))
             for r in rows[-2:]:
