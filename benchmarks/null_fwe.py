@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cohort.simulate import preset, simulate_cohort  # noqa: E402
 from engine.cluster import dask_client  # noqa: E402
 from engine.ingest import ingest  # noqa: E402
-from engine.pipeline import run_group, run_participants  # noqa: E402
+from engine.pipeline import group_design, run_group, run_participants  # noqa: E402
 from engine.spec import load_spec  # noqa: E402
 
 
@@ -45,17 +45,13 @@ def svc_permutation_check(store_path, spec, res, n_perm):
     from cohort.store import CohortStore
     from cohort.templates import load_template
     from stats.analysis import svc_volume
-    from stats.design import design_matrix
     from stats.permutation import permutation_max_t
 
     store = CohortStore(store_path)
     mni = store.open_node("mni")
     subjects = res["subjects"]
     table = mni[[v for v in mni.coords if mni.coords[v].dims == ("subject",)]].to_dataframe()
-    table = table.loc[subjects]
-    if "tiv_measured" in table.columns:
-        table["tiv"] = table["tiv_measured"]
-    design = design_matrix(table, groups=spec["groups"], covariates=spec["covariates"])
+    _, design = group_design(table.loc[subjects], spec)
     template = load_template(float(spec["mni_voxel_size"]))
     out = []
     for c in spec["contrasts"]:

@@ -288,15 +288,23 @@ def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str
     return list(table.index), excluded, table
 
 
-def _clean_mask(mask: np.ndarray) -> np.ndarray:
-    """Largest connected part of an analysis mask.
+def group_design(table: pd.DataFrame, spec: dict):
+    """The participants table the group model uses and its design matrix.
 
-    Holes (voxels some subject's χ does not cover) stay out: filled, they
-    entered the model as 0 for that subject and, on null cohorts, made
-    significant "effects" wherever coverage differed by chance.  The holes
-    add to the Euler characteristic of the search volume, which only makes
-    the correction more conservative."""
-    return largest_component(mask)
+    TIV is the one measured by the anatomy stage when the store has it
+    (``tiv_measured``), not a value from ``participants.tsv``.
+
+    Returns
+    -------
+    design_table : DataFrame indexed by subject
+    design : :class:`stats.design.Design`
+    """
+    from stats.design import design_matrix
+
+    design_table = table.copy()
+    if "tiv" in spec["covariates"] and "tiv_measured" in design_table.columns:
+        design_table["tiv"] = design_table["tiv_measured"]
+    return design_table, design_matrix(design_table, groups=spec["groups"], covariates=spec["covariates"])
 
 
 def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
@@ -314,7 +322,6 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
     import yaml
 
     from stats.analysis import analyse_contrast
-    from stats.design import design_matrix
 
     store = CohortStore(store_path)
     out = Path(out_dir)
@@ -339,10 +346,7 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
         store.write_node("mni", stack, stage="stack", digest=digest)
     mni = store.open_node("mni")
     names = atlas_labels()["name"].to_dict()
-    design_table = table.copy()
-    if "tiv" in spec["covariates"] and "tiv_measured" in design_table.columns:
-        design_table["tiv"] = design_table["tiv_measured"]
-    design = design_matrix(design_table, groups=spec["groups"], covariates=spec["covariates"])
+    design_table, design = group_design(table, spec)
     order = [subjects.index(s) for s in design.subjects]
     inf = spec["inference"]
     results = {"subjects": list(design.subjects), "excluded": excluded, "contrasts": {}}
@@ -351,7 +355,13 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
         Y = mni[c["map"]].data[order]
         if c["map"] == "chi":
             finite = np.isfinite(Y).all(axis=0).compute()
-            mask = _clean_mask(finite & template.brain_mask)
+            # Largest connected part; holes (voxels some subject's chi does not
+            # cover) stay out: filled, they entered the model as 0 for that
+            # subject and, on null cohorts, made significant "effects" where
+            # coverage differed by chance.  Holes add to the search volume's
+            # Euler characteristic, which only makes the correction more
+            # conservative.
+            mask = largest_component(finite & template.brain_mask)
             Y = da.where(da.isfinite(Y), Y, 0.0)
         else:
             mask = (template.gm > 0.2) & template.brain_mask
