@@ -108,16 +108,15 @@ def test_group_glm_reads_a_published_cohort_array_lazily(s3, tmp_path, client):
     """Users (and ``stats``) compute on a cohort array straight from object storage."""
     import xarray as xr
 
+    from cohort.store import CohortStore
     from stats.glm import fit_glm, t_contrast
 
-    opts, fs = s3
+    opts, _ = s3
     rng = np.random.default_rng(5)
     n, shape = 12, (10, 9, 8)
     group = np.repeat(["ALS", "NC"], n // 2)
     y = rng.normal(size=(n, *shape)).astype(np.float32)
     y[group == "ALS", 2:5, 2:5, 2:5] += 3.0
-    from cohort.store import CohortStore
-
     local = CohortStore(tmp_path / "stack.zarr", create=True)
     ds = xr.Dataset({"chi": (("subject", "x", "y", "z"), y)},
                     coords={"subject": [f"sub-{i:02d}" for i in range(n)], "group": ("subject", group)})
