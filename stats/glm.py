@@ -109,7 +109,7 @@ def fit_glm(Y, X, mask=None) -> GLMFit:
     pinv = np.linalg.pinv(X)
     p = X.shape[1]
     out = da.map_blocks(_fit_block, Y, pinv, X, df, dtype=np.float64,
-                        chunks=((p + 1,), *Y.chunks[1:]), name="ferritin-glm")
+                        chunks=((p + 1,), *Y.chunks[1:]), token="ferritin-glm")
     beta, sigma2 = out[:p], out[p]
     m = None
     if mask is not None:

@@ -104,3 +104,16 @@ def test_chunking_does_not_change_results(cohort):
     a = t_contrast(fit_glm(da.from_array(Y, chunks=(30, 7, 8, 6)), d.X), [1, -1, 0]).compute()
     b = t_contrast(fit_glm(da.from_array(Y, chunks=(5, 2, 3, 2)), d.X), [1, -1, 0]).compute()
     np.testing.assert_array_equal(a, b)
+
+
+def test_two_fits_on_one_cluster_do_not_share_results(client):
+    """Each fit has its own task keys: a second model on the same scheduler
+    (other data, other shape) must not be answered from the first one's."""
+    rng = np.random.default_rng(3)
+    X = np.column_stack([np.ones(8), np.repeat([0.0, 1.0], 4)])
+    a = rng.normal(size=(8, 6, 5, 4))
+    b = rng.normal(size=(8, 3, 3, 3))
+    t_a = client.compute(t_contrast(fit_glm(a, X), [0, 1])).result()
+    t_b = client.compute(t_contrast(fit_glm(b, X), [0, 1])).result()
+    assert t_a.shape == (6, 5, 4) and t_b.shape == (3, 3, 3)
+    np.testing.assert_allclose(t_b, t_contrast(fit_glm(b, X), [0, 1]).compute(scheduler="sync"))
