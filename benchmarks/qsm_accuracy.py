@@ -1,6 +1,7 @@
 """QSM accuracy on simulated subjects: each inversion from the true local field and through the full chain.
 
 Run by hand:  .venv/bin/python benchmarks/qsm_accuracy.py [--voxel 3] [--subjects 0 1] [--echoes 6]
+                  [--methods tv star] [--set vsharp_min_radius_vox=1 ...]
 
 Printed per subject and method:
 - NRMSE = 100 * ||chi - chi_true|| / ||chi_true|| and HFEN, inside the mask, both demeaned there
@@ -57,7 +58,16 @@ def main():
     ap.add_argument("--voxel", type=float, default=3.0)
     ap.add_argument("--subjects", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--echoes", type=int, default=6)
+    ap.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="chain parameters (engine.qsm.chain.QSMParams fields) for the full-chain runs")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in QSMParams.__dataclass_fields__:
+            ap.error(f"--set {item}: {key!r} is not a QSMParams field")
+        overrides[key] = type(getattr(QSMParams(), key) or 0.0)(value)
     spec = preset("tiny", voxel_size=args.voxel, n_echoes=args.echoes)
     table = sample_participants(spec)
     vs = (args.voxel,) * 3
@@ -67,12 +77,13 @@ def main():
         tm = t.brain_mask_native.astype(bool)
         b = b0_direction(t.gre_affine)
         labels, nuclei = nuclei_labels(t, args.voxel)
-        for name, fn in METHODS.items():
-            est = fn(t.local_field_ppm, tm, vs, b)
+        for name in args.methods:
+            est = METHODS[name](t.local_field_ppm, tm, vs, b)
             dg, _ = deep_grey_error(est, t, tm, labels, nuclei)
             rows.append((name, "true local field", nrmse(est, t.chi_native, tm), hfen(est, t.chi_native, tm), dg, 1.0, 1.0))
             t0 = time.perf_counter()
-            chi, m = reconstruct_qsm(t.mag, t.phase, t.echo_times, t.gre_affine, spec.b0, QSMParams(inversion=name))
+            params = QSMParams(inversion=name, **overrides)
+            chi, m = reconstruct_qsm(t.mag, t.phase, t.echo_times, t.gre_affine, spec.b0, params)
             mm = m & tm
             dg, dcov = deep_grey_error(chi, t, mm, labels, nuclei)
             rows.append((name, "full chain", nrmse(chi, t.chi_native, mm), hfen(chi, t.chi_native, mm), dg,
@@ -82,7 +93,7 @@ def main():
                       f"deep-grey |err| {r[4]:.4f} ppm  mask covers {r[5]:.2f} of the brain, {r[6]:.2f} of the nuclei"
                       + (f"  ({time.perf_counter() - t0:.0f} s)" if r[1] == "full chain" else ""), flush=True)
     print(f"\nmedian over {len(args.subjects)} subjects at {args.voxel:g} mm:")
-    for name in METHODS:
+    for name in args.methods:
         for source in ("true local field", "full chain"):
             sel = np.array([r[2:] for r in rows if r[0] == name and r[1] == source])
             med = np.median(sel, axis=0)

@@ -43,6 +43,8 @@ __all__ = [
     "SimulationSpec",
     "SubjectTruth",
     "PRESETS",
+    "REFERENCE_EFFECTS",
+    "power_matched_effects",
     "preset",
     "sample_participants",
     "simulate_subject",
@@ -136,10 +138,31 @@ REFERENCE_EFFECTS = (
     Effect("thalamus_L", "Thalamus_L", (-13.0, -5.0, 7.0), radius_mm=12.0, chi_ppm=0.025, gm_fraction=-0.10),
 )
 
+#: Group size of the reference study (after exclusions).
+REFERENCE_N_PER_GROUP = 34
+
+
+def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENCE_N_PER_GROUP):
+    """Effects scaled so that ``n_per_group`` per group has the power of ``reference_n``.
+
+    A two-sample t statistic grows with the effect times the square root of
+    the group size, so a cohort smaller than the reference study keeps the
+    reference study's expected T (and with it its chance of finding each
+    effect) when every effect is multiplied by ``sqrt(reference_n / n)``:
+    χ and GM changes alike.  The demo uses this, so that 10 + 10 subjects
+    show what 34 + 34 would, without the demo's findings resting on luck.
+    """
+    if n_per_group < 1:
+        raise ValueError(f"n_per_group must be >= 1, got {n_per_group}")
+    k = float(np.sqrt(reference_n / n_per_group))
+    return tuple(replace(e, chi_ppm=e.chi_ppm * k, gm_fraction=max(e.gm_fraction * k, -0.5)) for e in effects)
+
+
 PRESETS = {
     "reference-study": SimulationSpec(effects=REFERENCE_EFFECTS),
-    "demo": SimulationSpec(n_per_group={"ALS": 10, "NC": 10}, voxel_size=3.0, effects=REFERENCE_EFFECTS,
-                           n_echoes=6),
+    # 10 + 10 at 3 mm with the reference study's power (effects x sqrt(34/10)).
+    "demo": SimulationSpec(n_per_group={"ALS": 10, "NC": 10}, voxel_size=3.0,
+                           effects=power_matched_effects(REFERENCE_EFFECTS, 10), n_echoes=6),
     "tiny": SimulationSpec(n_per_group={"ALS": 2, "NC": 2}, voxel_size=3.0, effects=REFERENCE_EFFECTS, n_echoes=4),
     "null": SimulationSpec(effects=()),
 }

@@ -207,6 +207,9 @@ def _cmd_run(args) -> int:
         print(f"ferritin run group: {exc}", file=sys.stderr)
         return 2
     _print_group(res)
+    from .recovery import planted_effects
+
+    _print_recovery(res, planted_effects(args.bids_dir), out)
     report = _write_report(out)
     print(f"tables, maps and BIDS derivatives in {out}  ({time.perf_counter() - t0:.1f} s)")
     if report:
@@ -264,10 +267,30 @@ def _print_group(res: dict) -> None:
                 print(f"  SVC {region}: no voxel above threshold")
 
 
+def _print_recovery(res: dict, effects, out: Path) -> None:
+    """On a simulated cohort: which planted effects the run found (tables/planted_effects.csv)."""
+    from .recovery import planted_effect_recovery, roi_recovery
+
+    effects = list(effects)
+    if not effects:
+        return
+    found = planted_effect_recovery(res, effects)
+    found.to_csv(out / "tables" / "planted_effects.csv", index=False)
+    rois = roi_recovery(res, effects)
+    rois.to_csv(out / "tables" / "planted_effects_roi.csv", index=False)
+    print("planted effects (a corrected result within 10 mm of the planted peak):")
+    for _, r in found.iterrows():
+        where = (f"{r.source} peak ({r.x:.0f}, {r.y:.0f}, {r.z:.0f}) {r.distance_mm:.0f} mm away, T = {r['T']:.2f}, "
+                 f"p(FWE) = {r.p_fwe:.3g}") if r.found else "not found"
+        print(f"  {r.effect} / {r.contrast}: {where}")
+    for _, r in rois.iterrows():
+        print(f"  {r.effect}: ROI {r.roi} {r['map']} difference {r.difference:+.4g}, ANCOVA p = {r.p:.3g}")
+
+
 def _cmd_demo(args) -> int:
     from dataclasses import replace
 
-    from cohort.simulate import preset, simulate_cohort
+    from cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, preset, simulate_cohort
 
     from .cluster import dask_client
     from .ingest import ingest
@@ -276,7 +299,9 @@ def _cmd_demo(args) -> int:
 
     spec = preset("reference-study") if args.full else preset("demo")
     if args.subjects:
-        spec = replace(spec, n_per_group={g: args.subjects for g in spec.n_per_group})
+        # keep the reference study's power whatever the size (see power_matched_effects)
+        spec = replace(spec, n_per_group={g: args.subjects for g in spec.n_per_group},
+                       effects=power_matched_effects(REFERENCE_EFFECTS, args.subjects))
     out = args.out
     bids = out / "bids"
     store = out / "cohort.zarr"
@@ -295,6 +320,7 @@ def _cmd_demo(args) -> int:
         print(summary.text())
     res = run_group(store, study, out)
     _print_group(res)
+    _print_recovery(res, spec.effects, out)
     print(f"cohort store: {store}  (open with xarray.open_datatree(path, engine='zarr'))")
     print(f"tables and maps: {out / 'tables'}, {out / 'group'}")
     print(f"ground truth: {bids / 'derivatives' / 'ground-truth'}")

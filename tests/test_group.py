@@ -274,3 +274,36 @@ def test_voxels_a_subject_does_not_cover_are_left_out_not_zero_filled(group_out)
     hole = _hole(grid)
     assert not ds["mask"].values[hole].any()
     assert ds["mask"].values.sum() > 0.8 * load_template(VS).brain_mask.sum()
+
+
+def test_recovery_finds_the_planted_effect_and_nothing_elsewhere(group_out):
+    from engine.recovery import planted_effect_recovery, roi_recovery
+
+    _, res, _ = group_out
+    planted = {"name": "plant", "region": "Thalamus_L", "peak_mni": PLANT_MM}
+    elsewhere = {"name": "elsewhere", "region": "Precentral_R", "peak_mni": (40.0, -20.0, 55.0)}
+    found = planted_effect_recovery(res, [planted, elsewhere]).set_index(["effect", "contrast"])
+    hit = found.loc[("plant", "chi_als_gt_nc")]
+    assert hit.found and hit.distance_mm <= 10 and hit.p_fwe < 0.05 and hit["T"] > 0
+    assert found.loc[("plant", "gm_als_lt_nc")].found
+    assert not found.loc["elsewhere"].found.any()
+    assert found.loc["elsewhere"].p_fwe.isna().all()
+    rois = roi_recovery(res, [planted, elsewhere])
+    assert set(rois.effect) == {"plant"}
+    gm = rois[(rois.roi == "chi_als_gt_nc_thalamus_L") & (rois["map"] == "gm_mod_s")].iloc[0]
+    chi = rois[(rois.roi == "chi_als_gt_nc_thalamus_L") & (rois["map"] == "chi")].iloc[0]
+    assert gm.difference < 0 and chi.difference > 0 and gm.p < 0.05 and chi.p < 0.05
+
+
+def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys):
+    from engine.cli import _print_recovery
+
+    out, res, _ = group_out
+    _print_recovery(res, [{"name": "plant", "region": "Thalamus_L", "peak_mni": PLANT_MM}], out)
+    text = capsys.readouterr().out
+    assert re.search(r"plant / chi_als_gt_nc: (SVC thalamus_L|whole brain) peak .* p\(FWE\) = ", text)
+    assert re.search(r"plant: ROI chi_als_gt_nc_\w+ gm_mod_s difference -", text)
+    table = pd.read_csv(out / "tables" / "planted_effects.csv")
+    assert table.found.all() and set(table.contrast) == {"chi_als_gt_nc", "gm_als_lt_nc"}
+    _print_recovery(res, [], out)  # a cohort that is not simulated: nothing printed
+    assert capsys.readouterr().out == ""

@@ -1,0 +1,56 @@
+"""Scoring a run against the effects planted in a simulated cohort."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohort.simulate import REFERENCE_EFFECTS, power_matched_effects
+from engine.recovery import planted_effect_recovery
+
+
+def _results(svc_p=0.01, wb_peak_p=0.3, wb_cluster_p=0.2, at=(0.0, 0.0, 0.0)):
+    svc = pd.DataFrame({"x": [at[0]], "y": [at[1]], "z": [at[2]], "T": [4.5], "p_fwe": [svc_p]})
+    table = pd.DataFrame({"cluster": [1], "x": [30.0], "y": [0.0], "z": [0.0], "T": [4.0],
+                          "p_fwe": [wb_peak_p], "cluster_p_fwe": [wb_cluster_p]})
+    return {"contrasts": {"c": {"svc": {"box": svc}, "table": table}}}
+
+
+def _effect(peak):
+    return {"name": "e", "region": "Thalamus_L", "peak_mni": peak}
+
+
+def test_a_result_counts_only_within_reach_and_below_alpha():
+    near = planted_effect_recovery(_results(at=(6.0, 0.0, 8.0)), [_effect((0.0, 0.0, 0.0))]).iloc[0]
+    assert near.found and near.source == "SVC box" and near.distance_mm == pytest.approx(10.0)
+    far = planted_effect_recovery(_results(at=(6.0, 0.0, 8.1)), [_effect((0.0, 0.0, 0.0))]).iloc[0]
+    assert not far.found and np.isnan(far.p_fwe)
+    weak = planted_effect_recovery(_results(svc_p=0.05), [_effect((0.0, 0.0, 0.0))]).iloc[0]
+    assert not weak.found
+
+
+def test_a_whole_brain_cluster_counts_by_its_cluster_p():
+    r = planted_effect_recovery(_results(svc_p=0.5, wb_cluster_p=0.01), [_effect((28.0, 0.0, 0.0))]).iloc[0]
+    assert r.found and r.source == "whole brain" and r.p_fwe == pytest.approx(0.01)
+
+
+def test_recovery_checks_its_arguments():
+    with pytest.raises(ValueError, match="within_mm"):
+        planted_effect_recovery(_results(), [], within_mm=0)
+    with pytest.raises(ValueError, match="alpha"):
+        planted_effect_recovery(_results(), [], alpha=1.5)
+
+
+def test_power_matching_keeps_the_expected_t():
+    same = power_matched_effects(REFERENCE_EFFECTS, 34)
+    assert [e.chi_ppm for e in same] == pytest.approx([e.chi_ppm for e in REFERENCE_EFFECTS])
+    ten = power_matched_effects(REFERENCE_EFFECTS, 10)
+    k = np.sqrt(34 / 10)
+    for a, b in zip(REFERENCE_EFFECTS, ten):
+        # expected T ~ effect * sqrt(n / 2): equal for 34 per group and for 10 per group
+        assert b.chi_ppm * np.sqrt(10 / 2) == pytest.approx(a.chi_ppm * np.sqrt(34 / 2))
+        assert b.gm_fraction == pytest.approx(a.gm_fraction * k)
+        assert (b.region, b.peak_mni) == (a.region, a.peak_mni)
+    with pytest.raises(ValueError, match="n_per_group"):
+        power_matched_effects(REFERENCE_EFFECTS, 0)
