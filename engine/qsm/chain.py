@@ -95,8 +95,12 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         # Background that V-SHARP could not remove (next to sinuses, at the
         # edge of the field of view) shows up as local-field outliers that the
         # inversion would smear over the whole brain: drop them from the mask
-        # and remove the background again.
-        bad = outlier_voxels(local, lmask, params.quality_mad)
+        # and remove the background again.  Such residues lie within V-SHARP's
+        # largest sphere of the mask's edge; deeper outliers are real sources
+        # (iron-rich nuclei, veins): cutting them punched holes in the deep
+        # grey matter of some subjects, and the group mask lost them for all.
+        depth = ndimage.distance_transform_edt(mask, sampling=vs)
+        bad = outlier_voxels(local, lmask, params.quality_mad) & (depth <= params.vsharp_max_radius_mm)
         if not bad.any():
             break
         grow = ndimage.binary_dilation(bad, ball(params.quality_margin_mm / np.asarray(vs)))
