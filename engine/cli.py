@@ -351,8 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # Dask's own chatter (connections, worker start-up) only when asked for.
+    # distributed gives its sub-loggers levels of their own, so a level on the
+    # parent does not reach them: filter at the handler instead.
+    dask_level = level if args.verbose >= 2 else logging.WARNING
     for name in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(name).setLevel(level if args.verbose >= 2 else logging.WARNING)
+        logging.getLogger(name).setLevel(dask_level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda r: r.levelno >= dask_level or not r.name.startswith(("distributed", "bokeh",
+                                                                                     "tornado")))
     from cohort.store import StoreLocked
 
     try:

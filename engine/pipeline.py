@@ -42,7 +42,9 @@ from .qsm.mask import largest_component
 
 __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "PIPELINE_VERSION"]
 
-PIPELINE_VERSION = 1
+# Raised whenever a stage computes something different from the same inputs and
+# parameters, so that stores made by an earlier version recompute it.
+PIPELINE_VERSION = 2  # 2: the QSM quality step keeps deep sources
 
 
 @dataclass

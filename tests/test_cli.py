@@ -43,3 +43,14 @@ def test_simulate_refuses_non_empty_output(tmp_path, capsys):
     assert main(["simulate", str(tmp_path), "--preset", "tiny"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["simulate", str(tmp_path / "new"), "--preset", "nope"]) == 2
+
+
+def test_dask_chatter_is_silent_unless_asked_for(tiny_bids, tmp_path):
+    """distributed's sub-loggers carry levels of their own: without -vv the
+    user sees the command's output, not the scheduler's connection log."""
+    root, table = tiny_bids
+    cmd = [sys.executable, "-m", "engine.cli", "ingest", str(root), str(tmp_path / "c.zarr"), "--workers", "1",
+           "--no-progress", "--participant-label", table.participant_id[0]]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ingested 1" in out.stdout
+    assert "INFO distributed" not in out.stderr
