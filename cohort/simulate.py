@@ -4,7 +4,8 @@ For every subject the simulator
 
 1. builds the subject's anatomy in MNI space from the ICBM 2009 tissue priors
    (age-related GM loss, group effects in named atlas regions around given
-   peaks, scaled by a latent disease severity),
+   peaks, scaled by a latent disease severity: χ added, volume lost by a
+   local contraction of the tissue),
 2. builds a whole-head susceptibility map (ppm, relative to CSF/water):
    literature values per tissue and deep-grey nucleus, age-related iron gain,
    smooth texture, skull, scalp, air outside the head and in the sinuses,
@@ -42,6 +43,7 @@ __all__ = [
     "Effect",
     "SimulationSpec",
     "SubjectTruth",
+    "atrophy_displacement",
     "PRESETS",
     "REFERENCE_EFFECTS",
     "power_matched_effects",
@@ -62,7 +64,11 @@ class Effect:
 
     The effect map is the AAL region intersected with a sphere of
     ``radius_mm`` around ``peak_mni``, smoothed by ``smooth_mm`` FWHM, and
-    scaled per patient by ``1 + severity_gain * severity``.
+    scaled per patient by ``1 + severity_gain * severity``.  ``chi_ppm`` is
+    added to χ there; ``gm_fraction`` is a volume change (−0.10: the region
+    is 10 % smaller in patients), planted as a local contraction of the
+    tissue (:func:`atrophy_displacement`), which VBM measures through the
+    Jacobian of the normalisation as in real atrophy.
     """
 
     name: str
@@ -286,6 +292,9 @@ class Placement:
     motion: np.ndarray  # GRE scanner → T1 scanner (head motion between scans)
     disp_grid_affine: np.ndarray
     disp: np.ndarray  # (3, nx, ny, nz) displacement (mm) on the coarse MNI lattice
+    #: planted atrophy (see :func:`atrophy_displacement`): lattice affine and (3, ...) displacement, or None
+    atrophy_grid_affine: np.ndarray | None = None
+    atrophy: np.ndarray | None = None
 
     def to_mni(self, xyz: np.ndarray, gre: bool = False) -> np.ndarray:
         """Map world points (3, ...) of the T1 (or GRE, ``gre=True``) scanner frame to MNI."""
@@ -294,10 +303,60 @@ class Placement:
         if gre:
             p = self.motion[:3, :3] @ p + self.motion[:3, 3:4]
         q = self.affine[:3, :3] @ p + self.affine[:3, 3:4]
-        inv = np.linalg.inv(self.disp_grid_affine)
-        ijk = inv[:3, :3] @ q + inv[:3, 3:4]
-        d = np.stack([ndimage.map_coordinates(self.disp[c], ijk, order=3, mode="nearest") for c in range(3)])
-        return (q + d).reshape((3, *shp)).astype(np.float32)
+        q = q + _sample_field(self.disp, self.disp_grid_affine, q, order=3)
+        if self.atrophy is not None:
+            q = q + _sample_field(self.atrophy, self.atrophy_grid_affine, q, order=1)
+        return q.reshape((3, *shp)).astype(np.float32)
+
+
+def _sample_field(field: np.ndarray, grid_affine: np.ndarray, points: np.ndarray, order: int) -> np.ndarray:
+    """A (3, ...) vector field on a lattice, sampled at world points (3, n)."""
+    inv = np.linalg.inv(grid_affine)
+    ijk = inv[:3, :3] @ points + inv[:3, 3:4]
+    return np.stack([ndimage.map_coordinates(field[c], ijk, order=order, mode="nearest") for c in range(3)])
+
+
+def atrophy_displacement(loss: np.ndarray, grid_affine: np.ndarray, pad: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Displacement (mm) that shrinks tissue by the fraction ``loss`` at each voxel, and its modulation.
+
+    Atrophy is volume loss: a patient's region occupies less space than the
+    template's, and VBM sees it through the Jacobian of the normalisation.
+    The subject → MNI map ``x + u(x)`` must then expand the region by
+    ``1 / (1 - loss)``, so ``u`` is the gradient of a potential whose
+    Laplacian is that expansion (Poisson, solved with FFTs on a padded
+    lattice): curl-free, and divergence-free outside the region, so the
+    tissue around it moves in without changing volume (sulci and ventricles
+    widen, as in real atrophy).
+
+    Parameters
+    ----------
+    loss : (x, y, z) array
+        Fractional volume loss (< 1; negative values grow the tissue), e.g. the
+        effect maps each times its GM change and the patient's severity.
+    grid_affine : 4x4 of the lattice (isotropic)
+    pad : lattice voxels of zero padding on every side
+
+    Returns
+    -------
+    u : (3, x, y, z) displacement in mm
+    modulation : (x, y, z) ``1 / det(I + grad u)``: the volume fraction the
+        subject keeps at each MNI voxel (what a modulated GM map measures)
+    """
+    w = np.asarray(loss, dtype=np.float64)
+    if w.ndim != 3 or not np.isfinite(w).all() or w.max() >= 1:
+        raise ValueError(f"loss must be a finite 3-D fraction below 1, got shape {w.shape}, max {np.nanmax(w):.3f}")
+    step = float(np.sqrt((np.asarray(grid_affine)[:3, :3] ** 2).sum(axis=0))[0])
+    source = np.pad(1.0 / (1.0 - w) - 1.0, pad)
+    k = np.meshgrid(*[2 * np.pi * np.fft.fftfreq(n, d=step) for n in source.shape], indexing="ij", sparse=True)
+    k2 = k[0] ** 2 + k[1] ** 2 + k[2] ** 2
+    k2[0, 0, 0] = 1.0
+    phi_k = -np.fft.fftn(source) / k2
+    phi_k[0, 0, 0] = 0.0
+    core = tuple(slice(pad, pad + n) for n in w.shape)
+    u = np.stack([np.fft.ifftn(1j * kk * phi_k).real[core] for kk in k])
+    grad = np.stack([np.stack(np.gradient(u[a], step), axis=0) for a in range(3)])  # grad[a, b] = du_a/dx_b
+    jac = np.linalg.det(np.moveaxis(grad, (0, 1), (-2, -1)) + np.eye(3))
+    return u.astype(np.float32), (1.0 / np.clip(jac, 1e-3, None)).astype(np.float32)
 
 
 def _placement(rng, spec: SimulationSpec, head_scale: float) -> Placement:
@@ -376,9 +435,13 @@ def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -
     loss = np.full(gm.shape, spec.gm_loss_per_year * age_dev, np.float32)
     patient = row["group"] == spec.patient_group
     sev_factor = {}
+    # Planted GM changes are volume changes (the region shrinks, see
+    # atrophy_displacement), applied when the subject is placed; the age
+    # effect is diffuse thinning: GM replaced by CSF where it is.
+    atrophy = np.zeros(gm.shape, np.float32)
     for e in spec.effects:
         sev_factor[e.name] = max(0.0, 1.0 + e.severity_gain * row["severity"]) if patient else 0.0
-        loss -= e.gm_fraction * sev_factor[e.name] * effects[e.name]
+        atrophy -= e.gm_fraction * sev_factor[e.name] * effects[e.name]
     loss = np.clip(loss, -0.3, 0.6)
     lost = gm * loss
     gm = gm - lost
@@ -410,8 +473,30 @@ def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -
         "gm": gm.astype(np.float32), "wm": wm.astype(np.float32), "csf": csf.astype(np.float32),
         "chi_brain": brain_chi, "chi_full": full_chi.astype(np.float32),
         "skull": skull * (1 - sinus), "scalp": scalp, "rim": rim, "sinus": sinus, "air": air,
+        "atrophy": np.clip(atrophy, -0.5, 0.5),
         **{f"effect_{k}": v for k, v in effects.items()},
     }
+
+
+#: Lattice spacing (mm) of the atrophy displacement: planted effects are
+#: smoothed by several mm, and a finer FFT solve would cost a gigabyte at 1 mm.
+ATROPHY_STEP_MM = 2.0
+
+
+def _place_atrophy(place: Placement, atrophy: np.ndarray, template: Template) -> tuple[Placement, np.ndarray]:
+    """The placement with the atrophy displacement, and the modulation on the template grid."""
+    if not np.any(atrophy):
+        return place, np.ones(atrophy.shape, np.float32)
+    vs = template.grid.voxel_size
+    k = max(1, int(round(ATROPHY_STEP_MM / vs)))
+    aff = template.grid.affine.copy()
+    aff[:3, :3] *= k
+    u, modulation = atrophy_displacement(atrophy[::k, ::k, ::k], aff)
+    if k > 1:
+        ijk = np.indices(atrophy.shape, dtype=np.float64) / k
+        modulation = ndimage.map_coordinates(modulation, ijk.reshape(3, -1), order=1, mode="nearest")
+        modulation = modulation.reshape(atrophy.shape).astype(np.float32)
+    return replace(place, atrophy_grid_affine=aff, atrophy=u), modulation
 
 
 # ---------------------------------------------------------------------------
@@ -471,6 +556,7 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     template = load_template(spec.voxel_size)
     maps = subject_mni_maps(template, spec, row, rng)
     place = _placement(rng, spec, row["head_scale"])
+    place, modulation = _place_atrophy(place, maps["atrophy"], template)
     vs = spec.voxel_size
     # --- T1w grid (axial, slightly rotated and shifted) --------------------
     t1_rot = _rotation(np.deg2rad(rng.uniform(-3, 3, 3)))
@@ -538,6 +624,7 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     mag = np.stack(mags) * np.float32(1000)
     phase = np.stack(phases)
     mni = {k: maps[k] for k in ("gm", "wm", "csf", "chi_brain")}
+    mni["gm_mod"] = maps["gm"] * modulation  # what VBM's modulated GM should find
     return SubjectTruth(
         subject=row["participant_id"], row=row, mag=mag, phase=phase, gre_affine=gre_aff, t1w=t1w,
         t1w_affine=t1_aff, echo_times=tes, chi_native=chi_brain, brain_mask_native=brain.astype(np.uint8),
@@ -590,6 +677,7 @@ def write_bids_subject(root: Path, truth: SubjectTruth, spec: SimulationSpec) ->
     _save(truth.mni["chi_brain"], grid.affine, gt / f"{sub}_space-MNI152NLin2009cSym_Chimap.nii.gz")
     for lab in ("gm", "wm", "csf"):
         _save(truth.mni[lab], grid.affine, gt / f"{sub}_space-MNI152NLin2009cSym_label-{lab.upper()}_probseg.nii.gz")
+    _save(truth.mni["gm_mod"], grid.affine, gt / f"{sub}_space-MNI152NLin2009cSym_label-GM_desc-modulated_probseg.nii.gz")
     # The T1w-scanner → MNI mapping, sampled on the T1w grid (mm coordinates).
     t1_mni = truth.placement.to_mni(_world_coords(truth.t1w.shape, truth.t1w_affine))
     _save(np.moveaxis(t1_mni, 0, -1), truth.t1w_affine, gt / f"{sub}_from-T1w_to-MNI152NLin2009cSym_mode-points_xfm.nii.gz")

@@ -92,7 +92,9 @@ def test_patients_differ_from_controls_where_planted():
     for e in spec.effects:
         w = als[f"effect_{e.name}"] > 0.8
         assert (als["chi_brain"] - nc["chi_brain"])[w].mean() == pytest.approx(e.chi_ppm, rel=0.25)
-        assert (als["gm"] < nc["gm"] - 1e-6)[w & (nc["gm"] > 0.2)].mean() > 0.9
+        # GM change is volume loss, planted when the subject is placed
+        assert als["atrophy"][w].mean() == pytest.approx(-e.gm_fraction, rel=0.2)
+    assert not nc["atrophy"].any()
     far = np.ones(template.grid.shape, bool)
     for e in spec.effects:
         far &= als[f"effect_{e.name}"] < 1e-3
@@ -114,3 +116,43 @@ def test_written_dataset_is_valid_bids(tiny_bids, tiny_spec):
     np.testing.assert_allclose(chi.affine, img.gre_affine, atol=1e-5)
     # oblique GRE and T1w on different grids, as real scans
     assert not np.allclose(img.gre_affine, img.t1w_affine)
+
+
+def test_atrophy_shrinks_the_region_and_nothing_else():
+    from scipy import ndimage
+
+    from cohort.simulate import atrophy_displacement
+
+    step, n = 2.0, 48
+    aff = np.diag([step, step, step, 1.0])
+    aff[:3, 3] = -47.0
+    x, y, z = np.meshgrid(*[np.arange(n) * step - 47.0] * 3, indexing="ij")
+    r = np.sqrt(x**2 + y**2 + z**2)
+    loss = 0.2 * ndimage.gaussian_filter((r < 12).astype(float), 1.0)
+    u, modulation = atrophy_displacement(loss, aff)
+    assert modulation[r < 6].mean() == pytest.approx(0.8, abs=0.02)
+    assert np.abs(modulation[r > 40] - 1).max() < 0.01
+    # outward displacement: the subject's region is the smaller pre-image of the template's
+    radial = (u[0] * x + u[1] * y + u[2] * z) / np.maximum(r, 1e-9)
+    assert radial[(r > 10) & (r < 16)].min() > 0
+    with pytest.raises(ValueError, match="below 1"):
+        atrophy_displacement(np.ones((4, 4, 4)), aff)
+
+
+def test_patient_truth_carries_the_planted_volume_loss():
+    from cohort.simulate import simulate_subject
+
+    spec = preset("tiny", seed=4)
+    row = {"participant_id": "sub-001", "group": "ALS", "age": spec.age_mean, "sex": "F", "severity": 0.0,
+           "head_scale": 1.0}
+    t = simulate_subject(spec, row, 0)
+    template = load_template(spec.voxel_size)
+    maps = effect_maps(template, spec.effects)
+    for e in spec.effects:
+        core = (maps[e.name] > 0.9) & (t.mni["gm"] > 0.3)
+        kept = (t.mni["gm_mod"][core] / t.mni["gm"][core]).mean()
+        assert kept == pytest.approx(1 + e.gm_fraction, abs=0.03)
+    far = np.ones(template.grid.shape, bool)
+    for w in maps.values():
+        far &= w < 1e-3
+    assert np.abs(t.mni["gm_mod"] - t.mni["gm"])[far & (t.mni["gm"] > 0.3)].mean() < 0.005
