@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..qsm.mask import ball, brain_mask
 from .antsbridge import deterministic, from_ants, itk_matrix_to_ras, points_map, scratch_dir, to_ants
 
 __all__ = ["AnatParams", "AnatResult", "process_anatomy", "sample_at", "jacobian_determinant", "smooth_fwhm"]
@@ -35,6 +36,8 @@ class AnatParams:
     vbm_fwhm_mm: float = 4.0
     seed: int = 1
     skull_strip: bool = True  # affine to MNI, template brain mask back to the T1, SyN on the brain only
+    strip_detach_mm: float = 5.0  # erosion that cuts the scalp off the first, intensity-based brain mask
+    strip_margin_mm: float = 4.0  # margin kept around that mask for the affine
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +116,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     if t1.ndim != 3 or not np.isfinite(t1).all() or t1.max() <= 0:
         raise ValueError("T1w image must be a 3-D, finite, non-empty array")
     grid = template.grid
+    t1_voxel = tuple(float(v) for v in np.sqrt((np.asarray(t1_affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))
     seconds = {}
     clock = [time.perf_counter()]
 
@@ -138,10 +142,17 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         moving = n4
         initial = None
         if params.skull_strip:
-            # The template is brain only: an affine of the whole head brings
-            # the template's brain mask back to the subject, the scalp and
-            # skull are removed, and SyN sees brain against brain.
-            aff = ants.registration(fixed=mni_t1, moving=n4, type_of_transform="Affine", mask=mni_mask,
+            # The template is brain only.  A first, intensity-based brain mask
+            # (threshold, erosion to cut the scalp off, largest component,
+            # as for the GRE) gives the affine brain against brain: an affine
+            # of the whole head stretched the brain over the skull in 9 of 20
+            # simulated subjects at 3 mm (TIV +20 to +70 %).  The affine then
+            # brings the template's brain mask back to the subject, which
+            # strips the T1 for SyN.
+            rough = brain_mask(n4.numpy(), t1_voxel, detach_mm=params.strip_detach_mm)
+            rough = ndimage.binary_dilation(rough, ball(params.strip_margin_mm / np.asarray(t1_voxel)))
+            aff = ants.registration(fixed=mni_t1, moving=n4 * n4.new_image_like(rough.astype(np.float32)),
+                                    type_of_transform="Affine", mask=mni_mask,
                                     outprefix=os.path.join(tmp, "aff_"), random_seed=params.seed)
             head_mask = ants.apply_transforms(n4, mni_mask, aff["invtransforms"], interpolator="nearestNeighbor",
                                               whichtoinvert=[True])
