@@ -42,7 +42,7 @@ class QSMParams:
     quality_margin_mm: float = 6.0
     inversion: str = "tv"
     tkd_threshold: float = 0.15
-    tv_lambda: float = 3e-4
+    tv_lambda: float = 1e-4  # 3e-4 over-smoothed: true-local NRMSE 28.8 -> 21.2 % at 3 mm, chain 55.3 -> 53.7 %
     tv_iterations: int = 50
     star_lambda_large: float = 3e-3
     star_lambda_small: float = 1e-4

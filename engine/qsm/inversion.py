@@ -58,7 +58,7 @@ def _div(g, vs):
     return sum((g[a] - np.roll(g[a], 1, axis=a)) / vs[a] for a in range(3))
 
 
-def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 3e-4,
+def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 1e-4,
             rho: float | None = None, mu: float = 1.0, weight: np.ndarray | None = None, iterations: int = 50,
             tol: float = 1e-3, pad: int = 16, workers=None) -> np.ndarray:
     """Total-variation regularised dipole inversion by ADMM (Bilgic et al. 2014; Milovic et al. 2018).
