@@ -305,5 +305,9 @@ def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys
     assert re.search(r"plant: ROI chi_als_gt_nc_\w+ gm_mod_s difference -", text)
     table = pd.read_csv(out / "tables" / "planted_effects.csv")
     assert table.found.all() and set(table.contrast) == {"chi_als_gt_nc", "gm_als_lt_nc"}
+    from engine.report import build_report
+
+    page = build_report(out).read_text()
+    assert "Planted effects (simulated cohort)" in page and "<th>distance_mm</th>" in page
     _print_recovery(res, [], out)  # a cohort that is not simulated: nothing printed
     assert capsys.readouterr().out == ""

@@ -314,6 +314,18 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
         body.append(_table(notes, "Notes on the clinical data"))
     section("clinical", "Clinical associations", "".join(body))
 
+    # a simulated cohort knows where its effects were planted
+    planted = _read(tables / "planted_effects.csv")
+    if len(planted):
+        body = [_table(planted, "Each planted effect and contrast: the lowest corrected p within 10 mm of the "
+                                "planted peak (SVC or whole brain); empty where nothing was found",
+                       source="tables/planted_effects.csv")]
+        planted_roi = _read(tables / "planted_effects_roi.csv")
+        if len(planted_roi):
+            body.append(_table(planted_roi, "ROIs near a planted peak: difference of the adjusted group means "
+                                            "and ANCOVA p", source="tables/planted_effects_roi.csv"))
+        section("planted", "Planted effects (simulated cohort)", "".join(body))
+
     # QC
     all_subjects = store.children("native") if store.exists("native") else []
     qc = _subject_qc(store, all_subjects)
