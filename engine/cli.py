@@ -354,11 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     # distributed gives its sub-loggers levels of their own, so a level on the
     # parent does not reach them: filter at the handler instead.
     dask_level = level if args.verbose >= 2 else logging.WARNING
-    for name in ("distributed", "bokeh", "tornado"):
+    dask_loggers = ("distributed", "bokeh", "tornado")
+    for name in dask_loggers:
         logging.getLogger(name).setLevel(dask_level)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda r: r.levelno >= dask_level or not r.name.startswith(("distributed", "bokeh",
-                                                                                     "tornado")))
+        handler.addFilter(lambda r: r.levelno >= dask_level or not r.name.startswith(dask_loggers))
     from cohort.store import StoreLocked
 
     try:

@@ -79,15 +79,15 @@ def planted_effect_recovery(results: dict, effects, within_mm: float = 10.0, alp
         raise ValueError(f"within_mm must be positive, got {within_mm}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    candidates = {name: _candidates(c, alpha) for name, c in results.get("contrasts", {}).items()}
     rows = []
     for effect in map(_as_dict, effects):
         peak = np.asarray(effect["peak_mni"], dtype=float)
-        for cname, contrast in results.get("contrasts", {}).items():
+        for cname, cand in candidates.items():
             row = {"effect": effect["name"], "region": effect.get("region", ""), "planted_x": peak[0],
                    "planted_y": peak[1], "planted_z": peak[2], "contrast": cname, "found": False,
                    "source": "", "x": np.nan, "y": np.nan, "z": np.nan, "distance_mm": np.nan,
                    "T": np.nan, "p_fwe": np.nan}
-            cand = _candidates(contrast, alpha)
             if len(cand):
                 d = np.linalg.norm(cand[["x", "y", "z"]].to_numpy(float) - peak, axis=1)
                 near = cand.assign(distance_mm=d)[d <= within_mm]

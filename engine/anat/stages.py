@@ -181,7 +181,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         n4_arr = n4.numpy()
         csf, gm, wm = post
         brain = mask_img.numpy() > 0
-        vox_ml = float(np.prod(np.sqrt((np.asarray(t1_affine)[:3, :3] ** 2).sum(axis=0)))) / 1000.0
+        vox_ml = float(np.prod(t1_voxel)) / 1000.0
         # TIV as the soft intracranial mask of the template brought back to the
         # subject (the "reverse-normalised ICV mask" of Keihaninejad et al.
         # 2010): partial voxels at the skull count by their fraction, and
