@@ -1,5 +1,8 @@
 """Anatomy chain on a simulated subject with known tissue maps, motion and warp."""
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -11,13 +14,30 @@ from engine.anat.stages import jacobian_determinant, process_anatomy, sample_at 
 
 
 @pytest.fixture(scope="module")
-def subject_and_result():
+def system_tmp(tmp_path_factory):
+    """A private system temporary folder while the anatomy chain runs."""
+    folder = tmp_path_factory.mktemp("system-tmp")
+    old = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = old
+
+
+@pytest.fixture(scope="module")
+def subject_and_result(system_tmp):
     spec = preset("tiny", n_echoes=2, seed=5)
     truth = simulate_subject(spec, sample_participants(spec).iloc[0].to_dict(), 0)
     template = load_template(spec.voxel_size)
     result = process_anatomy(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
                              truth.brain_mask_native > 0, template)
     return truth, template, result
+
+
+def test_leaves_no_temporary_files(system_tmp, subject_and_result):
+    """ants.atropos alone leaves three images per call in the system temporary folder."""
+    assert os.listdir(system_tmp) == []
 
 
 def _dice(a, b):

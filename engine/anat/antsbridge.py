@@ -14,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["to_ants", "from_ants", "deterministic", "itk_matrix_to_ras", "points_map", "LPS"]
+__all__ = ["to_ants", "from_ants", "deterministic", "itk_matrix_to_ras", "points_map", "atropos", "LPS"]
 
 LPS = np.diag([-1.0, -1.0, 1.0])
 _OUTSIDE = -1.0e9  # ANTs' default value cannot be NaN
@@ -108,6 +108,42 @@ def points_map(fixed_shape, fixed_affine, transforms: list[str], moving_referenc
     # Fixed voxels that map outside the moving image have no position.
     pts[:, (pts <= _OUTSIDE / 2).any(axis=0)] = np.nan
     return pts
+
+
+def atropos(image, mask, priors, workdir: str, *, mrf: float, iterations: int, prior_weight: float) -> list:
+    """Atropos with tissue priors, its files kept inside ``workdir``.
+
+    ``ants.atropos`` writes its prior and posterior images under names from
+    ``tempfile.mktemp`` in the system temporary folder and never removes
+    them: three files per subject, which fill ``/tmp`` on a cohort.  This
+    runs the same library call with the files in ``workdir``.
+
+    Returns
+    -------
+    list of ANTsImage
+        One posterior probability image per prior, in the priors' order.
+    """
+    ants = _ants()
+    from ants.internal import get_lib_fn, get_pointer_string, process_arguments
+
+    pattern = os.path.join(workdir, "atropos_prob%02d.nii.gz")
+    for k, prior in enumerate(priors, start=1):
+        ants.image_write(prior, pattern % k)
+    labels = image.clone("unsigned int")
+    args = {
+        "d": image.dimension,
+        "a": image,
+        "m-MULTINAME-0": f"[{mrf},{'x'.join(['1'] * image.dimension)}]",
+        "o": f"[{get_pointer_string(labels)},{pattern}]",
+        "c": f"[{iterations},0]",
+        "i": f"PriorProbabilityImages[{len(priors)},{pattern},{prior_weight}]",
+        "x": mask.clone("unsigned int"),
+        "r": 0,  # Atropos seeds from the clock unless told not to
+    }
+    status = get_lib_fn("Atropos")(process_arguments(args))
+    if status != 0:
+        raise RuntimeError(f"Atropos exited with status {status}")
+    return [ants.image_read(pattern % k) for k in range(1, len(priors) + 1)]
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..qsm.mask import ball, brain_mask
-from .antsbridge import deterministic, from_ants, itk_matrix_to_ras, points_map, scratch_dir, to_ants
+from .antsbridge import atropos, deterministic, from_ants, itk_matrix_to_ras, points_map, scratch_dir, to_ants
 
 __all__ = ["AnatParams", "AnatResult", "process_anatomy", "sample_at", "jacobian_determinant", "smooth_fwhm"]
 
@@ -173,11 +173,10 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
             priors.append(ants.copy_image_info(n4, p))
         brain_prob = priors[0] + priors[1] + priors[2]
         mask_img = ants.copy_image_info(n4, ants.threshold_image(brain_prob, 0.3, 1e9).iMath("FillHoles"))
-        seg = ants.atropos(a=n4, x=mask_img, i=priors, m=f"[{params.seg_mrf},1x1x1]",
-                           c=f"[{params.seg_iterations},0]", priorweight=params.seg_prior_weight,
-                           r=0)  # Atropos seeds from the clock unless told not to (-r 0)
+        post = [p.numpy() for p in atropos(n4, mask_img, priors, tmp, mrf=params.seg_mrf,
+                                            iterations=params.seg_iterations,
+                                            prior_weight=params.seg_prior_weight)]
         lap("segmentation (Atropos)")
-        post = [p.numpy() for p in seg["probabilityimages"]]
         n4_arr = n4.numpy()
         csf, gm, wm = post
         brain = mask_img.numpy() > 0
