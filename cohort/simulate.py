@@ -96,8 +96,16 @@ class SimulationSpec:
     male_fraction: dict = field(default_factory=lambda: {"ALS": 0.65, "NC": 0.55})
     # anatomy
     head_scale_sd: float = 0.035
+    #: RMS (mm) and smoothness (FWHM, mm) of the random anatomical warp: a
+    #: volume-preserving (divergence-free) displacement, so it moves
+    #: structures without changing their size
     warp_mm: float = 3.0
     warp_smooth_mm: float = 20.0
+    #: SD and smoothness (FWHM, mm) of local volume between subjects beyond
+    #: head size (healthy adults: regional GM volume varies ~5-10 % after TIV
+    #: adjustment); this is what VBM's modulated GM sees besides the effects
+    volume_sd: float = 0.08
+    volume_smooth_mm: float = 20.0
     rotation_deg: float = 6.0
     shift_mm: float = 6.0
     motion_deg: float = 2.0
@@ -359,6 +367,16 @@ def atrophy_displacement(loss: np.ndarray, grid_affine: np.ndarray, pad: int = 1
     return u.astype(np.float32), (1.0 / np.clip(jac, 1e-3, None)).astype(np.float32)
 
 
+def _exponentiate(velocity: np.ndarray, grid_affine: np.ndarray, squarings: int = 6) -> np.ndarray:
+    """Displacement of the unit-time flow of a stationary velocity field (scaling and squaring)."""
+    points = _world_coords(velocity.shape[1:], grid_affine).reshape(3, -1).astype(np.float64)
+    disp = velocity.reshape(3, -1).astype(np.float64) / 2**squarings
+    for _ in range(squarings):
+        field = disp.reshape(velocity.shape)
+        disp = disp + _sample_field(field, grid_affine, points + disp, order=1)
+    return disp.reshape(velocity.shape)
+
+
 def _placement(rng, spec: SimulationSpec, head_scale: float) -> Placement:
     # Scanner head of size head_scale × MNI → MNI divides by the scale.
     scale = head_scale * (1 + 0.02 * rng.standard_normal(3))
@@ -366,16 +384,21 @@ def _placement(rng, spec: SimulationSpec, head_scale: float) -> Placement:
     a = np.eye(4)
     a[:3, :3] = np.diag(1.0 / scale) @ rot
     a[:3, 3] = rng.uniform(-spec.shift_mm, spec.shift_mm, 3) + np.array([0.0, -18.0, 18.0])
-    # Smooth random displacement: white noise on a 6 mm lattice, smoothed and
-    # scaled to the requested RMS; small enough to stay diffeomorphic.
+    # Smooth random warp on a 6 mm lattice that changes shape but not volume
+    # (regional volume differences are drawn separately, see volume_sd): the
+    # flow of a divergence-free velocity, the curl of a smoothed white-noise
+    # vector potential.  A divergence-free *displacement* would not do: with
+    # strains of ~25 % its second-order terms change local volume by ~12 %.
     step = 6.0
     lattice = tuple(int(np.ceil(e / step)) + 1 for e in (200, 240, 200))
     g_aff = np.diag([step, step, step, 1.0])
     g_aff[:3, 3] = (-100.0, -136.0, -80.0)
     sigma = spec.warp_smooth_mm / 2.3548 / step
-    disp = np.stack([ndimage.gaussian_filter(rng.standard_normal(lattice), sigma, mode="wrap") for _ in range(3)])
-    rms = np.sqrt(np.mean(disp**2))
-    disp *= spec.warp_mm / max(rms, 1e-12)
+    potential = [ndimage.gaussian_filter(rng.standard_normal(lattice), sigma, mode="wrap") for _ in range(3)]
+    grads = [np.gradient(a, step) for a in potential]  # grads[a][b] = dA_a/dx_b
+    velocity = np.stack([grads[2][1] - grads[1][2], grads[0][2] - grads[2][0], grads[1][0] - grads[0][1]])
+    velocity *= spec.warp_mm / max(float(np.sqrt(np.mean(velocity**2))), 1e-12)
+    disp = _exponentiate(velocity, g_aff)
     motion = _rigid(rng, spec.motion_deg, spec.motion_mm)
     return Placement(a, motion, g_aff, disp.astype(np.float32))
 
@@ -483,20 +506,64 @@ def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -
 ATROPHY_STEP_MM = 2.0
 
 
-def _place_atrophy(place: Placement, atrophy: np.ndarray, template: Template) -> tuple[Placement, np.ndarray]:
-    """The placement with the atrophy displacement, and the modulation on the template grid."""
-    if not np.any(atrophy):
-        return place, np.ones(atrophy.shape, np.float32)
+def _place_volume_change(place: Placement, atrophy: np.ndarray, template: Template, rng,
+                         spec: SimulationSpec) -> Placement:
+    """The placement with the planted atrophy and the subject's own regional volume differences.
+
+    Both are local volume losses (negative: gains), so one Poisson solve
+    (:func:`atrophy_displacement`) on a lattice of ``ATROPHY_STEP_MM`` gives
+    their displacement.  The regional differences are smoothed white noise
+    with SD ``spec.volume_sd``.
+    """
     vs = template.grid.voxel_size
     k = max(1, int(round(ATROPHY_STEP_MM / vs)))
     aff = template.grid.affine.copy()
     aff[:3, :3] *= k
-    u, modulation = atrophy_displacement(atrophy[::k, ::k, ::k], aff)
-    if k > 1:
-        ijk = np.indices(atrophy.shape, dtype=np.float64) / k
-        modulation = ndimage.map_coordinates(modulation, ijk.reshape(3, -1), order=1, mode="nearest")
-        modulation = modulation.reshape(atrophy.shape).astype(np.float32)
-    return replace(place, atrophy_grid_affine=aff, atrophy=u), modulation
+    loss = atrophy[::k, ::k, ::k].astype(np.float64)
+    noise = rng.standard_normal(loss.shape)
+    if spec.volume_sd > 0:
+        natural = ndimage.gaussian_filter(noise, spec.volume_smooth_mm / 2.3548 / (k * vs), mode="wrap")
+        loss = loss + natural * (spec.volume_sd / max(float(natural.std()), 1e-12))
+    if not np.any(loss):
+        return place
+    u, _ = atrophy_displacement(np.clip(loss, -0.6, 0.6), aff)
+    return replace(place, atrophy_grid_affine=aff, atrophy=u)
+
+
+def _field_jacobian_det(field: np.ndarray, grid_affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """det(I + grad u) of a (3, ...) lattice displacement ``u`` at world points (3, n)."""
+    step = float(np.sqrt((np.asarray(grid_affine)[:3, :3] ** 2).sum(axis=0))[0])
+    inv = np.linalg.inv(grid_affine)
+    ijk = inv[:3, :3] @ points + inv[:3, 3:4]
+    jac = np.empty((points.shape[1], 3, 3))
+    for a in range(3):
+        for b, d in enumerate(np.gradient(field[a].astype(np.float64), step)):
+            jac[:, a, b] = ndimage.map_coordinates(d, ijk, order=1, mode="nearest") + (a == b)
+    return np.linalg.det(jac)
+
+
+def volume_fraction(place: Placement, template: Template, iterations: int = 6) -> np.ndarray:
+    """Native volume per MNI volume at every template voxel: what Jacobian modulation measures.
+
+    The subject → MNI map is ``atrophy ∘ warp ∘ affine``; a template voxel
+    holds ``1 / |det D|`` of the subject's tissue, with ``D`` taken at the
+    voxel's pre-image.  Head size (the affine), the random anatomical warp
+    and the planted atrophy all change it: VBM with Jacobian modulation sees
+    all three, so the truth must too.  Pre-images are found by fixed-point
+    iteration (the displacements are smooth and a few mm).
+    """
+    x = _world_coords(template.grid.shape, template.grid.affine).reshape(3, -1).astype(np.float64)
+    det = np.full(x.shape[1], abs(np.linalg.det(place.affine[:3, :3])))
+    after_warp = x
+    if place.atrophy is not None:
+        for _ in range(iterations):
+            after_warp = x - _sample_field(place.atrophy, place.atrophy_grid_affine, after_warp, order=1)
+        det *= _field_jacobian_det(place.atrophy, place.atrophy_grid_affine, after_warp)
+    after_affine = after_warp
+    for _ in range(iterations):
+        after_affine = after_warp - _sample_field(place.disp, place.disp_grid_affine, after_affine, order=3)
+    det *= _field_jacobian_det(place.disp, place.disp_grid_affine, after_affine)
+    return (1.0 / np.clip(det, 1e-3, None)).reshape(template.grid.shape).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -556,7 +623,7 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     template = load_template(spec.voxel_size)
     maps = subject_mni_maps(template, spec, row, rng)
     place = _placement(rng, spec, row["head_scale"])
-    place, modulation = _place_atrophy(place, maps["atrophy"], template)
+    place = _place_volume_change(place, maps["atrophy"], template, rng, spec)
     vs = spec.voxel_size
     # --- T1w grid (axial, slightly rotated and shifted) --------------------
     t1_rot = _rotation(np.deg2rad(rng.uniform(-3, 3, 3)))
@@ -624,7 +691,9 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     mag = np.stack(mags) * np.float32(1000)
     phase = np.stack(phases)
     mni = {k: maps[k] for k in ("gm", "wm", "csf", "chi_brain")}
-    mni["gm_mod"] = maps["gm"] * modulation  # what VBM's modulated GM should find
+    # What VBM's modulated GM should find: the template's GM carried back by
+    # the subject's whole volume change, head size and anatomy included.
+    mni["gm_mod"] = maps["gm"] * volume_fraction(place, template)
     return SubjectTruth(
         subject=row["participant_id"], row=row, mag=mag, phase=phase, gre_affine=gre_aff, t1w=t1w,
         t1w_affine=t1_aff, echo_times=tes, chi_native=chi_brain, brain_mask_native=brain.astype(np.uint8),
