@@ -33,6 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
@@ -353,7 +354,7 @@ def atrophy_displacement(loss: np.ndarray, grid_affine: np.ndarray, pad: int = 1
     w = np.asarray(loss, dtype=np.float64)
     if w.ndim != 3 or not np.isfinite(w).all() or w.max() >= 1:
         raise ValueError(f"loss must be a finite 3-D fraction below 1, got shape {w.shape}, max {np.nanmax(w):.3f}")
-    step = float(np.sqrt((np.asarray(grid_affine)[:3, :3] ** 2).sum(axis=0))[0])
+    step = float(voxel_sizes(np.asarray(grid_affine, dtype=float))[0])
     source = np.pad(1.0 / (1.0 - w) - 1.0, pad)
     k = np.meshgrid(*[2 * np.pi * np.fft.fftfreq(n, d=step) for n in source.shape], indexing="ij", sparse=True)
     k2 = k[0] ** 2 + k[1] ** 2 + k[2] ** 2
@@ -532,7 +533,7 @@ def _place_volume_change(place: Placement, atrophy: np.ndarray, template: Templa
 
 def _field_jacobian_det(field: np.ndarray, grid_affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     """det(I + grad u) of a (3, ...) lattice displacement ``u`` at world points (3, n)."""
-    step = float(np.sqrt((np.asarray(grid_affine)[:3, :3] ** 2).sum(axis=0))[0])
+    step = float(voxel_sizes(np.asarray(grid_affine, dtype=float))[0])
     inv = np.linalg.inv(grid_affine)
     ijk = inv[:3, :3] @ points + inv[:3, 3:4]
     jac = np.empty((points.shape[1], 3, 3))

@@ -114,11 +114,10 @@ def extract_roi_values(mni: xr.Dataset, masks: dict, maps=DEFAULT_ROI_MAPS) -> p
 def roi_dataset(roi_long: pd.DataFrame, masks: dict, sources: pd.DataFrame, grid) -> xr.Dataset:
     """The ``/roi`` node: values (subject, roi) per map and the ROI label image."""
     labels, names = label_image(masks)
-    wide = roi_long.pivot_table(index="subject", columns=["map", "roi"], values="value", aggfunc="first",
-                                dropna=False)
+    wide = findings.roi_wide(roi_long)
     rois = list(masks)
     subjects = list(dict.fromkeys(roi_long["subject"]))
-    data = {m: (("subject", "roi"), wide[m].reindex(index=subjects, columns=rois).to_numpy(float))
+    data = {m: (("subject", "roi"), wide.reindex(index=subjects, columns=[f"{m}:{r}" for r in rois]).to_numpy(float))
             for m in dict.fromkeys(roi_long["map"])}
     data["roi_labels"] = (("x", "y", "z"), labels, {"flag_values": list(names), "flag_meanings": rois})
     return xr.Dataset(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from nibabel.affines import voxel_sizes
 
 from . import rft
 from .clusters import Inference, cluster_table, sphere_mask, svc_table
@@ -84,7 +85,7 @@ def analyse_contrast(Y, X, contrast, mask: np.ndarray, affine, height_p: float =
     n = X.shape[0]
     sm = rft.est_smoothness(resid, mask, (n, fit.df))
     df = (1.0, float(fit.df))
-    vox_mm = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    vox_mm = voxel_sizes(np.asarray(affine, dtype=float))
     info = Inference(df, "T", sm.fwhm_vox, sm.resels, int(mask.sum()), np.asarray(affine))
     u = float(rft.height_threshold(height_p, df, "T"))
     k = int(np.ceil(extent_mm3 / float(np.prod(vox_mm)))) if extent_mm3 > 0 else 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from nibabel.affines import voxel_sizes
 from scipy import ndimage, special
 
 from . import rft
@@ -60,7 +61,7 @@ def _table(stat, inset, info: Inference, u: float, max_peaks: int, min_distance_
     lab, nlab = ndimage.label(inset, structure=_CONN18)
     maxima = _local_maxima(stat, inset)
     rows = []
-    vox_mm = np.sqrt((np.asarray(info.affine)[:3, :3] ** 2).sum(axis=0))
+    vox_mm = voxel_sizes(np.asarray(info.affine, dtype=float))
     clusters = []
     for c in range(1, nlab + 1):
         members = lab == c
@@ -154,7 +155,7 @@ def svc_table(stat, mask, info: Inference, u: float, volume=None, sphere=None, k
     """
     stat = np.asarray(stat, dtype=float)
     mask = np.asarray(mask, dtype=bool)
-    vox_mm = np.sqrt((np.asarray(info.affine)[:3, :3] ** 2).sum(axis=0))
+    vox_mm = voxel_sizes(np.asarray(info.affine, dtype=float))
     if (volume is None) == (sphere is None):
         raise ValueError("give exactly one of volume= or sphere=")
     if sphere is not None:

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from ..qsm.mask import ball, brain_mask
@@ -116,7 +117,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     if t1.ndim != 3 or not np.isfinite(t1).all() or t1.max() <= 0:
         raise ValueError("T1w image must be a 3-D, finite, non-empty array")
     grid = template.grid
-    t1_voxel = tuple(float(v) for v in np.sqrt((np.asarray(t1_affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))
+    t1_voxel = tuple(float(v) for v in voxel_sizes(np.asarray(t1_affine, dtype=float)))
     seconds = {}
     clock = [time.perf_counter()]
 

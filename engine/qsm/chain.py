@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from .background import vsharp
@@ -72,7 +73,7 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     if not np.issubdtype(magnitude.dtype, np.floating):
         magnitude = magnitude.astype(np.float64)
     affine = np.asarray(affine, dtype=float)
-    vs = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    vs = tuple(float(v) for v in voxel_sizes(affine))
     if mask is None:
         erode = max(vs) if params.mask_erode_mm is None else params.mask_erode_mm
         mask = brain_mask(magnitude[0], vs, detach_mm=params.mask_detach_mm, erode_mm=erode)
