@@ -44,7 +44,7 @@ __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_sta
 
 # Raised whenever a stage computes something different from the same inputs and
 # parameters, so that stores made by an earlier version recompute it.
-PIPELINE_VERSION = 3  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain
+PIPELINE_VERSION = 4  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels
 
 
 @dataclass
