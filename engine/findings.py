@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from stats import findings
-from stats.analysis import svc_volume
+from stats.analysis import cluster_fwe_p, svc_volume
 from stats.clusters import sphere_mask
 from stats.roi import cluster_roi, label_image, roi_means
 
@@ -69,10 +69,10 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
             masks[roi] = m
             rows.append({"roi": roi, "source": f"SVC {name}", "contrast": cname, "x": peak.x, "y": peak.y,
                          "z": peak.z, "T": peak["T"], "p_fwe": peak.p_fwe, "voxels": int(m.sum())})
-        table = res.table
+        table = res.table.assign(cluster_p=cluster_fwe_p(res.table))
         for cl, t in table.groupby("cluster", sort=True) if len(table) else []:
             first = t.iloc[0]
-            if not (first.p_fwe < alpha or first.cluster_p_fwe < alpha):
+            if not (first.p_fwe < alpha or first.cluster_p < alpha):
                 continue
             peak = _peak_voxel(grid, first)
             if any(other[peak] for other in masks.values()):
@@ -81,7 +81,7 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
             roi = f"{cname}_cluster{int(cl)}"
             masks[roi] = m
             rows.append({"roi": roi, "source": "whole brain", "contrast": cname, "x": first.x, "y": first.y,
-                         "z": first.z, "T": first["T"], "p_fwe": min(first.p_fwe, first.cluster_p_fwe),
+                         "z": first.z, "T": first["T"], "p_fwe": min(first.p_fwe, first.cluster_p),
                          "voxels": int(m.sum())})
     for r in roi_spec.get("regions", []) or []:
         m = np.ones(grid.shape, dtype=bool)

@@ -381,6 +381,12 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
         if n_perm > 0:
             perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template)
             perm_table.to_csv(out / "tables" / f"{c['name']}_permutation.csv", index=False)
+            # each RFT cluster's permutation p: the clusters are the same (same T, height and
+            # connectivity), so the one holding a row's peak voxel is that row's cluster
+            cluster_p = perm_vars["p_fwe_cluster_mass"][1]
+            res.table["cluster_p_fwe_perm"] = [
+                float(cluster_p[tuple(np.round(grid.world_to_voxel([r.x, r.y, r.z])[0]).astype(int))])
+                for r in res.table.itertuples()]
         ds = xr.Dataset(
             {"T": (("x", "y", "z"), res.T.astype(np.float32)), "effect": (("x", "y", "z"), res.effect.astype(np.float32)),
              "mask": (("x", "y", "z"), res.mask.astype(np.uint8)), **perm_vars},
@@ -444,7 +450,11 @@ def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values("mass", ascending=False).reset_index(drop=True)
-    maps = {"p_fwe_max_t": (("x", "y", "z"), perm.p_fwe.astype(np.float32))}
+    cluster_p = np.full(perm.cluster_labels.shape, np.nan, np.float32)
+    inside = perm.cluster_labels > 0
+    cluster_p[inside] = perm.cluster_p_fwe[perm.cluster_labels[inside]]
+    maps = {"p_fwe_max_t": (("x", "y", "z"), perm.p_fwe.astype(np.float32)),
+            "p_fwe_cluster_mass": (("x", "y", "z"), cluster_p)}
     if perm.tfce_obs is not None:
         maps["tfce"] = (("x", "y", "z"), perm.tfce_obs.astype(np.float32))
         maps["p_fwe_tfce"] = (("x", "y", "z"), perm.tfce_p_fwe.astype(np.float32))

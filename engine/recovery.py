@@ -5,7 +5,7 @@ simulation.json``: name, atlas region and peak in MNI mm of each).  For every
 planted effect and every contrast of the study, :func:`planted_effect_recovery`
 looks for a corrected result within ``within_mm`` of the planted peak — a
 small-volume peak with p(FWE-SVC) < alpha, or a whole-brain peak or cluster
-with p(FWE) < alpha — and reports the best one, and, for the ROIs the run
+with p(FWE) < alpha (a cluster by its permutation p where the run has one) — and reports the best one, and, for the ROIs the run
 built, the ROI-level group difference (the study's post-hoc GM ANCOVA).  The
 same function scores a null cohort: there every corrected result is a false
 positive.
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from stats.analysis import cluster_fwe_p
 
 __all__ = ["planted_effects", "planted_effect_recovery", "roi_recovery"]
 
@@ -48,7 +50,7 @@ def _candidates(contrast: dict, alpha: float) -> pd.DataFrame:
                 rows.append({"source": f"SVC {name}", "x": r.x, "y": r.y, "z": r.z, "T": r["T"], "p_fwe": r.p_fwe})
     table = contrast.get("table")
     if table is not None and len(table):
-        p = np.minimum(table["p_fwe"].to_numpy(float), table["cluster_p_fwe"].to_numpy(float))
+        p = np.minimum(table["p_fwe"].to_numpy(float), cluster_fwe_p(table))
         for (_, r), pr in zip(table.iterrows(), p):
             if pr < alpha:
                 rows.append({"source": "whole brain", "x": r.x, "y": r.y, "z": r.z, "T": r["T"], "p_fwe": pr})

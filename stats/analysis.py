@@ -15,7 +15,7 @@ from . import rft
 from .clusters import Inference, cluster_table, sphere_mask, svc_table
 from .glm import fit_glm, standardized_residuals, t_contrast
 
-__all__ = ["ContrastResult", "analyse_contrast", "svc_volume"]
+__all__ = ["ContrastResult", "analyse_contrast", "cluster_fwe_p", "svc_volume"]
 
 
 @dataclass
@@ -102,3 +102,15 @@ def analyse_contrast(Y, X, contrast, mask: np.ndarray, affine, height_p: float =
         t.attrs["centre_mm"] = c
         svc[name] = t
     return ContrastResult(T, effect, mask, fit.df, sm.fwhm_vox, sm.resels, u, k, fwe, table, svc)
+
+
+def cluster_fwe_p(table: pd.DataFrame) -> np.ndarray:
+    """The cluster-level FWE p of each row of a cluster table that decides significance.
+
+    The permutation cluster-mass p (``cluster_p_fwe_perm``) where the table
+    has it — exact under exchangeability — and otherwise SPM's RFT cluster p
+    (``cluster_p_fwe``), which runs above its nominal rate at liberal height
+    thresholds and few subjects.
+    """
+    column = "cluster_p_fwe_perm" if "cluster_p_fwe_perm" in table.columns else "cluster_p_fwe"
+    return table[column].to_numpy(float) if len(table) else np.zeros(0)

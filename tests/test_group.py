@@ -91,7 +91,7 @@ def group_out(tmp_path_factory):
     spec["svc"] = [{"name": "thalamus_L", "region": "Thalamus_L", "radius_mm": 20},
                    {"name": "precentral_R", "region": "Precentral_R", "radius_mm": 20}]
     spec["roi"]["regions"] = [{"name": "sphere_R_putamen", "centre_mm": [24, 4, 2], "radius_mm": 8}]
-    spec["inference"]["permutations"] = 40
+    spec["inference"].update(permutations=40, tfce=True)
     out = root / "out"
     res = run_group(store.path, spec, out)
     return out, res, subjects
@@ -264,7 +264,11 @@ def test_permutation_tables_find_the_planted_cluster(group_out):
     assert top.p_fwe_cluster_mass <= 1 / 40 + 1e-12 and top.p_fwe_tfce <= 0.05  # nothing in 39 nulls beats it
     assert (perm.p_fwe_cluster_mass.iloc[1:] > 0.05).all() if len(perm) > 1 else True
     ds = CohortStore(out.parent / "cohort.zarr").open_node("stats/chi_als_gt_nc")
-    assert {"p_fwe_max_t", "tfce", "p_fwe_tfce"} <= set(ds.data_vars)
+    assert {"p_fwe_max_t", "tfce", "p_fwe_tfce", "p_fwe_cluster_mass"} <= set(ds.data_vars)
+    # the SPM-style cluster table carries each cluster's permutation p next to its RFT p
+    rft = pd.read_csv(out / "tables" / "chi_als_gt_nc_clusters.csv")
+    planted = rft.iloc[np.argmin(np.linalg.norm(rft[["x", "y", "z"]].to_numpy(float) - PLANT_MM, axis=1))]
+    assert planted.cluster_p_fwe_perm == pytest.approx(top.p_fwe_cluster_mass)
 
 
 def test_voxels_a_subject_does_not_cover_are_left_out_not_zero_filled(group_out):

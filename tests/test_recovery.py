@@ -35,6 +35,18 @@ def test_a_whole_brain_cluster_counts_by_its_cluster_p():
     assert r.found and r.source == "whole brain" and r.p_fwe == pytest.approx(0.01)
 
 
+def test_a_permutation_cluster_p_overrides_the_rft_one():
+    """RFT cluster p runs above its nominal rate at p < 0.005 heights; where the run has
+    permutation cluster p, that decides."""
+    res = _results(svc_p=0.5, wb_cluster_p=0.01)
+    res["contrasts"]["c"]["table"]["cluster_p_fwe_perm"] = [0.3]
+    r = planted_effect_recovery(res, [_effect((28.0, 0.0, 0.0))]).iloc[0]
+    assert not r.found
+    res["contrasts"]["c"]["table"]["cluster_p_fwe_perm"] = [0.02]
+    r = planted_effect_recovery(res, [_effect((28.0, 0.0, 0.0))]).iloc[0]
+    assert r.found and r.p_fwe == pytest.approx(0.02)
+
+
 def test_recovery_checks_its_arguments():
     with pytest.raises(ValueError, match="within_mm"):
         planted_effect_recovery(_results(), [], within_mm=0)
