@@ -6,7 +6,9 @@ Each seed simulates a cohort with the `null` preset (same anatomy, noise and
 clinical model as the reference study, no group effect), runs ingest, the
 participant and the group level with the default study spec, and records
 whether any result is significant after correction: a small-volume peak with
-p(FWE-SVC) < 0.05, or a whole-brain peak or cluster with p(FWE) < 0.05.  The
+p(FWE-SVC) < 0.05, or a whole-brain peak (RFT) or cluster (permutation cluster
+mass with the default spec; RFT hits are listed but not counted) with
+p(FWE) < 0.05.  The
 family-wise false-positive rate over seeds should be at most 5 % (per seed the
 four SVCs and the whole-brain peak and cluster levels of two contrasts are each
 tested at 5 %, so the any-result rate of a seed is the union of those tests; both
