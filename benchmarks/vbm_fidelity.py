@@ -77,6 +77,7 @@ def main():
     template = load_template(float(mni_affine[0, 0]))
     masks = regions(args.out, store, template)
     inv = np.linalg.inv(mni_affine)
+    mni_voxel_ml = float(np.prod(nib.affines.voxel_sizes(mni_affine))) / 1000.0
     rows = []
     for sub in participants.index:
         anat = store.open_node(f"derived/{sub}/anat")
@@ -91,7 +92,6 @@ def main():
         inside = np.all([(ijk[c] >= 0) & (ijk[c] < template.grid.shape[c]) for c in range(3)], axis=0)
         est_gm = anat["gm"].values.astype(np.float64)
         gm_mod = anat["gm_mod"].values.astype(np.float64)
-        mni_voxel_ml = float(np.prod(nib.affines.voxel_sizes(mni_affine))) / 1000.0
         row = {"subject": sub, "group": participants.loc[sub, "group"], "tiv": float(anat.attrs["tiv_ml"])}
         for name, mask in masks.items():
             member = np.zeros(true_gm.shape, bool)

@@ -521,7 +521,7 @@ def _place_volume_change(place: Placement, atrophy: np.ndarray, template: Templa
     aff = template.grid.affine.copy()
     aff[:3, :3] *= k
     loss = atrophy[::k, ::k, ::k].astype(np.float64)
-    noise = rng.standard_normal(loss.shape)
+    noise = rng.standard_normal(loss.shape)  # drawn whatever volume_sd, so later draws do not depend on it
     if spec.volume_sd > 0:
         natural = ndimage.gaussian_filter(noise, spec.volume_smooth_mm / 2.3548 / (k * vs), mode="wrap")
         loss = loss + natural * (spec.volume_sd / max(float(natural.std()), 1e-12))
@@ -534,13 +534,10 @@ def _place_volume_change(place: Placement, atrophy: np.ndarray, template: Templa
 def _field_jacobian_det(field: np.ndarray, grid_affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     """det(I + grad u) of a (3, ...) lattice displacement ``u`` at world points (3, n)."""
     step = float(voxel_sizes(np.asarray(grid_affine, dtype=float))[0])
-    inv = np.linalg.inv(grid_affine)
-    ijk = inv[:3, :3] @ points + inv[:3, 3:4]
-    jac = np.empty((points.shape[1], 3, 3))
-    for a in range(3):
-        for b, d in enumerate(np.gradient(field[a].astype(np.float64), step)):
-            jac[:, a, b] = ndimage.map_coordinates(d, ijk, order=1, mode="nearest") + (a == b)
-    return np.linalg.det(jac)
+    # row a of grad u is the gradient of component a, sampled like any (3, ...) field
+    rows = [_sample_field(np.stack(np.gradient(field[a].astype(np.float64), step)), grid_affine, points, order=1)
+            for a in range(3)]
+    return np.linalg.det(np.stack(rows, axis=1).transpose(2, 0, 1) + np.eye(3))
 
 
 def volume_fraction(place: Placement, template: Template, iterations: int = 6) -> np.ndarray:

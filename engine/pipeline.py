@@ -35,7 +35,7 @@ from stats.roi import label_image
 
 from .anat.stages import AnatParams, process_anatomy
 from .derivatives import export_subject, save_nifti, write_dataset_description
-from .findings import clinical_tables, define_rois, extract_roi_values, roi_dataset
+from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .progress import peak_worker_memory, track
 from .qsm.chain import QSMParams, reconstruct_qsm
 from .qsm.mask import largest_component
@@ -384,9 +384,8 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
             # each RFT cluster's permutation p: the clusters are the same (same T, height and
             # connectivity), so the one holding a row's peak voxel is that row's cluster
             cluster_p = perm_vars["p_fwe_cluster_mass"][1]
-            res.table["cluster_p_fwe_perm"] = [
-                float(cluster_p[tuple(np.round(grid.world_to_voxel([r.x, r.y, r.z])[0]).astype(int))])
-                for r in res.table.itertuples()]
+            res.table["cluster_p_fwe_perm"] = [float(cluster_p[_peak_voxel(grid, r)])
+                                               for _, r in res.table.iterrows()]
         ds = xr.Dataset(
             {"T": (("x", "y", "z"), res.T.astype(np.float32)), "effect": (("x", "y", "z"), res.effect.astype(np.float32)),
              "mask": (("x", "y", "z"), res.mask.astype(np.uint8)), **perm_vars},

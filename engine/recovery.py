@@ -5,10 +5,10 @@ simulation.json``: name, atlas region and peak in MNI mm of each).  For every
 planted effect and every contrast of the study, :func:`planted_effect_recovery`
 looks for a corrected result within ``within_mm`` of the planted peak — a
 small-volume peak with p(FWE-SVC) < alpha, or a whole-brain peak or cluster
-with p(FWE) < alpha (a cluster by its permutation p where the run has one) — and reports the best one, and, for the ROIs the run
-built, the ROI-level group difference (the study's post-hoc GM ANCOVA).  The
-same function scores a null cohort: there every corrected result is a false
-positive.
+with p(FWE) < alpha (a cluster by its permutation p where the run has one) —
+and reports the best one, and, for the ROIs the run built, the ROI-level
+group difference (the study's post-hoc GM ANCOVA).  The same function scores
+a null cohort: there every corrected result is a false positive.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from scipy import ndimage
 from ..qsm.mask import ball, brain_mask
 from .antsbridge import atropos, deterministic, from_ants, itk_matrix_to_ras, points_map, scratch_dir, to_ants
 
-__all__ = ["AnatParams", "AnatResult", "process_anatomy", "bias_correct", "sample_at", "jacobian_determinant", "smooth_fwhm"]
+__all__ = ["AnatParams", "AnatResult", "process_anatomy", "bias_correct", "sample_at", "jacobian_determinant",
+           "smooth_fwhm"]
 
 
 @dataclass(frozen=True)
