@@ -16,6 +16,11 @@ subject three ways:
 * pipeline: the pipeline's modulated GM over the region in MNI space —
   segmentation and normalisation together.
 
+and the region's native volume two ways: the true pre-image's, and the
+normalisation's (its Jacobian determinant summed over the region), with the
+estimate's mean ratio to the truth per group — a normalisation that shrinks or
+grows a region in one group more than in the other hides a planted change.
+
 It prints, per region, the ALS − NC t of each (ANCOVA with TIV, as the study's
 post-hoc GM test) and each one's correlation with the truth across subjects.
 Where the pipeline's t falls far short of the truth's, the oracle column says
@@ -92,6 +97,7 @@ def main():
         inside = np.all([(ijk[c] >= 0) & (ijk[c] < template.grid.shape[c]) for c in range(3)], axis=0)
         est_gm = anat["gm"].values.astype(np.float64)
         gm_mod = anat["gm_mod"].values.astype(np.float64)
+        jac = anat["jacobian"].values.astype(np.float64)
         row = {"subject": sub, "group": participants.loc[sub, "group"], "tiv": float(anat.attrs["tiv_ml"])}
         for name, mask in masks.items():
             member = np.zeros(true_gm.shape, bool)
@@ -99,6 +105,8 @@ def main():
             row[(name, "truth")] = true_gm[member].sum() * t1_voxel_ml
             row[(name, "oracle registration")] = est_gm[member].sum() * t1_voxel_ml
             row[(name, "pipeline")] = gm_mod[mask].sum() * mni_voxel_ml
+            row[(name, "true volume")] = member.sum() * t1_voxel_ml
+            row[(name, "normalisation volume")] = np.nansum(jac[mask]) * mni_voxel_ml
         rows.append(row)
     frame = pd.DataFrame(rows)
     groups = list(dict.fromkeys(participants["group"]))
@@ -111,6 +119,12 @@ def main():
             r = float(np.corrcoef(f["v"], frame[(name, "truth")])[0, 1])
             parts.append(f"{kind} {f['v'].mean():.2f} ml, t {group_t(f, 'v', patients, controls):+.2f}, r {r:.2f}")
         print("  " + " | ".join(parts))
+        true_vol, est_vol = frame[(name, "true volume")], frame[(name, "normalisation volume")]
+        ratio = (est_vol / true_vol).groupby(frame["group"]).mean()
+        vol_t = [group_t(frame[["group", "tiv"]].assign(v=v), "v", patients, controls) for v in (true_vol, est_vol)]
+        print(f"    volume: truth {true_vol.mean():.2f} ml, t {vol_t[0]:+.2f} | normalisation {est_vol.mean():.2f} ml, "
+              f"t {vol_t[1]:+.2f}, r {float(np.corrcoef(est_vol, true_vol)[0, 1]):.2f} | normalisation / truth: "
+              + ", ".join(f"{g} {ratio[g]:.3f}" for g in groups))
 
 
 if __name__ == "__main__":
