@@ -36,12 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import ants
 import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cohort.simulate import T1W, atrophy_displacement, effect_maps, preset  # noqa: E402
+from cohort.simulate import T1W, _sample_field, _world_coords, atrophy_displacement, effect_maps, preset  # noqa: E402
 from cohort.templates import load_template  # noqa: E402
 from engine.anat.antsbridge import deterministic, points_map, to_ants  # noqa: E402
 from engine.anat.stages import jacobian_determinant, sample_at  # noqa: E402
@@ -54,22 +55,18 @@ def contracted_subject(template, effects, noise_sd: float, seed: int = 0):
     loss = sum(-e.gm_fraction * maps[e.name] for e in effects)
     u, fraction = atrophy_displacement(np.clip(loss, -0.5, 0.5), aff)
     t1 = (T1W["gm"] * template.gm + T1W["wm"] * template.wm + T1W["csf"] * template.csf).astype(np.float64) * 1000
-    ijk = np.indices(template.grid.shape, dtype=np.float64).reshape(3, -1)
-    world = aff[:3, :3] @ ijk + aff[:3, 3:4]
+    world = _world_coords(template.grid.shape, aff).reshape(3, -1).astype(np.float64)
     # The subject -> MNI map is x + u(x): the subject at x shows the template at x + u(x).
     to_mni = world + u.reshape(3, -1)
-    inv = np.linalg.inv(aff)
-    src = inv[:3, :3] @ to_mni + inv[:3, 3:4]
-    subject_t1 = ndimage.map_coordinates(t1, src, order=3).reshape(t1.shape)
-    subject_gm = ndimage.map_coordinates(template.gm.astype(np.float64), src, order=1).reshape(t1.shape)
+    subject_t1 = sample_at(t1, aff, to_mni, order=3, cval=0.0).reshape(t1.shape)
+    subject_gm = sample_at(template.gm, aff, to_mni, order=1, cval=0.0).reshape(t1.shape)
     rng = np.random.default_rng(seed)
     subject_t1 = subject_t1 + noise_sd * 1000 * rng.standard_normal(t1.shape) * (subject_t1 > 0)
     cores = {name: w > 0.5 for name, w in maps.items()}
     # Where each MNI voxel y lies in the subject: x with x + u(x) = y (fixed point; u is smooth and small).
     x = world.copy()
     for _ in range(8):
-        at = inv[:3, :3] @ x + inv[:3, 3:4]
-        x = world - np.stack([ndimage.map_coordinates(c.astype(np.float64), at, order=1, mode="nearest") for c in u])
+        x = world - _sample_field(u, aff, x, order=1)
     return t1, subject_t1, subject_gm, fraction, x, cores
 
 
@@ -102,8 +99,9 @@ def main():
         t0 = time.perf_counter()
         with deterministic(1), tempfile.TemporaryDirectory() as tmp:
             moving = to_ants(moving_arr.astype(np.float32), aff)
-            reg = ants_registration(to_ants(fixed_arr.astype(np.float32), aff), moving, mask,
-                                    os.path.join(tmp, "r_"), kw)
+            reg = ants.registration(fixed=to_ants(fixed_arr.astype(np.float32), aff), moving=moving,
+                                    type_of_transform="SyNOnly", initial_transform="Identity", mask=mask,
+                                    outprefix=os.path.join(tmp, "r_"), random_seed=1, **kw)
             points = points_map(template.grid.shape, aff, reg["fwdtransforms"], moving)
         seconds = time.perf_counter() - t0
         jac = jacobian_determinant(points, (args.voxel,) * 3)
@@ -120,13 +118,6 @@ def main():
                                     float(gm_mod[core].sum()))
             print(f"  {name}: J {est_j:.3f} vs {true_j:.3f} (recovered {share:.0%}); "
                   f"GM {gm_est:.1f} vs {gm_true:.1f} (recovered {(gm0 - gm_est) / (gm0 - gm_true):.0%})")
-
-
-def ants_registration(fixed, moving, mask, outprefix, kw):
-    import ants
-
-    return ants.registration(fixed=fixed, moving=moving, type_of_transform="SyNOnly", initial_transform="Identity",
-                             mask=mask, outprefix=outprefix, random_seed=1, **kw)
 
 
 if __name__ == "__main__":
