@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from importlib import resources
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def load_spec(path: str | Path | None = None) -> dict:
     for i, r in enumerate(roi.get("regions", []) or []):
         if "name" not in r or not ("region" in r or "centre_mm" in r):
             raise SpecError(f"roi.regions[{i}] needs a 'name' and a 'region' (AAL name) and/or 'centre_mm'")
+    _check_stage_params(spec)
     cl = spec.get("clinical") or {}
     signs = [cl.get("chi_vs_gm", "negative")]
     signs += [v for per_map in (cl.get("expected_sign") or {}).values() for v in (per_map or {}).values()]
@@ -87,3 +89,63 @@ def load_spec(path: str | Path | None = None) -> dict:
     if cl.get("patient_group", spec["groups"][0]) not in spec["groups"]:
         raise SpecError(f"clinical.patient_group {cl['patient_group']!r} is not one of the groups {spec['groups']}")
     return spec
+
+
+#: keys of the anat section that the pipeline reads itself (not AnatParams fields)
+_PIPELINE_KEYS = {"qsm": (), "anat": ("study_template",)}
+
+
+def _check_stage_params(spec: dict) -> None:
+    """The qsm and anat sections name real parameters, with values of the right kind.
+
+    Checked here rather than when the first subject runs, where a misspelt
+    key would fail every subject of the cohort one by one.
+    """
+    from .anat.stages import AnatParams
+    from .qsm.chain import QSMParams
+
+    for section, cls in (("qsm", QSMParams), ("anat", AnatParams)):
+        values = spec.get(section) or {}
+        if not isinstance(values, dict):
+            raise SpecError(f"spec key {section!r} must be a mapping of parameters to values, got {values!r}")
+        defaults = cls()
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            if key in _PIPELINE_KEYS[section]:
+                if not isinstance(value, bool):
+                    raise SpecError(f"{section}.{key} must be true or false, got {value!r}")
+                continue
+            if key not in fields:
+                raise SpecError(f"{section}.{key} is not one of the {section} parameters; the parameters are "
+                                f"{', '.join(sorted(fields | set(_PIPELINE_KEYS[section])))}")
+            allowed = cls.choices.get(key)
+            if allowed is not None and value not in allowed:
+                raise SpecError(f"{section}.{key} must be one of {', '.join(allowed)}; got {value!r}")
+            if not _same_kind(value, getattr(defaults, key)):
+                raise SpecError(f"{section}.{key} must be {_kind_name(getattr(defaults, key))}, got {value!r}")
+
+
+def _same_kind(value, default) -> bool:
+    if default is None:  # optional numbers (None: the method's own choice)
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return isinstance(value, int) if isinstance(default, int) else True
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, type(default))
+
+
+def _kind_name(default) -> str:
+    if default is None or isinstance(default, float):
+        return "a number"
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, tuple):
+        return "a list of integers"
+    return "a string"

@@ -95,6 +95,34 @@ def test_spec_validation(tmp_path):
         load_spec(p)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("anat:\n  syn_metrc: CC\n", r"anat.syn_metrc is not one of the anat parameters.*syn_metric"),
+    ("qsm:\n  inversion: medi\n", r"qsm.inversion must be one of tv, star, tkd, ilsqr; got 'medi'"),
+    ("anat:\n  normalise_on: t2\n", r"anat.normalise_on must be one of t1, tissue"),
+    ("anat:\n  vbm_fwhm_mm: wide\n", r"anat.vbm_fwhm_mm must be a number"),
+    ("qsm:\n  tv_iterations: 5.5\n", r"qsm.tv_iterations must be an integer"),
+    ("anat:\n  syn_iterations: 40\n", r"anat.syn_iterations must be a list of integers"),
+    ("anat:\n  study_template: yes please\n", r"anat.study_template must be true or false"),
+    ("qsm: [tv]\n", r"spec key 'qsm' must be a mapping"),
+])
+def test_spec_rejects_unknown_or_mistyped_stage_parameters(tmp_path, text, message):
+    # Caught when the spec is read, not by every subject's task failing on it.
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    with pytest.raises(SpecError, match=message):
+        load_spec(p)
+
+
+def test_spec_stage_parameters_reach_the_stages(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("qsm:\n  inversion: star\n  mask_erode_mm: 2\nanat:\n  normalise_on: tissue\n"
+                 "  syn_iterations: [20, 10, 0]\n  study_template: true\n")
+    spec = load_spec(p)
+    assert pipeline._qsm_params(spec).inversion == "star"
+    anat = pipeline._anat_params(spec)
+    assert anat.normalise_on == "tissue" and anat.syn_iterations == (20, 10, 0)
+
+
 def test_study_template_map_reduce_map(tiny_bids, client, tmp_path):
     root, table = tiny_bids
     store = tmp_path / "cohort.zarr"

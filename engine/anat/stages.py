@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 from nibabel.affines import voxel_sizes
@@ -28,6 +29,13 @@ __all__ = ["AnatParams", "AnatResult", "process_anatomy", "bias_correct", "sampl
 class AnatParams:
     """Parameters of :func:`process_anatomy` (recorded with its outputs)."""
 
+    #: the values each method-naming parameter accepts (checked by the study spec)
+    choices: ClassVar[dict] = {
+        "syn_metric": ("mattes", "CC", "meansquares"),
+        "normalise_on": ("t1", "tissue"),
+        "tissue_metric": ("meansquares", "CC", "mattes"),
+    }
+
     n4_shrink: int = 4  # ANTs default; 2 costs 8x the time for a smooth field
     #: B-spline fitting levels of N4 (each doubles the mesh).  ANTs' default 4
     #: bends the field into the image's own low-frequency contrast: on
@@ -38,6 +46,15 @@ class AnatParams:
     syn_iterations: tuple = (40, 20, 10)  # full-resolution iterations: normalisation Dice 0.83 -> 0.86 at 2 mm
     syn_metric: str = "mattes"
     syn_sampling: int = 32  # histogram bins for mattes, radius for CC
+    #: What drives the normalisation whose deformation VBM and χ use: "t1"
+    #: (the bias-corrected T1 against the MNI T1) or "tissue" (after
+    #: segmentation, a second SyN of the subject's GM and WM posteriors
+    #: against the template's GM and WM priors, as DARTEL registers tissue
+    #: maps): no intensity contrast has to match, so a contraction of deep
+    #: grey matter is not traded against the template's T1 contrast.
+    normalise_on: str = "t1"
+    tissue_metric: str = "meansquares"
+    tissue_sampling: int = 0  # metric parameter (radius for CC)
     seg_prior_weight: float = 0.3
     seg_iterations: int = 5
     seg_mrf: float = 0.1
@@ -195,6 +212,19 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                                             iterations=params.seg_iterations,
                                             prior_weight=params.seg_prior_weight)]
         lap("segmentation (Atropos)")
+        if params.normalise_on == "tissue":
+            affine_only = initial if initial else [reg["fwdtransforms"][-1]]
+            tissue_img = [ants.copy_image_info(n4, n4.new_image_like(np.asarray(p, np.float32))) for p in post]
+            reg = ants.registration(fixed=to_ants(template.gm.astype(np.float32), grid.affine),
+                                    moving=tissue_img[1], type_of_transform="SyNOnly", mask=mni_mask,
+                                    initial_transform=affine_only, syn_metric=params.tissue_metric,
+                                    syn_sampling=params.tissue_sampling,
+                                    multivariate_extras=[(params.tissue_metric,
+                                                          to_ants(template.wm.astype(np.float32), grid.affine),
+                                                          tissue_img[2], 1, params.tissue_sampling)],
+                                    reg_iterations=tuple(params.syn_iterations),
+                                    outprefix=os.path.join(tmp, "tissue_"), random_seed=params.seed)
+            lap("normalisation on tissue (SyN)")
         n4_arr = n4.numpy()
         csf, gm, wm = post
         brain = mask_img.numpy() > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 from nibabel.affines import voxel_sizes
@@ -30,6 +31,13 @@ def outlier_voxels(local_field: np.ndarray, mask: np.ndarray, n_mad: float = 8.0
 @dataclass(frozen=True)
 class QSMParams:
     """Parameters of :func:`reconstruct_qsm` (all recorded with the output)."""
+
+    #: the values each method-naming parameter accepts (checked by the study spec)
+    choices: ClassVar[dict] = {
+        "combine": ("phase-difference", "nonlinear", "laplacian-wls", "laplacian-te", "path-wls"),
+        "unwrapper": ("path", "laplacian"),
+        "inversion": ("tv", "star", "tkd", "ilsqr"),
+    }
 
     combine: str = "phase-difference"
     unwrapper: str = "path"
