@@ -44,7 +44,8 @@ __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_sta
 
 # Raised whenever a stage computes something different from the same inputs and
 # parameters, so that stores made by an earlier version recompute it.
-PIPELINE_VERSION = 4  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels
+PIPELINE_VERSION = 5  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
+#                       5: warped GM and WM stored (study template of tissue maps)
 
 
 @dataclass
@@ -144,11 +145,13 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
         nat = store.open_node(f"native/{subject}").load()
         q = store.open_node(f"derived/{subject}/qsm").load()
         template = load_template(vs)
+        targets = None
         if fixed == "study":
-            template = replace(template, t1=store.open_node("template")["t1"].values)
+            study = store.open_node("template").load()
+            targets = {name: study[name].values for name in ("t1", "gm", "wm")}
         r = process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]), nat["megre_mag"].values[0],
                             np.asarray(nat.attrs["gre_affine"]), q["chi"].values, q["qsm_mask"].values > 0,
-                            template, params)
+                            template, params, targets=targets)
     except Exception as exc:
         return ("failed", subject, f"{subject}: anatomy failed: {type(exc).__name__}: {exc}")
     grid = template.grid
@@ -159,6 +162,7 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
             "chi_mni": (("x", "y", "z"), r.chi_mni, {"units": "ppm"}),
             "gm_mod": (("x", "y", "z"), r.gm_mod), "gm_mod_s": (("x", "y", "z"), r.gm_mod_smooth),
             "jacobian": (("x", "y", "z"), r.jacobian), "t1_mni": (("x", "y", "z"), r.t1_mni),
+            "gm_mni": (("x", "y", "z"), r.gm_mni), "wm_mni": (("x", "y", "z"), r.wm_mni),
         },
         coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
         attrs={"subject": subject, "tiv_ml": r.tiv_ml, "qc_gm_corr": r.qc_gm_corr, "qc_dice": r.qc_dice,
@@ -171,8 +175,8 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
 
 def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) -> tuple[str, str, str | None]:
     """The study template (DARTEL's idea, on ANTs): the mean of every subject's
-    bias-corrected T1 brain after its first normalisation to MNI, intensity-
-    normalised per subject.  It lives on the MNI grid, so subjects registered
+    bias-corrected T1 brain (intensity-normalised per subject) and of its GM
+    and WM posteriors after its first normalisation to MNI.  It lives on the MNI grid, so subjects registered
     to it are in MNI space; a reduce over the per-subject map."""
     store = CohortStore(store_path)
     ok = [s for s, res in zip(subjects, _after) if res[0] != "failed"]
@@ -181,14 +185,16 @@ def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) 
     digest = digest_params([store.record(f"derived/{s}/anat_init")["digest"] for s in ok], PIPELINE_VERSION)
     if store.is_current("template", digest):
         return ("skipped", "template", None)
-    total = None
-    for s in ok:  # running sum: memory of two volumes whatever the cohort size
-        t1 = store.open_node(f"derived/{s}/anat_init")["t1_mni"].values.astype(np.float64)
-        total = t1 if total is None else total + t1
+    names = {"t1": "t1_mni", "gm": "gm_mni", "wm": "wm_mni"}
+    total = dict.fromkeys(names, 0.0)
+    for s in ok:  # running sums: memory of a few volumes whatever the cohort size
+        init = store.open_node(f"derived/{s}/anat_init")
+        for name, var in names.items():
+            total[name] = total[name] + init[var].values.astype(np.float64)
     vs = float(spec.get("mni_voxel_size", 2.0))
     grid = load_template(vs).grid
-    mean = (total / len(ok)).astype(np.float32)
-    ds = xr.Dataset({"t1": (("x", "y", "z"), mean)}, coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
+    means = {name: (("x", "y", "z"), (total[name] / len(ok)).astype(np.float32)) for name in names}
+    ds = xr.Dataset(means, coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
                     attrs={"subjects": ok, "mni_affine": affine_attr(grid.affine)})
     store.write_node("template", ds, stage="template", digest=digest, params={"n_subjects": len(ok)})
     return ("written", "template", None)

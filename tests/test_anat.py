@@ -110,6 +110,34 @@ def test_normalisation_improves_overlap(subject_and_result):
     assert r.qc_dice > d_before + 0.1 and r.qc_dice > 0.7
 
 
+def test_tissue_normalisation_beats_t1_contrast(subject_and_result):
+    """The default normalisation registers GM and WM posteriors to the template's
+    tissue maps; the T1-only one must match the simulated T1 contrast to the
+    MNI T1.  Against the subject's true GM pulled into MNI space, the tissue
+    one lands closer (r 0.933 vs 0.904 on this subject when written)."""
+    truth, template, r = subject_and_result
+    assert AnatParams().normalise_on == "tissue"
+    t1_only = process_anatomy(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
+                              truth.brain_mask_native > 0, template, AnatParams(normalise_on="t1"))
+    brain = template.brain_mask
+
+    def agreement(result):
+        return np.corrcoef(result.gm_mni[brain], truth.mni["gm"][brain])[0, 1]
+
+    assert agreement(r) > agreement(t1_only) + 0.01
+    assert r.qc_dice > t1_only.qc_dice
+
+
+def test_normalisation_targets_are_checked(subject_and_result):
+    truth, template, _ = subject_and_result
+    args = (truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
+            truth.brain_mask_native > 0, template)
+    with pytest.raises(ValueError, match="unknown normalisation targets"):
+        process_anatomy(*args, targets={"csf": template.csf})
+    with pytest.raises(ValueError, match="target 'gm' has shape"):
+        process_anatomy(*args, targets={"gm": template.gm[1:]})
+
+
 def test_modulation_preserves_gm_volume(subject_and_result):
     truth, template, r = subject_and_result
     v_native = r.gm.sum() * np.prod(np.sqrt((truth.t1w_affine[:3, :3] ** 2).sum(0)))

@@ -136,9 +136,10 @@ def test_study_template_map_reduce_map(tiny_bids, client, tmp_path):
     s = CohortStore(store)
     tpl = s.open_node("template")
     assert sorted(tpl.attrs["subjects"]) == subjects
-    # the template is the mean of the subjects' first-pass T1 in MNI space
-    mean = np.mean([s.open_node(f"derived/{x}/anat_init")["t1_mni"].values for x in subjects], axis=0)
-    np.testing.assert_allclose(tpl["t1"].values, mean, rtol=1e-6)
+    # the template is the mean of the subjects' first-pass T1, GM and WM in MNI space
+    for name in ("t1", "gm", "wm"):
+        mean = np.mean([s.open_node(f"derived/{x}/anat_init")[f"{name}_mni"].values for x in subjects], axis=0)
+        np.testing.assert_allclose(tpl[name].values, mean, rtol=1e-6, atol=1e-7)
     for sub in subjects:
         anat = s.open_node(f"derived/{sub}/anat")
         assert anat.attrs["fixed"] == "study" and anat.attrs["qc_dice"] > 0.6
