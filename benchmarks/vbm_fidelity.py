@@ -56,9 +56,8 @@ def regions(out: Path, store: CohortStore, template) -> dict[str, np.ndarray]:
         roi = store.open_node("roi").load()
     except KeyError:
         return out_regions
-    labels = roi["roi_labels"].values
-    for name, value in zip(roi["roi_labels"].attrs["flag_meanings"], roi["roi_labels"].attrs["flag_values"]):
-        out_regions[f"ROI {name}"] = labels == value
+    for name in roi["roi"].values:
+        out_regions[f"ROI {name}"] = roi["roi_mask"].sel(roi=name).values.astype(bool)
     return out_regions
 
 

@@ -112,13 +112,19 @@ def extract_roi_values(mni: xr.Dataset, masks: dict, maps=DEFAULT_ROI_MAPS) -> p
 
 
 def roi_dataset(roi_long: pd.DataFrame, masks: dict, sources: pd.DataFrame, grid) -> xr.Dataset:
-    """The ``/roi`` node: values (subject, roi) per map and the ROI label image."""
+    """The ``/roi`` node: values (subject, roi) per map, each ROI's mask and the ROI label image.
+
+    ``roi_mask`` (roi, x, y, z) is exact where ROIs overlap (an SVC peak's
+    cluster inside a whole-brain cluster); ``roi_labels`` is one integer
+    image for viewers, in which later ROIs win overlaps.
+    """
     labels, names = label_image(masks)
     wide = findings.roi_wide(roi_long)
     rois = list(masks)
     subjects = list(dict.fromkeys(roi_long["subject"]))
     data = {m: (("subject", "roi"), wide.reindex(index=subjects, columns=[f"{m}:{r}" for r in rois]).to_numpy(float))
             for m in dict.fromkeys(roi_long["map"])}
+    data["roi_mask"] = (("roi", "x", "y", "z"), np.stack([np.asarray(masks[r], dtype=bool) for r in rois]))
     data["roi_labels"] = (("x", "y", "z"), labels, {"flag_values": list(names), "flag_meanings": rois})
     return xr.Dataset(
         data,

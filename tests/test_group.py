@@ -135,6 +135,23 @@ def test_roi_values_equal_direct_means(group_out):
             assert got == pytest.approx(want, rel=1e-6)
 
 
+def test_roi_node_keeps_overlapping_masks(group_out):
+    """The store's /roi node holds every ROI's own mask, so ROIs that overlap
+    (an SVC peak inside a whole-brain cluster) are not lost to the label image."""
+    out, _, _ = group_out
+    roi = CohortStore(out.parent / "cohort.zarr").open_node("roi").load()
+    masks = nib.load(out / "group" / "desc-roi_mask.nii.gz").get_fdata() > 0
+    assert roi["roi_mask"].dims == ("roi", "x", "y", "z")
+    np.testing.assert_array_equal(np.moveaxis(roi["roi_mask"].values, 0, -1), masks)
+    assert all(roi["roi_mask"].sel(roi=name).any() for name in roi["roi"].values)
+    # a user's query: the ROI value of a subject is the mean of its map over the stored mask
+    mni = CohortStore(out.parent / "cohort.zarr").open_node("mni")
+    name, subject = str(roi["roi"].values[0]), str(roi["subject"].values[0])
+    chi = mni["chi"].sel(subject=subject).values
+    want = np.nanmean(chi[roi["roi_mask"].sel(roi=name).values])
+    assert float(roi["chi"].sel(subject=subject, roi=name)) == pytest.approx(want, rel=1e-6)
+
+
 def _frame(out):
     values = pd.read_csv(out / "tables" / "roi_values.csv")
     wide = values.pivot_table(index="subject", columns=["map", "roi"], values="value")
@@ -315,3 +332,22 @@ def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys
     assert "Planted effects (simulated cohort)" in page and "<th>distance_mm</th>" in page
     _print_recovery(res, [], out)  # a cohort that is not simulated: nothing printed
     assert capsys.readouterr().out == ""
+
+
+def test_roi_dataset_with_nested_rois():
+    from engine.findings import roi_dataset
+
+    grid = load_template(VS).grid
+    outer = np.zeros(grid.shape, bool)
+    outer[10:20, 10:20, 10:20] = True
+    inner = np.zeros(grid.shape, bool)
+    inner[12:15, 12:15, 12:15] = True
+    masks = {"inner": inner, "outer": outer}  # the label image gives every inner voxel to "outer"
+    long = pd.DataFrame({"subject": ["s1", "s1"], "roi": ["inner", "outer"], "map": ["chi", "chi"],
+                         "value": [0.1, 0.2]})
+    sources = pd.DataFrame({"roi": ["inner", "outer"], "source": ["SVC", "whole brain"]})
+    ds = roi_dataset(long, masks, sources, grid)
+    assert not (ds["roi_labels"].values == 1).any()
+    np.testing.assert_array_equal(ds["roi_mask"].sel(roi="inner").values, inner)
+    np.testing.assert_array_equal(ds["roi_mask"].sel(roi="outer").values, outer)
+    assert float(ds["chi"].sel(subject="s1", roi="inner")) == 0.1
