@@ -19,9 +19,10 @@ back to the template, and per effect core (effect map > 0.5) it prints:
 * ``GM``: the modulated template GM summed over the core against the truth;
 * the RMS position error over the brain.
 
-``--tissue`` registers the GM maps (template GM prior against the contracted
-GM) instead of the T1 contrast, as a tissue-driven (DARTEL-like) normalisation
-would.  In a real cohort the recovered share is lower still: random anatomy,
+``--tissue`` registers the GM and WM maps (the template's against the
+contracted ones) instead of the T1 contrast, with the pipeline's tissue metric
+(``AnatParams.tissue_metric``), as its default normalisation does (DARTEL's
+inputs); a variant's ``syn_metric`` / ``syn_sampling`` apply to both channels.  In a real cohort the recovered share is lower still: random anatomy,
 regional volume differences and a template of another contrast all compete
 with the planted effect (``benchmarks/vbm_fidelity.py`` measures that).
 """
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cohort.simulate import T1W, _sample_field, _world_coords, atrophy_displacement, effect_maps, preset  # noqa: E402
 from cohort.templates import load_template  # noqa: E402
 from engine.anat.antsbridge import deterministic, points_map, to_ants  # noqa: E402
-from engine.anat.stages import jacobian_determinant, sample_at  # noqa: E402
+from engine.anat.stages import AnatParams, jacobian_determinant, sample_at  # noqa: E402
 
 
 def contracted_subject(template, effects, noise_sd: float, seed: int = 0):
@@ -60,6 +61,7 @@ def contracted_subject(template, effects, noise_sd: float, seed: int = 0):
     to_mni = world + u.reshape(3, -1)
     subject_t1 = sample_at(t1, aff, to_mni, order=3, cval=0.0).reshape(t1.shape)
     subject_gm = sample_at(template.gm, aff, to_mni, order=1, cval=0.0).reshape(t1.shape)
+    subject_wm = sample_at(template.wm, aff, to_mni, order=1, cval=0.0).reshape(t1.shape)
     rng = np.random.default_rng(seed)
     subject_t1 = subject_t1 + noise_sd * 1000 * rng.standard_normal(t1.shape) * (subject_t1 > 0)
     cores = {name: w > 0.5 for name, w in maps.items()}
@@ -67,7 +69,7 @@ def contracted_subject(template, effects, noise_sd: float, seed: int = 0):
     x = world.copy()
     for _ in range(8):
         x = world - _sample_field(u, aff, x, order=1)
-    return t1, subject_t1, subject_gm, fraction, x, cores
+    return t1, subject_t1, subject_gm, subject_wm, fraction, x, cores
 
 
 def main():
@@ -75,7 +77,7 @@ def main():
     ap.add_argument("--voxel", type=float, default=3.0, help="template grid (mm)")
     ap.add_argument("--effects-preset", default="demo", help="simulator preset whose effects are planted")
     ap.add_argument("--noise", type=float, default=0.02, help="T1 noise s.d. (white matter is 0.85)")
-    ap.add_argument("--tissue", action="store_true", help="register GM maps instead of T1 contrast")
+    ap.add_argument("--tissue", action="store_true", help="register GM and WM maps instead of T1 contrast")
     ap.add_argument("--variant", action="append", default=None,
                     help="JSON of ants.registration keywords (repeatable); default: the pipeline's SyN")
     args = ap.parse_args()
@@ -84,18 +86,25 @@ def main():
     effects = preset(args.effects_preset).effects
     if not effects:
         raise SystemExit(f"preset {args.effects_preset!r} plants no effects")
-    t1, subject_t1, subject_gm, fraction, true_points, cores = contracted_subject(template, effects, args.noise)
+    t1, subject_t1, subject_gm, subject_wm, fraction, true_points, cores = contracted_subject(
+        template, effects, args.noise)
     aff = template.grid.affine
-    fixed_arr, moving_arr = (template.gm * 1000, subject_gm * 1000) if args.tissue else (t1, subject_t1)
+    fixed_arr, moving_arr = (template.gm, subject_gm) if args.tissue else (t1, subject_t1)
     print(f"{args.voxel:g} mm, effects of preset {args.effects_preset!r}, "
-          f"{'GM maps' if args.tissue else 'T1 contrast'}")
+          f"{'GM and WM maps' if args.tissue else 'T1 contrast'}")
     for name, core in cores.items():
         print(f"  {name}: {int(core.sum())} voxels, true volume fraction {fraction[core].mean():.3f}, "
               f"GM {template.gm[core].sum():.1f} -> {(template.gm * fraction)[core].sum():.1f} voxel units")
     mask = to_ants(ndimage.binary_dilation(template.brain_mask, iterations=2).astype(np.float32), aff)
     for variant in variants:
-        kw = {"syn_metric": "mattes", "syn_sampling": 32, "reg_iterations": (40, 20, 10), **variant}
+        defaults = AnatParams()
+        kw = {"syn_metric": defaults.tissue_metric if args.tissue else defaults.syn_metric,
+              "syn_sampling": defaults.tissue_sampling if args.tissue else defaults.syn_sampling,
+              "reg_iterations": defaults.syn_iterations, **variant}
         kw["reg_iterations"] = tuple(kw["reg_iterations"])
+        if args.tissue:
+            kw["multivariate_extras"] = [(kw["syn_metric"], to_ants(template.wm.astype(np.float32), aff),
+                                          to_ants(subject_wm.astype(np.float32), aff), 1, kw["syn_sampling"])]
         t0 = time.perf_counter()
         with deterministic(1), tempfile.TemporaryDirectory() as tmp:
             moving = to_ants(moving_arr.astype(np.float32), aff)
