@@ -176,8 +176,9 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
 def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) -> tuple[str, str, str | None]:
     """The study template (DARTEL's idea, on ANTs): the mean of every subject's
     bias-corrected T1 brain (intensity-normalised per subject) and of its GM
-    and WM posteriors after its first normalisation to MNI.  It lives on the MNI grid, so subjects registered
-    to it are in MNI space; a reduce over the per-subject map."""
+    and WM posteriors after its first normalisation to MNI.  It lives on the
+    MNI grid, so subjects registered to it are in MNI space; a reduce over the
+    per-subject map."""
     store = CohortStore(store_path)
     ok = [s for s, res in zip(subjects, _after) if res[0] != "failed"]
     if len(ok) < 2:

@@ -231,7 +231,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         lap("segmentation (Atropos)")
         if params.normalise_on == "tissue":
             affine_only = initial if initial else [reg["fwdtransforms"][-1]]
-            tissue_img = [ants.copy_image_info(n4, n4.new_image_like(np.asarray(p, np.float32))) for p in post]
+            tissue_img = [n4.new_image_like(np.asarray(p, np.float32)) for p in post]  # CSF, GM, WM
             reg = ants.registration(fixed=to_ants(np.asarray(targets["gm"], np.float32), grid.affine),
                                     moving=tissue_img[1], type_of_transform="SyNOnly", mask=mni_mask,
                                     initial_transform=affine_only, syn_metric=params.tissue_metric,
