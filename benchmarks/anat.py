@@ -4,7 +4,7 @@ Run by hand:  .venv/bin/python benchmarks/anat.py [--voxel 2] [--subjects 2] [--
 
 A simulated subject has a known T1→MNI warp, true tissue maps and TIV.  Printed per subject:
 - seconds of each step of ``engine.anat.process_anatomy`` (ANTs via antspyx), with and without
-  skull stripping before SyN;
+  skull stripping before SyN, and with the T1-only normalisation (``normalise_on="t1"``) as its peer;
 - normalisation Dice: the subject's TRUE GM carried to MNI through the estimated mapping vs the
   template GM (> 0.5), before (no normalisation) and after;
 - segmentation Dice (GM > 0.5 vs truth on the T1 grid) and TIV error against the truth;
@@ -68,13 +68,15 @@ def one_subject(spec, index, template):
           f"{truth.tiv_ml:.0f} ml", flush=True)
     args = (truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
             truth.brain_mask_native > 0, template)
-    for strip in (False, True):
+    variants = {"ANTs": AnatParams(skull_strip=False), "ANTs + skull strip": AnatParams(skull_strip=True),
+                "ANTs + skull strip, T1 normalisation": AnatParams(skull_strip=True, normalise_on="t1")}
+    for name, params in variants.items():
         t0 = time.perf_counter()
-        r = process_anatomy(*args, AnatParams(skull_strip=strip))
+        r = process_anatomy(*args, params)
         total = time.perf_counter() - t0
         warped = np.nan_to_num(sample_at(truth.gm_t1, truth.t1w_affine, r.t1_points, cval=0.0))
         steps = ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items())
-        print(f"  ANTs{' + skull strip' if strip else '               '}: {total:6.1f} s ({steps})", flush=True)
+        print(f"  {name:<36}: {total:6.1f} s ({steps})", flush=True)
         print(f"      normalisation Dice {dice(warped > 0.5, template.gm > 0.5):.3f}, segmentation GM Dice "
               f"{dice(r.gm > 0.5, truth.gm_t1 > 0.5):.3f}, TIV {r.tiv_ml:.0f} ml "
               f"({100 * (r.tiv_ml / truth.tiv_ml - 1):+.1f} %), QC {r.qc_gm_corr:.3f}", flush=True)
