@@ -39,6 +39,7 @@ from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_val
 from .progress import peak_worker_memory, track
 from .qsm.chain import QSMParams, reconstruct_qsm
 from .qsm.mask import largest_component
+from .spec import PIPELINE_KEYS
 
 __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "PIPELINE_VERSION"]
 
@@ -77,11 +78,8 @@ def _qsm_params(spec: dict) -> QSMParams:
     return replace(QSMParams(), **spec.get("qsm", {}))
 
 
-_PIPELINE_ANAT_KEYS = ("study_template",)
-
-
 def _anat_params(spec: dict) -> AnatParams:
-    extra = {k: v for k, v in spec.get("anat", {}).items() if k not in _PIPELINE_ANAT_KEYS}
+    extra = {k: v for k, v in spec.get("anat", {}).items() if k not in PIPELINE_KEYS["anat"]}
     if "syn_iterations" in extra:
         extra["syn_iterations"] = tuple(extra["syn_iterations"])
     return replace(AnatParams(), **extra)

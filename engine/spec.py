@@ -91,8 +91,8 @@ def load_spec(path: str | Path | None = None) -> dict:
     return spec
 
 
-#: keys of the anat section that the pipeline reads itself (not AnatParams fields)
-_PIPELINE_KEYS = {"qsm": (), "anat": ("study_template",)}
+#: keys of the qsm and anat sections that the pipeline reads itself (not QSMParams / AnatParams fields)
+PIPELINE_KEYS = {"qsm": (), "anat": ("study_template",)}
 
 
 def _check_stage_params(spec: dict) -> None:
@@ -111,13 +111,13 @@ def _check_stage_params(spec: dict) -> None:
         defaults = cls()
         fields = {f.name for f in dataclasses.fields(cls)}
         for key, value in values.items():
-            if key in _PIPELINE_KEYS[section]:
+            if key in PIPELINE_KEYS[section]:
                 if not isinstance(value, bool):
                     raise SpecError(f"{section}.{key} must be true or false, got {value!r}")
                 continue
             if key not in fields:
                 raise SpecError(f"{section}.{key} is not one of the {section} parameters; the parameters are "
-                                f"{', '.join(sorted(fields | set(_PIPELINE_KEYS[section])))}")
+                                f"{', '.join(sorted(fields | set(PIPELINE_KEYS[section])))}")
             allowed = cls.choices.get(key)
             if allowed is not None and value not in allowed:
                 raise SpecError(f"{section}.{key} must be one of {', '.join(allowed)}; got {value!r}")
