@@ -33,7 +33,7 @@ from cohort.templates import atlas_labels, load_template
 
 from stats.roi import label_image
 
-from .anat.stages import AnatParams, process_anatomy
+from .anat.stages import AnatParams, process_anatomy, renormalise_on_tissue
 from .derivatives import export_subject, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .progress import peak_worker_memory, track
@@ -45,8 +45,9 @@ __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_sta
 
 # Raised whenever a stage computes something different from the same inputs and
 # parameters, so that stores made by an earlier version recompute it.
-PIPELINE_VERSION = 5  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
-#                       5: warped GM and WM stored (study template of tissue maps)
+PIPELINE_VERSION = 6  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
+#                       5: warped GM and WM stored (study template of tissue maps);
+#                       6: the affine stored, for the study template's second pass on tissue maps
 
 
 @dataclass
@@ -131,11 +132,20 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
     if qrec is None or nrec is None:
         return ("failed", subject, f"{subject}: no QSM result to normalise")
     parts = [nrec["digest"], qrec["digest"], params.to_dict(), vs, PIPELINE_VERSION]
+    # The second pass of a study template on tissue maps reuses the first
+    # pass's segmentation, affine and coregistration: only the tissue SyN runs.
+    second_pass = fixed == "study" and params.normalise_on == "tissue"
+    init_node = f"derived/{subject}/anat_init"
     if fixed == "study":
         trec = store.record("template")
         if trec is None:
             return ("failed", subject, f"{subject}: no study template (it needs at least two normalised subjects)")
         parts.append(trec["digest"])
+        if second_pass:
+            irec = store.record(init_node)
+            if irec is None:
+                return ("failed", subject, f"{subject}: no first normalisation ({init_node}) to start from")
+            parts.append(irec["digest"])
     digest = digest_params(*parts)
     if store.is_current(node, digest):
         return ("skipped", subject, None)
@@ -147,24 +157,36 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
         if fixed == "study":
             study = store.open_node("template").load()
             targets = {name: study[name].values for name in ("t1", "gm", "wm")}
-        r = process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]), nat["megre_mag"].values[0],
-                            np.asarray(nat.attrs["gre_affine"]), q["chi"].values, q["qsm_mask"].values > 0,
-                            template, params, targets=targets)
+        if second_pass:
+            init = store.open_node(init_node).load()
+            mni = renormalise_on_tissue(init["gm"].values, init["wm"].values, np.asarray(nat.attrs["t1w_affine"]),
+                                        init.attrs["affine_itk"], np.asarray(init.attrs["gre_to_t1"]),
+                                        q["chi"].values, q["qsm_mask"].values > 0,
+                                        np.asarray(nat.attrs["gre_affine"]), template, targets, params)
+            r = {**mni, "gm": init["gm"].values, "wm": init["wm"].values, "csf": init["csf"].values,
+                 # the T1 is not registered again: its warped image stays the first pass's
+                 "t1_mni": init["t1_mni"].values, "tiv_ml": float(init.attrs["tiv_ml"]),
+                 "gre_to_t1": np.asarray(init.attrs["gre_to_t1"]), "affine_itk": init.attrs["affine_itk"]}
+        else:
+            r = vars(process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]),
+                                     nat["megre_mag"].values[0], np.asarray(nat.attrs["gre_affine"]),
+                                     q["chi"].values, q["qsm_mask"].values > 0, template, params, targets=targets))
     except Exception as exc:
         return ("failed", subject, f"{subject}: anatomy failed: {type(exc).__name__}: {exc}")
     grid = template.grid
+    native = ("t1_i", "t1_j", "t1_k")
     ds = xr.Dataset(
         {
-            "gm": (("t1_i", "t1_j", "t1_k"), r.gm), "wm": (("t1_i", "t1_j", "t1_k"), r.wm),
-            "csf": (("t1_i", "t1_j", "t1_k"), r.csf),
-            "chi_mni": (("x", "y", "z"), r.chi_mni, {"units": "ppm"}),
-            "gm_mod": (("x", "y", "z"), r.gm_mod), "gm_mod_s": (("x", "y", "z"), r.gm_mod_smooth),
-            "jacobian": (("x", "y", "z"), r.jacobian), "t1_mni": (("x", "y", "z"), r.t1_mni),
-            "gm_mni": (("x", "y", "z"), r.gm_mni), "wm_mni": (("x", "y", "z"), r.wm_mni),
+            "gm": (native, r["gm"]), "wm": (native, r["wm"]), "csf": (native, r["csf"]),
+            "chi_mni": (("x", "y", "z"), r["chi_mni"], {"units": "ppm"}),
+            **{name: (("x", "y", "z"), r[key]) for name, key in (
+                ("gm_mod", "gm_mod"), ("gm_mod_s", "gm_mod_smooth"), ("jacobian", "jacobian"),
+                ("t1_mni", "t1_mni"), ("gm_mni", "gm_mni"), ("wm_mni", "wm_mni"))},
         },
         coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
-        attrs={"subject": subject, "tiv_ml": r.tiv_ml, "qc_gm_corr": r.qc_gm_corr, "qc_dice": r.qc_dice,
-               "gre_to_t1": affine_attr(r.gre_to_t1), "mni_affine": affine_attr(grid.affine), "fixed": fixed},
+        attrs={"subject": subject, "tiv_ml": r["tiv_ml"], "qc_gm_corr": r["qc_gm_corr"], "qc_dice": r["qc_dice"],
+               "gre_to_t1": affine_attr(r["gre_to_t1"]), "mni_affine": affine_attr(grid.affine), "fixed": fixed,
+               "affine_itk": r["affine_itk"]},
     )
     store.write_node(node, ds, stage="anat", digest=digest,
                      params={**params.to_dict(), "mni_voxel_size": vs, "fixed": fixed})

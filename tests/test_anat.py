@@ -10,7 +10,14 @@ pytest.importorskip("ants")
 
 from cohort.simulate import preset, sample_participants, simulate_subject  # noqa: E402
 from cohort.templates import load_template  # noqa: E402
-from engine.anat.stages import AnatParams, bias_correct, jacobian_determinant, process_anatomy, sample_at  # noqa: E402
+from engine.anat.stages import (  # noqa: E402
+    AnatParams,
+    bias_correct,
+    jacobian_determinant,
+    process_anatomy,
+    renormalise_on_tissue,
+    sample_at,
+)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +143,53 @@ def test_normalisation_targets_are_checked(subject_and_result):
         process_anatomy(*args, targets={"csf": template.csf})
     with pytest.raises(ValueError, match="target 'gm' has shape"):
         process_anatomy(*args, targets={"gm": template.gm[1:]})
+
+
+def _renormalise(truth, r, template, targets, **kw):
+    return renormalise_on_tissue(r.gm, r.wm, truth.t1w_affine, r.affine_itk, r.gre_to_t1, truth.chi_native,
+                                 truth.brain_mask_native > 0, truth.gre_affine, template, targets, **kw)
+
+
+def test_renormalisation_to_the_same_targets_repeats_the_first(subject_and_result):
+    """The second pass of a study template runs only the tissue SyN, from the
+    first pass's affine: to the template's own maps it must land where the
+    first pass did (the posteriors differ only in their header's precision)."""
+    truth, template, r = subject_and_result
+    again = _renormalise(truth, r, template, {"gm": template.gm, "wm": template.wm})
+    brain = template.brain_mask
+    assert np.corrcoef(again["gm_mni"][brain], r.gm_mni[brain])[0, 1] > 0.995
+    assert np.nanmax(np.abs(again["t1_points"] - r.t1_points)) < 0.5 * template.grid.voxel_size
+    assert abs(again["gm_mod"].sum() / r.gm_mod.sum() - 1) < 0.01
+    assert again["t1_mni"] is None
+
+
+def test_renormalisation_follows_its_targets(subject_and_result):
+    """Targets moved 2 voxels along x: the subject's warped GM follows them."""
+    truth, template, r = subject_and_result
+    shift = {name: np.roll(getattr(template, name), 2, axis=0) for name in ("gm", "wm")}
+    moved = _renormalise(truth, r, template, shift)
+    brain = np.roll(template.brain_mask, 2, axis=0) & template.brain_mask
+
+    def fit(gm_mni, target):
+        return np.corrcoef(gm_mni[brain], target[brain])[0, 1]
+
+    assert fit(moved["gm_mni"], shift["gm"]) > fit(r.gm_mni, shift["gm"]) + 0.05
+    assert fit(moved["gm_mni"], template.gm) < fit(r.gm_mni, template.gm) - 0.05
+
+
+def test_renormalisation_checks_its_inputs(subject_and_result):
+    truth, template, r = subject_and_result
+    targets = {"gm": template.gm, "wm": template.wm}
+    with pytest.raises(ValueError, match=r"needs targets \['wm'\]"):
+        _renormalise(truth, r, template, {"gm": template.gm})
+    with pytest.raises(ValueError, match="target 'wm' has shape"):
+        _renormalise(truth, r, template, {**targets, "wm": template.wm[1:]})
+    with pytest.raises(ValueError, match="affine_itk"):
+        renormalise_on_tissue(r.gm, r.wm, truth.t1w_affine, {}, r.gre_to_t1, truth.chi_native,
+                              truth.brain_mask_native > 0, truth.gre_affine, template, targets)
+    with pytest.raises(ValueError, match="one shape"):
+        renormalise_on_tissue(r.gm, r.wm[1:], truth.t1w_affine, r.affine_itk, r.gre_to_t1, truth.chi_native,
+                              truth.brain_mask_native > 0, truth.gre_affine, template, targets)
 
 
 def test_modulation_preserves_gm_volume(subject_and_result):

@@ -21,7 +21,7 @@ from scipy import ndimage
 from ..qsm.mask import ball, brain_mask
 from .antsbridge import atropos, deterministic, from_ants, itk_matrix_to_ras, points_map, scratch_dir, to_ants
 
-__all__ = ["AnatParams", "AnatResult", "process_anatomy", "bias_correct", "sample_at", "jacobian_determinant",
+__all__ = ["AnatParams", "AnatResult", "process_anatomy", "renormalise_on_tissue", "bias_correct", "sample_at", "jacobian_determinant",
            "smooth_fwhm"]
 
 
@@ -91,6 +91,9 @@ class AnatResult:
     t1_points: np.ndarray | None = None  # (3, x, y, z): T1 world point of every MNI voxel
     t1_mni: np.ndarray | None = None  # bias-corrected T1 brain on the MNI grid (for a study template)
     seconds: dict | None = None  # per-step wall time
+    #: the affine part of the normalisation (MNI point -> T1 point), as ITK
+    #: transform parameters, so :func:`renormalise_on_tissue` can start from it
+    affine_itk: dict | None = None
 
 
 def sample_at(data: np.ndarray, affine: np.ndarray, points: np.ndarray, order: int = 1, cval=np.nan) -> np.ndarray:
@@ -229,20 +232,12 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                                             iterations=params.seg_iterations,
                                             prior_weight=params.seg_prior_weight)]
         lap("segmentation (Atropos)")
+        affine_file = initial[0] if initial else reg["fwdtransforms"][-1]
         if params.normalise_on == "tissue":
-            affine_only = initial if initial else [reg["fwdtransforms"][-1]]
             tissue_img = [n4.new_image_like(np.asarray(p, np.float32)) for p in post]  # CSF, GM, WM
-            reg = ants.registration(fixed=to_ants(np.asarray(targets["gm"], np.float32), grid.affine),
-                                    moving=tissue_img[1], type_of_transform="SyNOnly", mask=mni_mask,
-                                    initial_transform=affine_only, syn_metric=params.tissue_metric,
-                                    syn_sampling=params.tissue_sampling,
-                                    multivariate_extras=[(params.tissue_metric,
-                                                          to_ants(np.asarray(targets["wm"], np.float32),
-                                                                  grid.affine),
-                                                          tissue_img[2], 1, params.tissue_sampling)],
-                                    reg_iterations=tuple(params.syn_iterations),
-                                    outprefix=os.path.join(tmp, "tissue_"), random_seed=params.seed)
+            reg = _tissue_syn(tissue_img[1], tissue_img[2], targets, grid, mni_mask, [affine_file], params, tmp)
             lap("normalisation on tissue (SyN)")
+        affine_itk = _read_affine(affine_file)
         n4_arr = n4.numpy()
         csf, gm, wm = post
         brain = mask_img.numpy() > 0
@@ -262,17 +257,112 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         # Point map MNI voxel -> T1 world, then everything sampled once.
         pts_t1 = points_map(grid.shape, grid.affine, reg["fwdtransforms"], n4)
     _, t1_aff_ants = from_ants(t1_img)
+    n4_brain = n4_arr * brain
+    t1_norm = n4_brain / max(float(n4_brain[brain].mean()), 1e-12)
+    mni = _to_mni(pts_t1, t1_aff_ants, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, template, params,
+                  t1=t1_norm)
+    lap("resampling, modulation, smoothing")
+    return AnatResult(gm=gm.astype(np.float32), wm=wm.astype(np.float32), csf=csf.astype(np.float32),
+                      brain_mask=brain, tiv_ml=tiv, gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=seconds,
+                      affine_itk=affine_itk, **mni)
+
+
+def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray, affine_itk: dict,
+                          gre_to_t1: np.ndarray, chi: np.ndarray, chi_mask: np.ndarray, gre_affine: np.ndarray,
+                          template, targets: dict, params: AnatParams = AnatParams()) -> dict:
+    """The tissue normalisation of a segmented subject again, to new GM and WM targets.
+
+    A study template's second pass (DARTEL registers every subject to the
+    cohort's mean again) needs nothing of :func:`process_anatomy` but its
+    last registration: the native posteriors, the affine and the GRE → T1
+    coregistration of the first pass stay valid, so only the tissue SyN runs,
+    from the same affine, to ``targets["gm"]`` and ``targets["wm"]``.
+
+    Parameters
+    ----------
+    gm, wm : native GM and WM posteriors of the first pass (T1w grid).
+    t1_affine : their RAS affine.
+    affine_itk : :attr:`AnatResult.affine_itk` of the first pass.
+    gre_to_t1 : :attr:`AnatResult.gre_to_t1` of the first pass.
+    chi, chi_mask, gre_affine : χ map (ppm), where it is defined, its affine.
+    template : cohort.templates.Template (grid, brain mask, QC reference).
+    targets : dict with ``"gm"`` and ``"wm"`` on the template grid.
+    params : AnatParams
+
+    Returns
+    -------
+    dict
+        The MNI-space fields of :class:`AnatResult` (``chi_mni``, ``gm_mni``,
+        ``wm_mni``, ``gm_mod``, ``gm_mod_smooth``, ``jacobian``, ``qc_gm_corr``,
+        ``qc_dice``, ``t1_mni`` = None) and ``t1_points``, ``seconds``.
+    """
+    gm = np.asarray(gm, np.float32)
+    wm = np.asarray(wm, np.float32)
+    if gm.ndim != 3 or gm.shape != wm.shape:
+        raise ValueError(f"GM and WM posteriors must be 3-D arrays of one shape, got {gm.shape} and {wm.shape}")
+    if not {"parameters", "fixed_parameters"} <= set(affine_itk or {}):
+        raise ValueError("affine_itk must hold the first pass's 'parameters' and 'fixed_parameters'")
+    grid = template.grid
+    missing = {"gm", "wm"} - set(targets or {})
+    if missing:
+        raise ValueError(f"renormalisation needs targets {sorted(missing)}")
+    for name in ("gm", "wm"):
+        if np.shape(targets[name]) != grid.shape:
+            raise ValueError(f"normalisation target {name!r} has shape {np.shape(targets[name])}, "
+                             f"the template grid {grid.shape}")
+    t0 = time.perf_counter()
+    with deterministic(params.seed), scratch_dir() as tmp:
+        import ants
+
+        affine_file = os.path.join(tmp, "affine.mat")
+        tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                        parameters=np.asarray(affine_itk["parameters"], float),
+                                        fixed_parameters=np.asarray(affine_itk["fixed_parameters"], float))
+        ants.write_transform(tx, affine_file)
+        gm_img, wm_img = to_ants(gm, t1_affine), to_ants(wm, t1_affine)
+        mni_mask = to_ants(ndimage.binary_dilation(template.brain_mask, iterations=2).astype(np.float32), grid.affine)
+        reg = _tissue_syn(gm_img, wm_img, targets, grid, mni_mask, [affine_file], params, tmp)
+        pts_t1 = points_map(grid.shape, grid.affine, reg["fwdtransforms"], gm_img)
+    _, t1_aff_ants = from_ants(gm_img)
+    mni = _to_mni(pts_t1, t1_aff_ants, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, template, params)
+    return {**mni, "t1_points": pts_t1, "seconds": {"normalisation on tissue (SyN)": time.perf_counter() - t0}}
+
+
+def _read_affine(path: str) -> dict:
+    import ants
+
+    tx = ants.read_transform(path)
+    return {"parameters": [float(v) for v in tx.parameters], "fixed_parameters": [float(v) for v in tx.fixed_parameters]}
+
+
+def _tissue_syn(gm_img, wm_img, targets, grid, mni_mask, initial: list, params: AnatParams, tmp: str):
+    """SyN of the subject's GM and WM posteriors to the GM and WM targets, from ``initial``."""
+    import ants
+
+    return ants.registration(fixed=to_ants(np.asarray(targets["gm"], np.float32), grid.affine),
+                             moving=gm_img, type_of_transform="SyNOnly", mask=mni_mask,
+                             initial_transform=initial, syn_metric=params.tissue_metric,
+                             syn_sampling=params.tissue_sampling,
+                             multivariate_extras=[(params.tissue_metric,
+                                                   to_ants(np.asarray(targets["wm"], np.float32), grid.affine),
+                                                   wm_img, 1, params.tissue_sampling)],
+                             reg_iterations=tuple(params.syn_iterations),
+                             outprefix=os.path.join(tmp, "tissue_"), random_seed=params.seed)
+
+
+def _to_mni(pts_t1, t1_aff, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, template, params: AnatParams,
+            t1=None) -> dict:
+    """χ, GM, WM (and the T1, if given) sampled once through the point map; modulation, smoothing, QC."""
+    grid = template.grid
     vs = (grid.voxel_size,) * 3
     jac = jacobian_determinant(pts_t1, vs)
     pts_gre = np.einsum("ab,b...->a...", gre_to_t1[:3, :3], pts_t1) + gre_to_t1[:3, 3].reshape(3, 1, 1, 1)
     chi_vals = sample_at(np.where(chi_mask, chi, 0.0), gre_affine, pts_gre, order=1, cval=0.0)
     chi_cov = sample_at(np.asarray(chi_mask, dtype=np.float64), gre_affine, pts_gre, order=1, cval=0.0)
     chi_mni = np.where(chi_cov > 0.5, chi_vals / np.maximum(chi_cov, 1e-6), np.nan)
-    gm_mni = np.nan_to_num(sample_at(gm, t1_aff_ants, pts_t1, order=1, cval=0.0))
-    wm_mni = np.nan_to_num(sample_at(wm, t1_aff_ants, pts_t1, order=1, cval=0.0))
-    n4_brain = n4_arr * brain
-    t1_mni = np.nan_to_num(sample_at(n4_brain / max(float(n4_brain[brain].mean()), 1e-12), t1_aff_ants, pts_t1,
-                                     order=1, cval=0.0))
+    gm_mni = np.nan_to_num(sample_at(gm, t1_aff, pts_t1, order=1, cval=0.0))
+    wm_mni = np.nan_to_num(sample_at(wm, t1_aff, pts_t1, order=1, cval=0.0))
+    t1_mni = None if t1 is None else np.nan_to_num(sample_at(t1, t1_aff, pts_t1, order=1, cval=0.0)).astype(np.float32)
     jac_safe = np.nan_to_num(jac, nan=0.0)
     gm_mod = gm_mni * jac_safe
     gm_mod_s = smooth_fwhm(gm_mod, params.vbm_fwhm_mm, vs)
@@ -281,11 +371,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     corr = float(np.corrcoef(gm_mni[sel], tgm[sel])[0, 1])
     a, b = gm_mni > 0.5, tgm > 0.5
     dice = float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-    lap("resampling, modulation, smoothing")
-    return AnatResult(gm=gm.astype(np.float32), wm=wm.astype(np.float32), csf=csf.astype(np.float32),
-                      brain_mask=brain, tiv_ml=tiv, gre_to_t1=gre_to_t1, chi_mni=chi_mni.astype(np.float32),
-                      gm_mni=gm_mni.astype(np.float32), wm_mni=wm_mni.astype(np.float32),
-                      gm_mod=gm_mod.astype(np.float32),
-                      gm_mod_smooth=gm_mod_s.astype(np.float32), jacobian=jac.astype(np.float32),
-                      qc_gm_corr=corr, qc_dice=dice, t1_points=pts_t1, t1_mni=t1_mni.astype(np.float32),
-                      seconds=seconds)
+    return {"chi_mni": chi_mni.astype(np.float32), "gm_mni": gm_mni.astype(np.float32),
+            "wm_mni": wm_mni.astype(np.float32), "gm_mod": gm_mod.astype(np.float32),
+            "gm_mod_smooth": gm_mod_s.astype(np.float32), "jacobian": jac.astype(np.float32),
+            "qc_gm_corr": corr, "qc_dice": dice, "t1_mni": t1_mni}
