@@ -81,8 +81,9 @@ def _qsm_params(spec: dict) -> QSMParams:
 
 def _anat_params(spec: dict) -> AnatParams:
     extra = {k: v for k, v in spec.get("anat", {}).items() if k not in PIPELINE_KEYS["anat"]}
-    if "syn_iterations" in extra:
-        extra["syn_iterations"] = tuple(extra["syn_iterations"])
+    for name in ("syn_iterations", "tissue_iterations"):
+        if name in extra:
+            extra[name] = tuple(extra[name])
     return replace(AnatParams(), **extra)
 
 

@@ -28,7 +28,8 @@ from engine.spec import load_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FAST = {"mni_voxel_size": 3.0, "anat": {"syn_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1},
+FAST = {"mni_voxel_size": 3.0,
+        "anat": {"syn_iterations": [10, 5, 0], "tissue_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1},
         "qsm": {"inversion": "tkd", "unwrapper": "laplacian"}}
 
 

@@ -16,7 +16,7 @@ def _fast_spec():
     spec = load_spec()
     spec["mni_voxel_size"] = 3.0
     # orchestration is under test here, not accuracy: short registrations
-    spec["anat"] = {"syn_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1}
+    spec["anat"] = {"syn_iterations": [10, 5, 0], "tissue_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1}
     spec["qsm"] = {"inversion": "tkd", "unwrapper": "laplacian"}
     return spec
 
@@ -116,11 +116,12 @@ def test_spec_rejects_unknown_or_mistyped_stage_parameters(tmp_path, text, messa
 def test_spec_stage_parameters_reach_the_stages(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text("qsm:\n  inversion: star\n  mask_erode_mm: 2\nanat:\n  normalise_on: tissue\n"
-                 "  syn_iterations: [20, 10, 0]\n  study_template: true\n")
+                 "  syn_iterations: [20, 10, 0]\n  tissue_iterations: [30, 20, 40]\n  study_template: true\n")
     spec = load_spec(p)
     assert pipeline._qsm_params(spec).inversion == "star"
     anat = pipeline._anat_params(spec)
     assert anat.normalise_on == "tissue" and anat.syn_iterations == (20, 10, 0)
+    assert anat.tissue_iterations == (30, 20, 40)
 
 
 def test_study_template_map_reduce_map(tiny_bids, client, tmp_path):
