@@ -21,8 +21,8 @@ from scipy import ndimage
 from ..qsm.mask import ball, brain_mask
 from .antsbridge import atropos, deterministic, from_ants, itk_matrix_to_ras, points_map, scratch_dir, to_ants
 
-__all__ = ["AnatParams", "AnatResult", "process_anatomy", "renormalise_on_tissue", "bias_correct", "sample_at", "jacobian_determinant",
-           "smooth_fwhm"]
+__all__ = ["AnatParams", "AnatResult", "process_anatomy", "renormalise_on_tissue", "bias_correct", "sample_at",
+           "jacobian_determinant", "smooth_fwhm"]
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         mni_t1 = to_ants(np.asarray(targets["t1"], np.float32), grid.affine)
         # Affine + SyN of the subject to MNI (fixed = template).  The template
         # is brain-only, so the mask restricts the metric to the MNI brain.
-        mni_mask = to_ants(ndimage.binary_dilation(template.brain_mask, iterations=2).astype(np.float32), grid.affine)
+        mni_mask = _metric_mask(template)
         moving = n4
         initial = None
         if params.skull_strip:
@@ -327,7 +327,7 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
                                         fixed_parameters=np.asarray(affine_itk["fixed_parameters"], float))
         ants.write_transform(tx, affine_file)
         gm_img, wm_img = to_ants(gm, t1_affine), to_ants(wm, t1_affine)
-        mni_mask = to_ants(ndimage.binary_dilation(template.brain_mask, iterations=2).astype(np.float32), grid.affine)
+        mni_mask = _metric_mask(template)
         reg = _tissue_syn(gm_img, wm_img, targets, grid, mni_mask, [affine_file], params, tmp)
         pts_t1 = points_map(grid.shape, grid.affine, reg["fwdtransforms"], gm_img)
     _, t1_aff_ants = from_ants(gm_img)
@@ -335,11 +335,17 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
     return {**mni, "t1_points": pts_t1, "seconds": {"normalisation on tissue (SyN)": time.perf_counter() - t0}}
 
 
+def _metric_mask(template):
+    """Where the registration metric counts: the MNI brain, dilated by two voxels (the templates are brain only)."""
+    return to_ants(ndimage.binary_dilation(template.brain_mask, iterations=2).astype(np.float32), template.grid.affine)
+
+
 def _read_affine(path: str) -> dict:
     import ants
 
     tx = ants.read_transform(path)
-    return {"parameters": [float(v) for v in tx.parameters], "fixed_parameters": [float(v) for v in tx.fixed_parameters]}
+    return {"parameters": [float(v) for v in tx.parameters],
+            "fixed_parameters": [float(v) for v in tx.fixed_parameters]}
 
 
 def _tissue_syn(gm_img, wm_img, targets, grid, mni_mask, initial: list, params: AnatParams, tmp: str):
