@@ -80,11 +80,11 @@ def _qsm_params(spec: dict) -> QSMParams:
 
 
 def _anat_params(spec: dict) -> AnatParams:
+    defaults = AnatParams()
     extra = {k: v for k, v in spec.get("anat", {}).items() if k not in PIPELINE_KEYS["anat"]}
-    for name in ("syn_iterations", "tissue_iterations"):
-        if name in extra:
-            extra[name] = tuple(extra[name])
-    return replace(AnatParams(), **extra)
+    # YAML gives lists where the parameters are tuples (iterations per level)
+    extra = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) else v for k, v in extra.items()}
+    return replace(defaults, **extra)
 
 
 def qsm_stage(subject: str, store_path: str, spec: dict) -> tuple[str, str, str | None]:
@@ -151,7 +151,7 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
     if store.is_current(node, digest):
         return ("skipped", subject, None)
     try:
-        nat = store.open_node(f"native/{subject}").load()
+        nat = store.open_node(f"native/{subject}")  # lazy: each path reads only what it uses
         q = store.open_node(f"derived/{subject}/qsm").load()
         template = load_template(vs)
         targets = None
@@ -170,7 +170,7 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
                  "gre_to_t1": np.asarray(init.attrs["gre_to_t1"]), "affine_itk": init.attrs["affine_itk"]}
         else:
             r = vars(process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]),
-                                     nat["megre_mag"].values[0], np.asarray(nat.attrs["gre_affine"]),
+                                     nat["megre_mag"][0].values, np.asarray(nat.attrs["gre_affine"]),
                                      q["chi"].values, q["qsm_mask"].values > 0, template, params, targets=targets))
     except Exception as exc:
         return ("failed", subject, f"{subject}: anatomy failed: {type(exc).__name__}: {exc}")
@@ -180,9 +180,9 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
         {
             "gm": (native, r["gm"]), "wm": (native, r["wm"]), "csf": (native, r["csf"]),
             "chi_mni": (("x", "y", "z"), r["chi_mni"], {"units": "ppm"}),
-            **{name: (("x", "y", "z"), r[key]) for name, key in (
-                ("gm_mod", "gm_mod"), ("gm_mod_s", "gm_mod_smooth"), ("jacobian", "jacobian"),
-                ("t1_mni", "t1_mni"), ("gm_mni", "gm_mni"), ("wm_mni", "wm_mni"))},
+            "gm_mod": (("x", "y", "z"), r["gm_mod"]), "gm_mod_s": (("x", "y", "z"), r["gm_mod_smooth"]),
+            "jacobian": (("x", "y", "z"), r["jacobian"]), "t1_mni": (("x", "y", "z"), r["t1_mni"]),
+            "gm_mni": (("x", "y", "z"), r["gm_mni"]), "wm_mni": (("x", "y", "z"), r["wm_mni"]),
         },
         coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
         attrs={"subject": subject, "tiv_ml": r["tiv_ml"], "qc_gm_corr": r["qc_gm_corr"], "qc_dice": r["qc_dice"],

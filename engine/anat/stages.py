@@ -174,10 +174,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     if unknown:
         raise ValueError(f"unknown normalisation targets {sorted(unknown)}; use 't1', 'gm' and 'wm'")
     targets = {"t1": template.t1, "gm": template.gm, "wm": template.wm, **(targets or {})}
-    for name, image in targets.items():
-        if np.shape(image) != grid.shape:
-            raise ValueError(f"normalisation target {name!r} has shape {np.shape(image)}, "
-                             f"the template grid {grid.shape}")
+    _check_target_shapes(targets, grid)
     t1_voxel = tuple(float(v) for v in voxel_sizes(np.asarray(t1_affine, dtype=float)))
     seconds = {}
     clock = [time.perf_counter()]
@@ -313,10 +310,7 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
     missing = {"gm", "wm"} - set(targets or {})
     if missing:
         raise ValueError(f"renormalisation needs targets {sorted(missing)}")
-    for name in ("gm", "wm"):
-        if np.shape(targets[name]) != grid.shape:
-            raise ValueError(f"normalisation target {name!r} has shape {np.shape(targets[name])}, "
-                             f"the template grid {grid.shape}")
+    _check_target_shapes(targets, grid)
     t0 = time.perf_counter()
     with deterministic(params.seed), scratch_dir() as tmp:
         import ants
@@ -333,6 +327,13 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
     _, t1_aff_ants = from_ants(gm_img)
     mni = _to_mni(pts_t1, t1_aff_ants, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, template, params)
     return {**mni, "t1_points": pts_t1, "seconds": {"normalisation on tissue (SyN)": time.perf_counter() - t0}}
+
+
+def _check_target_shapes(targets: dict, grid) -> None:
+    for name, image in targets.items():
+        if np.shape(image) != grid.shape:
+            raise ValueError(f"normalisation target {name!r} has shape {np.shape(image)}, "
+                             f"the template grid {grid.shape}")
 
 
 def _metric_mask(template):
