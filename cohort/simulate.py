@@ -50,6 +50,7 @@ __all__ = [
     "power_matched_effects",
     "preset",
     "sample_participants",
+    "severity_factor",
     "simulate_subject",
     "simulate_cohort",
     "write_bids_subject",
@@ -157,25 +158,41 @@ REFERENCE_EFFECTS = (
 REFERENCE_N_PER_GROUP = 34
 
 
-def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENCE_N_PER_GROUP):
-    """Effects scaled so that ``n_per_group`` per group has the power of ``reference_n``.
+def severity_factor(effect: Effect, severity):
+    """How much of ``effect`` a patient of latent ``severity`` (standard normal) carries: ``max(0, 1 + gain * s)``."""
+    return np.maximum(0.0, 1.0 + effect.severity_gain * np.asarray(severity, dtype=float))
 
-    A two-sample t statistic grows with the effect times the square root of
-    the group size, so a cohort smaller than the reference study keeps the
-    reference study's expected T (and with it its chance of finding each
-    effect) when every effect is multiplied by ``sqrt(reference_n / n)``:
-    χ and GM changes alike.  The demo uses this, so that 10 + 10 subjects
-    show what 34 + 34 would, without the demo's findings resting on luck.
+
+def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENCE_N_PER_GROUP):
+    """Effects scaled so that ``n_per_group`` per group has the expected T of ``reference_n``.
+
+    A two-sample t statistic is the group difference over the pooled
+    between-subject spread, times the square root of half the group size.  A
+    planted effect adds to both: its mean is the group difference, and its
+    variation with each patient's severity (``1 + severity_gain * severity``)
+    adds to the patients' spread.  So the mean of every effect (χ and GM
+    alike) is multiplied by ``k = sqrt(reference_n / n)`` and its
+    ``severity_gain`` divided by ``k``: the difference grows by ``k``, the
+    spread stays that of the reference study, and the expected T (and within
+    the patients every correlation with the clinical scores) stays the
+    reference study's, to within 3 % (at the reference gain the 2 % of
+    patients with a severity below −2 carry none of an effect).  Multiplying the effect alone would multiply the
+    severity-driven spread too, and an effect whose spread comes mostly from
+    the patients' severity would keep barely more than its reference T / k.
+    The demo uses this, so that 10 + 10 subjects show what 34 + 34 would.
+    What it cannot carry over is the degrees of freedom: at 18 against 66
+    the same T is less significant (an SVC threshold 0.6–0.8 higher).
     """
     if n_per_group < 1:
         raise ValueError(f"n_per_group must be >= 1, got {n_per_group}")
     k = float(np.sqrt(reference_n / n_per_group))
-    return tuple(replace(e, chi_ppm=e.chi_ppm * k, gm_fraction=max(e.gm_fraction * k, -0.5)) for e in effects)
+    return tuple(replace(e, chi_ppm=e.chi_ppm * k, gm_fraction=max(e.gm_fraction * k, -0.5),
+                         severity_gain=e.severity_gain / k) for e in effects)
 
 
 PRESETS = {
     "reference-study": SimulationSpec(effects=REFERENCE_EFFECTS),
-    # 10 + 10 at 3 mm with the reference study's power (effects x sqrt(34/10)).
+    # 10 + 10 at 3 mm with the reference study's expected T (see power_matched_effects).
     "demo": SimulationSpec(n_per_group={"ALS": 10, "NC": 10}, voxel_size=3.0,
                            effects=power_matched_effects(REFERENCE_EFFECTS, 10), n_echoes=6),
     "tiny": SimulationSpec(n_per_group={"ALS": 2, "NC": 2}, voxel_size=3.0, effects=REFERENCE_EFFECTS, n_echoes=4),
@@ -464,7 +481,7 @@ def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -
     # effect is diffuse thinning: GM replaced by CSF where it is.
     atrophy = np.zeros(gm.shape, np.float32)
     for e in spec.effects:
-        sev_factor[e.name] = max(0.0, 1.0 + e.severity_gain * row["severity"]) if patient else 0.0
+        sev_factor[e.name] = float(severity_factor(e, row["severity"])) if patient else 0.0
         atrophy -= e.gm_fraction * sev_factor[e.name] * effects[e.name]
     loss = np.clip(loss, -0.3, 0.6)
     lost = gm * loss

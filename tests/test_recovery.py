@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from cohort.simulate import REFERENCE_EFFECTS, power_matched_effects
+from cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, severity_factor
 from engine.recovery import planted_effect_recovery
 
 
@@ -54,15 +56,33 @@ def test_recovery_checks_its_arguments():
         planted_effect_recovery(_results(), [], alpha=1.5)
 
 
+def _expected_t(effect, n_per_group: int, noise_sd: float, severities: np.ndarray) -> float:
+    """Large-sample expected two-sample T of ``effect`` (patients vs controls) with measurement noise."""
+    carried = effect.chi_ppm * severity_factor(effect, severities)
+    pooled = np.sqrt((carried.var() + 2 * noise_sd**2) / 2)
+    return float(carried.mean() / pooled * np.sqrt(n_per_group / 2))
+
+
 def test_power_matching_keeps_the_expected_t():
     same = power_matched_effects(REFERENCE_EFFECTS, 34)
     assert [e.chi_ppm for e in same] == pytest.approx([e.chi_ppm for e in REFERENCE_EFFECTS])
+    assert [e.severity_gain for e in same] == pytest.approx([e.severity_gain for e in REFERENCE_EFFECTS])
     ten = power_matched_effects(REFERENCE_EFFECTS, 10)
     k = np.sqrt(34 / 10)
+    # the simulator's own latent severities of patients
+    severities = np.random.default_rng(0).standard_normal(200_000)
     for a, b in zip(REFERENCE_EFFECTS, ten):
-        # expected T ~ effect * sqrt(n / 2): equal for 34 per group and for 10 per group
-        assert b.chi_ppm * np.sqrt(10 / 2) == pytest.approx(a.chi_ppm * np.sqrt(34 / 2))
         assert b.gm_fraction == pytest.approx(a.gm_fraction * k)
         assert (b.region, b.peak_mni) == (a.region, a.peak_mni)
+        # whether the patients' spread is mostly severity or mostly noise, T at 10 equals T at 34 (within
+        # 3 %: at the reference gain the 2 % of patients with severity below -2 carry none of it, a floor
+        # the smaller gain does not reach)
+        for noise in (0.1 * a.chi_ppm, 0.25 * a.chi_ppm, a.chi_ppm):
+            t_ref = _expected_t(a, 34, noise, severities)
+            assert _expected_t(b, 10, noise, severities) == pytest.approx(t_ref, rel=0.03)
+        # scaling the effect alone would not: severity-dominated spread grows with it
+        alone = replace(a, chi_ppm=a.chi_ppm * k)
+        assert _expected_t(alone, 10, 0.1 * a.chi_ppm, severities) < 0.7 * _expected_t(a, 34, 0.1 * a.chi_ppm,
+                                                                                        severities)
     with pytest.raises(ValueError, match="n_per_group"):
         power_matched_effects(REFERENCE_EFFECTS, 0)
