@@ -185,7 +185,8 @@ def main():
             rms.append(float(np.sqrt(np.nanmean(((points.reshape(3, -1) - case["true_points"]) ** 2)
                                                 .sum(axis=0)[brain]))))
             if case["images_plain"] is not None:
-                jac0, _, gm_mod0, s = register(template, case["images_plain"], kw, args.tissue, args.noise, case["seed"])
+                jac0, _, gm_mod0, s = register(template, case["images_plain"], kw, args.tissue, args.noise,
+                                               case["seed"])
                 seconds.append(s)
             else:  # the template's own anatomy: the registration without the contraction is the identity
                 jac0, gm_mod0 = np.ones_like(jac), template.gm.astype(np.float64)

@@ -169,17 +169,18 @@ def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENC
     A two-sample t statistic is the group difference over the pooled
     between-subject spread, times the square root of half the group size.  A
     planted effect adds to both: its mean is the group difference, and its
-    variation with each patient's severity (``1 + severity_gain * severity``)
-    adds to the patients' spread.  So the mean of every effect (χ and GM
-    alike) is multiplied by ``k = sqrt(reference_n / n)`` and its
-    ``severity_gain`` divided by ``k``: the difference grows by ``k``, the
-    spread stays that of the reference study, and the expected T (and within
-    the patients every correlation with the clinical scores) stays the
-    reference study's, to within 3 % (at the reference gain the 2 % of
-    patients with a severity below −2 carry none of an effect).  Multiplying the effect alone would multiply the
-    severity-driven spread too, and an effect whose spread comes mostly from
-    the patients' severity would keep barely more than its reference T / k.
-    The demo uses this, so that 10 + 10 subjects show what 34 + 34 would.
+    variation with each patient's severity (:func:`severity_factor`) adds to
+    the patients' spread.  So the mean of every effect (χ and GM alike) is
+    multiplied by ``k = sqrt(reference_n / n)`` and its ``severity_gain``
+    divided by ``k``: the difference grows by ``k``, the spread stays that of
+    the reference study, and the expected T (and within the patients every
+    correlation with the clinical scores) stays the reference study's, to
+    within 3 % (at the reference gain the 2 % of patients with a severity
+    below −2 carry none of an effect).  Multiplying the effect alone would
+    multiply the severity-driven spread too, and an effect whose spread comes
+    mostly from the patients' severity would keep barely more than its
+    reference T / k.  The demo uses this, so that 10 + 10 subjects show what
+    34 + 34 would.
     What it cannot carry over is the degrees of freedom: at 18 against 66
     the same T is less significant (an SVC threshold 0.6–0.8 higher).
     """

@@ -69,7 +69,7 @@ def test_power_matching_keeps_the_expected_t():
     assert [e.severity_gain for e in same] == pytest.approx([e.severity_gain for e in REFERENCE_EFFECTS])
     ten = power_matched_effects(REFERENCE_EFFECTS, 10)
     k = np.sqrt(34 / 10)
-    # the simulator's own latent severities of patients
+    # patients' latent severities, drawn as the simulator draws them
     severities = np.random.default_rng(0).standard_normal(200_000)
     for a, b in zip(REFERENCE_EFFECTS, ten):
         assert b.gm_fraction == pytest.approx(a.gm_fraction * k)
