@@ -49,15 +49,14 @@ from pathlib import Path
 
 import ants
 import numpy as np
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cohort.simulate import (T1W, _placement, _sample_field, _world_coords, atrophy_displacement,  # noqa: E402
+from cohort.simulate import (T1W, _placement, _world_coords, atrophy_displacement,  # noqa: E402
                              effect_maps, preset, volume_fraction)
 from cohort.templates import load_template  # noqa: E402
 from engine.anat.antsbridge import deterministic, points_map, to_ants  # noqa: E402
-from engine.anat.stages import AnatParams, jacobian_determinant, sample_at  # noqa: E402
+from engine.anat.stages import AnatParams, _metric_mask, jacobian_determinant, sample_at  # noqa: E402
 
 RADII_MM = (15.0, 25.0)
 
@@ -77,29 +76,20 @@ def with_contraction(place, template, effects):
     return replace(place, atrophy_grid_affine=template.grid.affine, atrophy=u)
 
 
-def preimages(place, template, iterations: int = 8) -> np.ndarray:
-    """Subject position (3, n) of every template voxel: the inverse of ``place.to_mni`` by fixed-point iteration."""
-    y = _world_coords(template.grid.shape, template.grid.affine).reshape(3, -1).astype(np.float64)
-    before_atrophy = y
-    if place.atrophy is not None:
-        for _ in range(iterations):
-            before_atrophy = y - _sample_field(place.atrophy, place.atrophy_grid_affine, before_atrophy, order=1)
-    x = before_atrophy
-    for _ in range(iterations):
-        x = before_atrophy - _sample_field(place.disp, place.disp_grid_affine, x, order=3)
-    return x
+def template_t1(template) -> np.ndarray:
+    """The template's anatomy in the simulator's T1 contrast."""
+    return (T1W["gm"] * template.gm + T1W["wm"] * template.wm + T1W["csf"] * template.csf).astype(np.float64) * 1000
 
 
 def subject_images(place, template) -> dict:
     """The template's T1 contrast, GM and WM as the placed subject shows them, on the template grid."""
     aff = template.grid.affine
-    t1 = (T1W["gm"] * template.gm + T1W["wm"] * template.wm + T1W["csf"] * template.csf).astype(np.float64) * 1000
     # The subject at x shows the template at place.to_mni(x).
     to_mni = place.to_mni(_world_coords(template.grid.shape, aff)).reshape(3, -1).astype(np.float64)
-    return {"t1": sample_at(t1, aff, to_mni, order=3, cval=0.0).reshape(t1.shape),
-            "gm": sample_at(template.gm, aff, to_mni, order=1, cval=0.0).reshape(t1.shape),
-            "wm": sample_at(template.wm, aff, to_mni, order=1, cval=0.0).reshape(t1.shape),
-            "template_t1": t1}
+    shape = template.grid.shape
+    return {"t1": sample_at(template_t1(template), aff, to_mni, order=3, cval=0.0).reshape(shape),
+            "gm": sample_at(template.gm, aff, to_mni, order=1, cval=0.0).reshape(shape),
+            "wm": sample_at(template.wm, aff, to_mni, order=1, cval=0.0).reshape(shape)}
 
 
 def register(template, images: dict, kw: dict, tissue: bool, noise_sd: float, seed: int):
@@ -107,12 +97,12 @@ def register(template, images: dict, kw: dict, tissue: bool, noise_sd: float, se
     aff = template.grid.affine
     rng = np.random.default_rng(seed)
     subject_t1 = images["t1"] + noise_sd * 1000 * rng.standard_normal(images["t1"].shape) * (images["t1"] > 0)
-    fixed_arr, moving_arr = (template.gm, images["gm"]) if tissue else (images["template_t1"], subject_t1)
+    fixed_arr, moving_arr = (template.gm, images["gm"]) if tissue else (template_t1(template), subject_t1)
     kw = dict(kw)
     if tissue:
         kw["multivariate_extras"] = [(kw["syn_metric"], to_ants(template.wm.astype(np.float32), aff),
                                       to_ants(images["wm"].astype(np.float32), aff), 1, kw["syn_sampling"])]
-    mask = to_ants(ndimage.binary_dilation(template.brain_mask, iterations=2).astype(np.float32), aff)
+    mask = _metric_mask(template)
     t0 = time.perf_counter()
     with deterministic(1), tempfile.TemporaryDirectory() as tmp:
         moving = to_ants(moving_arr.astype(np.float32), aff)
@@ -151,17 +141,19 @@ def main():
     for e in effects:
         dist = np.sqrt(sum((xyz[c] - e.peak_mni[c]) ** 2 for c in range(3)))
         regions[e.name] = {"core": maps[e.name] > 0.5, **{f"{r:g} mm": dist <= r for r in RADII_MM}}
+    world = xyz.reshape(3, -1).astype(np.float64)
     seeds = list(range(args.anatomies)) if args.warp_mm > 0 else [0]
     # Per anatomy: the placements without and with the contraction, their images and true volume fractions.
     cases = []
     for seed in seeds:
         plain = anatomy(template, args.warp_mm, seed)
         contracted = with_contraction(plain, template, effects)
-        cases.append({"seed": seed, "plain": plain, "contracted": contracted,
+        cases.append({"seed": seed,
                       "vf_plain": volume_fraction(plain, template), "vf": volume_fraction(contracted, template),
                       "images_plain": subject_images(plain, template) if args.warp_mm > 0 else None,
                       "images": subject_images(contracted, template),
-                      "true_points": preimages(contracted, template)})
+                      # the placement has no affine part: before the warp is the subject's own position
+                      "true_points": contracted.mni_preimages(world, iterations=8)[1]})
     print(f"{args.voxel:g} mm, effects of preset {args.effects_preset!r}, "
           f"{'GM and WM maps' if args.tissue else 'T1 contrast'}, "
           + (f"{len(seeds)} random anatomies (warp {args.warp_mm:g} mm RMS)" if args.warp_mm > 0
@@ -195,7 +187,7 @@ def main():
                 for k, m in regions[e.name].items():
                     shares[e.name][k].append(float(d_est[m].sum() / d_true[m].sum()))
                 core = regions[e.name]["core"]
-                d_gm_true = (template.gm * (case["vf"] - case["vf_plain"]))[core].sum()
+                d_gm_true = (template.gm * d_true)[core].sum()
                 shares[e.name]["GM core"].append(float((gm_mod - gm_mod0)[core].sum() / d_gm_true))
         print(f"{json.dumps(variant)}: median {statistics.median(seconds):.0f} s per registration, "
               f"RMS position error {statistics.mean(rms):.2f} mm")

@@ -335,6 +335,22 @@ class Placement:
             q = q + _sample_field(self.atrophy, self.atrophy_grid_affine, q, order=1)
         return q.reshape((3, *shp)).astype(np.float32)
 
+    def mni_preimages(self, mni: np.ndarray, iterations: int = 6) -> tuple[np.ndarray, np.ndarray]:
+        """MNI points (3, n) with the atrophy undone, then the warp too, by fixed-point iteration.
+
+        Returns the points after the warp (before the atrophy) and after the
+        affine (before the warp); the displacements are smooth and a few mm,
+        so a few iterations converge.
+        """
+        after_warp = mni
+        if self.atrophy is not None:
+            for _ in range(iterations):
+                after_warp = mni - _sample_field(self.atrophy, self.atrophy_grid_affine, after_warp, order=1)
+        after_affine = after_warp
+        for _ in range(iterations):
+            after_affine = after_warp - _sample_field(self.disp, self.disp_grid_affine, after_affine, order=3)
+        return after_warp, after_affine
+
 
 def _sample_field(field: np.ndarray, grid_affine: np.ndarray, points: np.ndarray, order: int) -> np.ndarray:
     """A (3, ...) vector field on a lattice, sampled at world points (3, n)."""
@@ -566,18 +582,13 @@ def volume_fraction(place: Placement, template: Template, iterations: int = 6) -
     voxel's pre-image.  Head size (the affine), the random anatomical warp
     and the planted atrophy all change it: VBM with Jacobian modulation sees
     all three, so the truth must too.  Pre-images are found by fixed-point
-    iteration (the displacements are smooth and a few mm).
+    iteration (:meth:`Placement.mni_preimages`).
     """
     x = _world_coords(template.grid.shape, template.grid.affine).reshape(3, -1).astype(np.float64)
     det = np.full(x.shape[1], abs(np.linalg.det(place.affine[:3, :3])))
-    after_warp = x
+    after_warp, after_affine = place.mni_preimages(x, iterations)
     if place.atrophy is not None:
-        for _ in range(iterations):
-            after_warp = x - _sample_field(place.atrophy, place.atrophy_grid_affine, after_warp, order=1)
         det *= _field_jacobian_det(place.atrophy, place.atrophy_grid_affine, after_warp)
-    after_affine = after_warp
-    for _ in range(iterations):
-        after_affine = after_warp - _sample_field(place.disp, place.disp_grid_affine, after_affine, order=3)
     det *= _field_jacobian_det(place.disp, place.disp_grid_affine, after_affine)
     return (1.0 / np.clip(det, 1e-3, None)).reshape(template.grid.shape).astype(np.float32)
 
