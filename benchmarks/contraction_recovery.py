@@ -3,7 +3,7 @@
 Run by hand:
 
     .venv/bin/python benchmarks/contraction_recovery.py [--voxel 3] [--effects-preset demo] [--tissue]
-        [--warp-mm 3 --anatomies 4]
+        [--warp-mm 3 --anatomies 4] [--registration flow [--flow-prior 0.05]] [--cohort 16]
         [--variant '{}' --variant '{"syn_metric": "CC", "syn_sampling": 2}' ...]
 
 Jacobian-modulated VBM sees atrophy only as far as the normalisation undoes
@@ -32,6 +32,19 @@ determinant (of the MNI → subject map) holds:
 subject's) instead of the T1 contrast, with the pipeline's tissue metric
 (``AnatParams.tissue_metric``), as its default normalisation does (DARTEL's
 inputs); a variant's ``syn_metric`` / ``syn_sampling`` apply to both channels.
+``--registration flow`` registers the GM and WM maps with an independent
+registration instead (``benchmarks/stationary_flow.py``: Gauss-Newton on a
+stationary velocity with DARTEL's membrane and bending prior, no ANTs), to
+tell SyN's own behaviour from what the maps allow any registration.
+
+``--cohort N`` measures what a group comparison sees instead: N subjects,
+each with its own anatomy (the warp, and the simulator's regional volume
+differences, ``SimulationSpec.volume_sd``) and the planted contraction at a
+random strength (0 to 1.5 times), registered once each; per effect it prints
+the slope and correlation of the estimated core volume (Jacobian summed over
+the core) on the true one.  A slope below 1 is volume the registration
+misplaces; a correlation below 1 is the noise it adds between subjects.
+
 ``benchmarks/vbm_fidelity.py`` measures the same on a whole simulated cohort.
 """
 
@@ -52,11 +65,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cohort.simulate import (T1W, _placement, _world_coords, atrophy_displacement,  # noqa: E402
-                             effect_maps, preset, volume_fraction)
+from cohort.simulate import (T1W, _place_volume_change, _placement, _world_coords,  # noqa: E402
+                             atrophy_displacement, effect_maps, preset, volume_fraction)
 from cohort.templates import load_template  # noqa: E402
 from engine.anat.antsbridge import deterministic, points_map, to_ants  # noqa: E402
 from engine.anat.stages import AnatParams, _metric_mask, jacobian_determinant, sample_at  # noqa: E402
+from stationary_flow import FlowParams, register_flow  # noqa: E402
 
 RADII_MM = (15.0, 25.0)
 
@@ -68,12 +82,27 @@ def anatomy(template, warp_mm: float, seed: int):
     return replace(place, affine=np.eye(4), motion=np.eye(4))
 
 
+def planted_loss(template, effects, strength: float = 1.0) -> np.ndarray:
+    """Fractional volume loss of every planted GM effect at ``strength`` times its size."""
+    maps = effect_maps(template, effects)
+    return np.clip(sum(-e.gm_fraction * strength * maps[e.name] for e in effects), -0.5, 0.5)
+
+
 def with_contraction(place, template, effects):
     """The placement with every planted effect's contraction (at full strength) after the warp."""
-    maps = effect_maps(template, effects)
-    loss = sum(-e.gm_fraction * maps[e.name] for e in effects)
-    u, _ = atrophy_displacement(np.clip(loss, -0.5, 0.5), template.grid.affine)
+    u, _ = atrophy_displacement(planted_loss(template, effects), template.grid.affine)
     return replace(place, atrophy_grid_affine=template.grid.affine, atrophy=u)
+
+
+def cohort_subject(template, effects, warp_mm: float, index: int):
+    """A subject with its own anatomy and regional volume, and the contraction at a random strength (0-1.5)."""
+    rng = np.random.default_rng([index, 3])
+    strength = float(rng.uniform(0.0, 1.5))
+    spec = preset("demo", warp_mm=warp_mm)
+    place = anatomy(template, warp_mm, 1000 + index)
+    place = _place_volume_change(place, planted_loss(template, effects, strength).astype(np.float32), template,
+                                 rng, spec)
+    return place, strength
 
 
 def template_t1(template) -> np.ndarray:
@@ -93,8 +122,19 @@ def subject_images(place, template) -> dict:
 
 
 def register(template, images: dict, kw: dict, tissue: bool, noise_sd: float, seed: int):
-    """SyN (identity start) of the subject to the template: Jacobian, point map, modulated GM, seconds."""
+    """SyN (identity start) of the subject to the template: Jacobian, point map, modulated GM, seconds.
+
+    ``kw["registration"] == "flow"`` (GM and WM maps only) uses
+    :func:`stationary_flow.register_flow` with ``kw["flow_prior"]`` instead.
+    """
     aff = template.grid.affine
+    if kw.get("registration") == "flow":
+        t0 = time.perf_counter()
+        disp, _ = register_flow([template.gm, template.wm], [images["gm"], images["wm"]],
+                                FlowParams(prior_scale=kw["flow_prior"]))
+        ijk = np.indices(template.grid.shape, dtype=np.float64) + disp
+        points = np.einsum("ab,b...->a...", aff[:3, :3], ijk) + aff[:3, 3].reshape(3, 1, 1, 1)
+        return _modulate(template, images, points, time.perf_counter() - t0)
     rng = np.random.default_rng(seed)
     subject_t1 = images["t1"] + noise_sd * 1000 * rng.standard_normal(images["t1"].shape) * (images["t1"] > 0)
     fixed_arr, moving_arr = (template.gm, images["gm"]) if tissue else (template_t1(template), subject_t1)
@@ -110,10 +150,33 @@ def register(template, images: dict, kw: dict, tissue: bool, noise_sd: float, se
                                 type_of_transform="SyNOnly", initial_transform="Identity", mask=mask,
                                 outprefix=os.path.join(tmp, "r_"), random_seed=1, **kw)
         points = points_map(template.grid.shape, aff, reg["fwdtransforms"], moving)
-    seconds = time.perf_counter() - t0
+    return _modulate(template, images, points, time.perf_counter() - t0)
+
+
+def _modulate(template, images, points, seconds):
     jac = np.nan_to_num(jacobian_determinant(points, (template.grid.voxel_size,) * 3), nan=1.0)
-    gm_mod = np.nan_to_num(sample_at(images["gm"], aff, points, order=1, cval=0.0)) * jac
+    gm_mod = np.nan_to_num(sample_at(images["gm"], template.grid.affine, points, order=1, cval=0.0)) * jac
     return jac, points, gm_mod, seconds
+
+
+def run_cohort(template, effects, regions, args, kw):
+    """--cohort: slope and correlation of the estimated on the true core volume over random subjects."""
+    true, est, seconds = {e.name: [] for e in effects}, {e.name: [] for e in effects}, []
+    for i in range(args.cohort):
+        place, _ = cohort_subject(template, effects, args.warp_mm, i)
+        vf = volume_fraction(place, template)
+        jac, _, _, s = register(template, subject_images(place, template), kw, args.tissue, args.noise, i)
+        seconds.append(s)
+        for e in effects:
+            core = regions[e.name]["core"]
+            true[e.name].append(float(vf[core].sum()))
+            est[e.name].append(float(jac[core].sum()))
+    print(f"{args.cohort} subjects, median {statistics.median(seconds):.0f} s per registration")
+    for e in effects:
+        t, m = np.array(true[e.name]), np.array(est[e.name])
+        slope = np.polyfit(t, m, 1)[0]
+        print(f"  {e.name}: estimated on true core volume: slope {slope:.2f}, r {np.corrcoef(t, m)[0, 1]:.2f} "
+              f"(true volume s.d. {t.std() / t.mean():.1%} of its mean)")
 
 
 def main():
@@ -125,11 +188,22 @@ def main():
     ap.add_argument("--warp-mm", type=float, default=0.0,
                     help="RMS (mm) of each subject's random anatomical warp (0: the template's own anatomy)")
     ap.add_argument("--anatomies", type=int, default=4, help="random anatomies averaged over when --warp-mm > 0")
+    ap.add_argument("--registration", choices=("syn", "flow"), default="syn",
+                    help="the pipeline's SyN, or the independent stationary-velocity flow (GM and WM maps)")
+    ap.add_argument("--flow-prior", type=float, default=FlowParams().prior_scale,
+                    help="scale of the flow's DARTEL prior schedule (--registration flow)")
+    ap.add_argument("--cohort", type=int, default=0,
+                    help="N > 0: N subjects of random anatomy and contraction strength, slope and r of core volumes")
     ap.add_argument("--variant", action="append", default=None,
                     help="JSON of ants.registration keywords (repeatable); default: the pipeline's SyN")
     args = ap.parse_args()
-    if args.warp_mm < 0 or args.anatomies < 1:
-        raise SystemExit("--warp-mm must be >= 0 and --anatomies >= 1")
+    if args.warp_mm < 0 or args.anatomies < 1 or args.cohort < 0:
+        raise SystemExit("--warp-mm must be >= 0, --anatomies >= 1 and --cohort >= 0")
+    if args.registration == "flow":
+        if not args.tissue:
+            raise SystemExit("--registration flow registers GM and WM maps: add --tissue")
+        if args.variant:
+            raise SystemExit("--variant sets ANTs keywords, which --registration flow does not use")
     variants = [json.loads(v) for v in (args.variant or ["{}"])]
     template = load_template(args.voxel)
     effects = preset(args.effects_preset).effects
@@ -141,6 +215,25 @@ def main():
     for e in effects:
         dist = np.sqrt(sum((xyz[c] - e.peak_mni[c]) ** 2 for c in range(3)))
         regions[e.name] = {"core": maps[e.name] > 0.5, **{f"{r:g} mm": dist <= r for r in RADII_MM}}
+    defaults = AnatParams()
+    kws = []
+    for variant in variants:
+        kw = {"syn_metric": defaults.tissue_metric if args.tissue else defaults.syn_metric,
+              "syn_sampling": defaults.tissue_sampling if args.tissue else defaults.syn_sampling,
+              "reg_iterations": defaults.tissue_iterations if args.tissue else defaults.syn_iterations, **variant}
+        kw["reg_iterations"] = tuple(kw["reg_iterations"])
+        if args.registration == "flow":
+            kw = {"registration": "flow", "flow_prior": args.flow_prior}
+        kws.append(kw)
+    label = (f"flow, prior x {args.flow_prior:g}" if args.registration == "flow" else "SyN")
+    if args.cohort:
+        print(f"{args.voxel:g} mm, effects of preset {args.effects_preset!r}, "
+              f"{'GM and WM maps' if args.tissue else 'T1 contrast'}, own anatomy (warp {args.warp_mm:g} mm RMS, "
+              f"regional volume s.d. {preset('demo').volume_sd:.0%}), {label}")
+        for variant, kw in zip(variants, kws):
+            print(f"{json.dumps(variant)}:", end=" ")
+            run_cohort(template, effects, regions, args, kw)
+        return
     world = xyz.reshape(3, -1).astype(np.float64)
     seeds = list(range(args.anatomies)) if args.warp_mm > 0 else [0]
     # Per anatomy: the placements without and with the contraction, their images and true volume fractions.
@@ -157,18 +250,13 @@ def main():
     print(f"{args.voxel:g} mm, effects of preset {args.effects_preset!r}, "
           f"{'GM and WM maps' if args.tissue else 'T1 contrast'}, "
           + (f"{len(seeds)} random anatomies (warp {args.warp_mm:g} mm RMS)" if args.warp_mm > 0
-             else "the template's own anatomy"))
+             else "the template's own anatomy") + f", {label}")
     for e in effects:
         core = regions[e.name]["core"]
         vf = cases[0]["vf"] / cases[0]["vf_plain"]
         print(f"  {e.name}: {int(core.sum())} core voxels, true volume fraction {vf[core].mean():.3f}")
-    defaults = AnatParams()
     brain = template.brain_mask.ravel()
-    for variant in variants:
-        kw = {"syn_metric": defaults.tissue_metric if args.tissue else defaults.syn_metric,
-              "syn_sampling": defaults.tissue_sampling if args.tissue else defaults.syn_sampling,
-              "reg_iterations": defaults.tissue_iterations if args.tissue else defaults.syn_iterations, **variant}
-        kw["reg_iterations"] = tuple(kw["reg_iterations"])
+    for variant, kw in zip(variants, kws):
         shares = {e.name: {k: [] for k in [*regions[e.name], "GM core"]} for e in effects}
         seconds, rms = [], []
         for case in cases:
