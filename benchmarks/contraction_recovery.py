@@ -95,14 +95,13 @@ def with_contraction(place, template, effects):
 
 
 def cohort_subject(template, effects, warp_mm: float, index: int):
-    """A subject with its own anatomy and regional volume, and the contraction at a random strength (0-1.5)."""
+    """A placement with its own anatomy and regional volume, and the contraction at a random strength (0-1.5)."""
     rng = np.random.default_rng([index, 3])
     strength = float(rng.uniform(0.0, 1.5))
     spec = preset("demo", warp_mm=warp_mm)
     place = anatomy(template, warp_mm, 1000 + index)
-    place = _place_volume_change(place, planted_loss(template, effects, strength).astype(np.float32), template,
-                                 rng, spec)
-    return place, strength
+    return _place_volume_change(place, planted_loss(template, effects, strength).astype(np.float32), template,
+                                rng, spec)
 
 
 def template_t1(template) -> np.ndarray:
@@ -163,7 +162,7 @@ def run_cohort(template, effects, regions, args, kw):
     """--cohort: slope and correlation of the estimated on the true core volume over random subjects."""
     true, est, seconds = {e.name: [] for e in effects}, {e.name: [] for e in effects}, []
     for i in range(args.cohort):
-        place, _ = cohort_subject(template, effects, args.warp_mm, i)
+        place = cohort_subject(template, effects, args.warp_mm, i)
         vf = volume_fraction(place, template)
         jac, _, _, s = register(template, subject_images(place, template), kw, args.tissue, args.noise, i)
         seconds.append(s)

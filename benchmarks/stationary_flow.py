@@ -80,7 +80,6 @@ class _Prior:
 
     def __init__(self, shape, pad: int):
         self.shape = tuple(shape)
-        self.pad = pad
         self.padded = tuple(sfft.next_fast_len(n + 2 * pad, real=True) for n in shape)
         self.lap = _laplacian_symbol(self.padded)
         self.core = tuple(slice(0, n) for n in shape)
