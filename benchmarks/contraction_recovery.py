@@ -4,6 +4,7 @@ Run by hand:
 
     .venv/bin/python benchmarks/contraction_recovery.py [--voxel 3] [--effects-preset demo] [--tissue]
         [--warp-mm 3 --anatomies 4] [--registration flow [--flow-prior 0.05]] [--cohort 16]
+        [--atrophy composition]
         [--variant '{}' --variant '{"syn_metric": "CC", "syn_sampling": 2}' ...]
 
 Jacobian-modulated VBM sees atrophy only as far as the normalisation undoes
@@ -36,6 +37,11 @@ inputs); a variant's ``syn_metric`` / ``syn_sampling`` apply to both channels.
 registration instead (``benchmarks/stationary_flow.py``: Gauss-Newton on a
 stationary velocity with DARTEL's membrane and bending prior, no ANTs), to
 tell SyN's own behaviour from what the maps allow any registration.
+
+``--atrophy composition`` plants the same loss as tissue composition instead
+(GM replaced by CSF in the effect regions, no deformation) and prints only
+the ``GM core`` share: what modulated GM would see of an atrophy that shows in
+the segmentation rather than in the anatomy's shape.
 
 ``--cohort N`` measures what a group comparison sees instead: N subjects,
 each with its own anatomy (the warp, and the simulator's regional volume
@@ -109,9 +115,15 @@ def template_t1(template) -> np.ndarray:
     return (T1W["gm"] * template.gm + T1W["wm"] * template.wm + T1W["csf"] * template.csf).astype(np.float64) * 1000
 
 
-def subject_images(place, template) -> dict:
-    """The template's T1 contrast, GM and WM as the placed subject shows them, on the template grid."""
+def subject_images(place, template, gm_loss=None) -> dict:
+    """The template's T1 contrast, GM and WM as the placed subject shows them, on the template grid.
+
+    ``gm_loss`` (MNI grid): fraction of the template's GM replaced by CSF first.
+    """
     aff = template.grid.affine
+    if gm_loss is not None:
+        lost = template.gm * gm_loss
+        template = replace(template, gm=template.gm - lost, csf=template.csf + lost)
     # The subject at x shows the template at place.to_mni(x).
     to_mni = place.to_mni(_world_coords(template.grid.shape, aff)).reshape(3, -1).astype(np.float64)
     shape = template.grid.shape
@@ -191,6 +203,8 @@ def main():
                     help="the pipeline's SyN, or the independent stationary-velocity flow (GM and WM maps)")
     ap.add_argument("--flow-prior", type=float, default=FlowParams().prior_scale,
                     help="scale of the flow's DARTEL prior schedule (--registration flow)")
+    ap.add_argument("--atrophy", choices=("contraction", "composition"), default="contraction",
+                    help="plant the GM loss as a contraction (the simulator's model) or as GM replaced by CSF")
     ap.add_argument("--cohort", type=int, default=0,
                     help="N > 0: N subjects of random anatomy and contraction strength, slope and r of core volumes")
     ap.add_argument("--variant", action="append", default=None,
@@ -198,6 +212,8 @@ def main():
     args = ap.parse_args()
     if args.warp_mm < 0 or args.anatomies < 1 or args.cohort < 0:
         raise SystemExit("--warp-mm must be >= 0, --anatomies >= 1 and --cohort >= 0")
+    if args.atrophy == "composition" and args.cohort:
+        raise SystemExit("--cohort measures volumes, which a composition change leaves as they are")
     if args.registration == "flow":
         if not args.tissue:
             raise SystemExit("--registration flow registers GM and WM maps: add --tissue")
@@ -235,28 +251,35 @@ def main():
         return
     world = xyz.reshape(3, -1).astype(np.float64)
     seeds = list(range(args.anatomies)) if args.warp_mm > 0 else [0]
-    # Per anatomy: the placements without and with the contraction, their images and true volume fractions.
+    # Per anatomy: the placements without and with the atrophy, their images and true volume fractions.
     cases = []
+    composition = args.atrophy == "composition"
+    loss = planted_loss(template, effects)
     for seed in seeds:
         plain = anatomy(template, args.warp_mm, seed)
-        contracted = with_contraction(plain, template, effects)
-        cases.append({"seed": seed,
-                      "vf_plain": volume_fraction(plain, template), "vf": volume_fraction(contracted, template),
+        atrophied = plain if composition else with_contraction(plain, template, effects)
+        vf_plain, vf = volume_fraction(plain, template), volume_fraction(atrophied, template)
+        cases.append({"seed": seed, "vf_plain": vf_plain, "vf": vf,
+                      # modulated GM's true change on the MNI grid (the warp keeps volume)
+                      "gm_change": -template.gm * loss if composition else template.gm * (vf - vf_plain),
                       "images_plain": subject_images(plain, template) if args.warp_mm > 0 else None,
-                      "images": subject_images(contracted, template),
+                      "images": subject_images(atrophied, template, gm_loss=loss if composition else None),
                       # the placement has no affine part: before the warp is the subject's own position
-                      "true_points": contracted.mni_preimages(world, iterations=8)[1]})
+                      "true_points": atrophied.mni_preimages(world, iterations=8)[1]})
     print(f"{args.voxel:g} mm, effects of preset {args.effects_preset!r}, "
           f"{'GM and WM maps' if args.tissue else 'T1 contrast'}, "
           + (f"{len(seeds)} random anatomies (warp {args.warp_mm:g} mm RMS)" if args.warp_mm > 0
-             else "the template's own anatomy") + f", {label}")
+             else "the template's own anatomy") + f", {label}, GM loss as {args.atrophy}")
     for e in effects:
         core = regions[e.name]["core"]
+        if composition:
+            print(f"  {e.name}: {int(core.sum())} core voxels, GM fraction lost {loss[core].mean():.3f}")
+            continue
         vf = cases[0]["vf"] / cases[0]["vf_plain"]
         print(f"  {e.name}: {int(core.sum())} core voxels, true volume fraction {vf[core].mean():.3f}")
     brain = template.brain_mask.ravel()
     for variant, kw in zip(variants, kws):
-        shares = {e.name: {k: [] for k in [*regions[e.name], "GM core"]} for e in effects}
+        shares = {e.name: {k: [] for k in [*([] if composition else regions[e.name]), "GM core"]} for e in effects}
         seconds, rms = [], []
         for case in cases:
             jac, points, gm_mod, s = register(template, case["images"], kw, args.tissue, args.noise, case["seed"])
@@ -272,16 +295,17 @@ def main():
             d_est, d_true = jac - jac0, case["vf"] - case["vf_plain"]
             for e in effects:
                 for k, m in regions[e.name].items():
-                    shares[e.name][k].append(float(d_est[m].sum() / d_true[m].sum()))
+                    if k in shares[e.name]:
+                        shares[e.name][k].append(float(d_est[m].sum() / d_true[m].sum()))
                 core = regions[e.name]["core"]
-                d_gm_true = (template.gm * d_true)[core].sum()
-                shares[e.name]["GM core"].append(float((gm_mod - gm_mod0)[core].sum() / d_gm_true))
+                shares[e.name]["GM core"].append(float((gm_mod - gm_mod0)[core].sum()
+                                                       / case["gm_change"][core].sum()))
         print(f"{json.dumps(variant)}: median {statistics.median(seconds):.0f} s per registration, "
               f"RMS position error {statistics.mean(rms):.2f} mm")
         for e in effects:
             text = ", ".join(f"{k} {statistics.mean(v):.0%}" + (f" ({min(v):.0%}–{max(v):.0%})" if len(v) > 1 else "")
                              for k, v in shares[e.name].items())
-            print(f"  {e.name}: volume change recovered: {text}")
+            print(f"  {e.name}: {'GM' if composition else 'volume'} change recovered: {text}")
 
 
 if __name__ == "__main__":
