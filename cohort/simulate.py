@@ -67,10 +67,15 @@ class Effect:
     The effect map is the AAL region intersected with a sphere of
     ``radius_mm`` around ``peak_mni``, smoothed by ``smooth_mm`` FWHM, and
     scaled per patient by ``1 + severity_gain * severity``.  ``chi_ppm`` is
-    added to χ there; ``gm_fraction`` is a volume change (−0.10: the region
-    is 10 % smaller in patients), planted as a local contraction of the
-    tissue (:func:`atrophy_displacement`), which VBM measures through the
-    Jacobian of the normalisation as in real atrophy.
+    added to χ there; ``gm_fraction`` is the change of the region's GM
+    (−0.10: patients have 10 % less), planted as a local contraction of the
+    tissue (:func:`atrophy_displacement`: the region is that much smaller),
+    which VBM measures through the Jacobian of the normalisation, or, for the
+    share ``gm_composition`` of it, as a change of tissue composition (GM
+    replaced by CSF where it is, as the age effect), which VBM measures in the
+    segmentation.  How much of an atrophy a normalisation keeps depends on
+    which of the two it is (``benchmarks/contraction_recovery.py
+    --atrophy``); the default is a contraction only.
     """
 
     name: str
@@ -81,6 +86,12 @@ class Effect:
     gm_fraction: float = -0.10
     smooth_mm: float = 4.0
     severity_gain: float = 0.5
+    gm_composition: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.gm_composition <= 1.0:
+            raise ValueError(f"effect {self.name!r}: gm_composition must be a share in [0, 1], "
+                             f"got {self.gm_composition}")
 
 
 @dataclass(frozen=True)
@@ -494,12 +505,19 @@ def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -
     patient = row["group"] == spec.patient_group
     sev_factor = {}
     # Planted GM changes are volume changes (the region shrinks, see
-    # atrophy_displacement), applied when the subject is placed; the age
-    # effect is diffuse thinning: GM replaced by CSF where it is.
+    # atrophy_displacement), applied when the subject is placed, except for
+    # the share gm_composition of each, which is like the age effect:
+    # diffuse thinning, GM replaced by CSF where it is.
     atrophy = np.zeros(gm.shape, np.float32)
     for e in spec.effects:
         sev_factor[e.name] = float(severity_factor(e, row["severity"])) if patient else 0.0
-        atrophy -= e.gm_fraction * sev_factor[e.name] * effects[e.name]
+        lost_gm = -e.gm_fraction * sev_factor[e.name] * effects[e.name]
+        if e.gm_composition > 0:
+            contracted = lost_gm * (1 - e.gm_composition)
+            # (1 - replaced) * (1 - contracted) = 1 - lost_gm: the region keeps 1 + gm_fraction of its GM
+            loss = loss + (1 - (1 - lost_gm) / (1 - contracted))
+            lost_gm = contracted
+        atrophy += lost_gm
     loss = np.clip(loss, -0.3, 0.6)
     lost = gm * loss
     gm = gm - lost

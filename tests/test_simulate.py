@@ -139,11 +139,14 @@ def test_atrophy_shrinks_the_region_and_nothing_else():
         atrophy_displacement(np.ones((4, 4, 4)), aff)
 
 
-def test_patient_truth_carries_the_planted_volume_loss():
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_patient_truth_carries_the_planted_gm_loss(share):
+    """The region keeps 1 + gm_fraction of its GM; its volume keeps only the contracted share of the loss."""
     from cohort.simulate import simulate_subject
 
     # no anatomical variability: what is left is head size (global) and the planted loss
     spec = preset("tiny", seed=4, warp_mm=0.0, volume_sd=0.0)
+    spec = replace(spec, effects=tuple(replace(e, gm_composition=share) for e in spec.effects))
     row = {"participant_id": "sub-001", "group": "ALS", "age": spec.age_mean, "sex": "F", "severity": 0.0,
            "head_scale": 1.0}
     t = simulate_subject(spec, row, 0)
@@ -153,12 +156,20 @@ def test_patient_truth_carries_the_planted_volume_loss():
     for w in maps.values():
         far &= w < 1e-3
     far &= t.mni["gm"] > 0.3
-    head = np.median(t.mni["gm_mod"][far] / t.mni["gm"][far])
-    assert np.std(t.mni["gm_mod"][far] / t.mni["gm"][far]) < 0.01
+    volume = t.mni["gm_mod"] / np.maximum(t.mni["gm"], 1e-6)  # the subject's volume per MNI voxel
+    head = np.median(volume[far])
+    assert np.std(volume[far]) < 0.01
     for e in spec.effects:
-        core = (maps[e.name] > 0.9) & (t.mni["gm"] > 0.3)
-        kept = (t.mni["gm_mod"][core] / t.mni["gm"][core]).mean() / head
-        assert kept == pytest.approx(1 + e.gm_fraction, abs=0.03)
+        core = (maps[e.name] > 0.9) & (template.gm > 0.3)
+        kept_gm = (t.mni["gm_mod"][core] / template.gm[core]).mean() / head
+        kept_volume = volume[core].mean() / head
+        assert kept_gm == pytest.approx(1 + e.gm_fraction, abs=0.03)
+        assert kept_volume == pytest.approx(1 + e.gm_fraction * (1 - share), abs=0.03)
+
+
+def test_effect_rejects_a_composition_share_outside_0_1():
+    with pytest.raises(ValueError, match="thalamus_R.*gm_composition"):
+        Effect("thalamus_R", "Thalamus_R", (20.0, -17.0, 7.0), gm_composition=1.5)
 
 
 def test_truth_modulated_gm_is_the_subjects_gm_volume():
