@@ -231,15 +231,15 @@ def main():
         dist = np.sqrt(sum((xyz[c] - e.peak_mni[c]) ** 2 for c in range(3)))
         regions[e.name] = {"core": maps[e.name] > 0.5, **{f"{r:g} mm": dist <= r for r in RADII_MM}}
     defaults = AnatParams()
-    kws = []
-    for variant in variants:
-        kw = {"syn_metric": defaults.tissue_metric if args.tissue else defaults.syn_metric,
-              "syn_sampling": defaults.tissue_sampling if args.tissue else defaults.syn_sampling,
-              "reg_iterations": defaults.tissue_iterations if args.tissue else defaults.syn_iterations, **variant}
-        kw["reg_iterations"] = tuple(kw["reg_iterations"])
-        if args.registration == "flow":
-            kw = {"registration": "flow", "flow_prior": args.flow_prior}
-        kws.append(kw)
+    if args.registration == "flow":  # --variant is refused with it: one run
+        kws = [{"registration": "flow", "flow_prior": args.flow_prior}]
+    else:
+        kws = [{"syn_metric": defaults.tissue_metric if args.tissue else defaults.syn_metric,
+                "syn_sampling": defaults.tissue_sampling if args.tissue else defaults.syn_sampling,
+                **variant} for variant in variants]
+        for kw in kws:
+            kw["reg_iterations"] = tuple(kw.get("reg_iterations", defaults.tissue_iterations if args.tissue
+                                                else defaults.syn_iterations))
     label = (f"flow, prior x {args.flow_prior:g}" if args.registration == "flow" else "SyN")
     if args.cohort:
         print(f"{args.voxel:g} mm, effects of preset {args.effects_preset!r}, "

@@ -54,17 +54,22 @@ class FlowParams:
     pad: int = 8  # voxels of zero padding so the periodic FFT prior does not wrap across the grid
 
 
-def warp(image: np.ndarray, disp: np.ndarray, order: int = 1, mode: str = "nearest") -> np.ndarray:
-    """``image(x + disp(x))`` on the image's own grid (``disp`` in voxels, shape (3, *image.shape))."""
-    coords = disp + np.indices(image.shape, dtype=disp.dtype)
-    return ndimage.map_coordinates(image, coords, order=order, mode=mode)
+def warp(image: np.ndarray, disp: np.ndarray, order: int = 1, mode: str = "nearest", grid=None) -> np.ndarray:
+    """``image(x + disp(x))`` on the image's own grid (``disp`` in voxels, shape (3, *image.shape)).
+
+    ``grid``: ``np.indices(image.shape)``, for callers that warp many times.
+    """
+    if grid is None:
+        grid = np.indices(image.shape, dtype=disp.dtype)
+    return ndimage.map_coordinates(image, disp + grid, order=order, mode=mode)
 
 
 def exponentiate(v: np.ndarray, squarings: int = 6) -> np.ndarray:
     """Displacement of ``exp(v)`` by scaling and squaring (voxels)."""
+    grid = np.indices(v.shape[1:], dtype=v.dtype)
     d = v / 2.0**squarings
     for _ in range(squarings):
-        d = d + np.stack([warp(d[a], d) for a in range(3)])
+        d = d + np.stack([warp(d[a], d, grid=grid) for a in range(3)])
     return d
 
 
@@ -79,7 +84,6 @@ class _Prior:
     """``L = absolute + membrane (-Δ) + bending Δ²`` applied per component with FFTs on a padded lattice."""
 
     def __init__(self, shape, pad: int):
-        self.shape = tuple(shape)
         self.padded = tuple(sfft.next_fast_len(n + 2 * pad, real=True) for n in shape)
         self.lap = _laplacian_symbol(self.padded)
         self.core = tuple(slice(0, n) for n in shape)
@@ -156,11 +160,12 @@ def register_flow(fixed: list, moving: list, params: FlowParams = FlowParams(), 
     weights = np.ones(len(fixed)) if weights is None else np.asarray(weights, dtype=float)
     if weights.shape != (len(fixed),) or (weights < 0).any():
         raise ValueError(f"weights must be {len(fixed)} non-negative numbers, got {weights}")
-    prior = _Prior(shape, params.pad)
-    v = np.zeros((3, *shape))
-    disp = np.zeros_like(v)
     if params.prior_scale <= 0:
         raise ValueError(f"prior_scale must be positive, got {params.prior_scale}")
+    prior = _Prior(shape, params.pad)
+    grid = np.indices(shape, dtype=np.float64)
+    v = np.zeros((3, *shape))
+    disp = np.zeros_like(v)
     for membrane, bending in params.schedule:
         membrane, bending = membrane * params.prior_scale, bending * params.prior_scale
         L = prior.symbol(params.absolute, membrane, bending)
@@ -168,7 +173,7 @@ def register_flow(fixed: list, moving: list, params: FlowParams = FlowParams(), 
             H = np.zeros((6, *shape))
             b = np.zeros((3, *shape))
             for w, f, m in zip(weights, fixed, moving):
-                warped = warp(m, disp)
+                warped = warp(m, disp, grid=grid)
                 g = np.stack(np.gradient(warped))
                 r = warped - f
                 b += w * g * r
