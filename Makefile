@@ -1,12 +1,13 @@
 # Two commands set everything up on a fresh machine with Python >= 3.11:
 #   make demo   -- simulate a small cohort, run the whole study, write the report
-#   make test   -- install with test extras and run the test suite
+#   make test   -- install with test extras, lint, and run the whole test suite
+#   make test-fast -- the tests not marked slow (under a minute)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test install clean bench browser
+.PHONY: demo test test-fast lint install clean bench browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +32,14 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium not installed: the browser check of the report will be skipped"
 
-test: install browser
+lint: install
+	$(BIN)/ruff check .
+
+test: install browser lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/simulate.py

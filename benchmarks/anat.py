@@ -15,18 +15,14 @@ A simulated subject has a known T1→MNI warp, true tissue maps and TIV.  Printe
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.simulate import preset, sample_participants, simulate_subject  # noqa: E402
-from cohort.templates import load_template  # noqa: E402
-from engine.anat.stages import AnatParams, process_anatomy, sample_at  # noqa: E402
+from ferritin.cohort.simulate import preset, sample_participants, simulate_subject  # noqa: E402
+from ferritin.cohort.templates import load_template  # noqa: E402
+from ferritin.engine.anat.stages import AnatParams, process_anatomy, sample_at  # noqa: E402
 
 
 def dice(a, b):

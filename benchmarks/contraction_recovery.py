@@ -60,23 +60,27 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import ants
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.simulate import (T1W, _place_volume_change, _placement, _world_coords,  # noqa: E402
-                             atrophy_displacement, effect_maps, preset, volume_fraction)
-from cohort.templates import load_template  # noqa: E402
-from engine.anat.antsbridge import deterministic, points_map, to_ants  # noqa: E402
-from engine.anat.stages import AnatParams, _metric_mask, jacobian_determinant, sample_at  # noqa: E402
 from stationary_flow import FlowParams, register_flow  # noqa: E402
+
+from ferritin.cohort.simulate import (  # noqa: E402
+    T1W,
+    _place_volume_change,
+    _placement,
+    _world_coords,
+    atrophy_displacement,
+    effect_maps,
+    preset,
+    volume_fraction,
+)
+from ferritin.cohort.templates import load_template  # noqa: E402
+from ferritin.engine.anat.antsbridge import deterministic, points_map, to_ants  # noqa: E402
+from ferritin.engine.anat.stages import AnatParams, _metric_mask, jacobian_determinant, sample_at  # noqa: E402
 
 RADII_MM = (15.0, 25.0)
 

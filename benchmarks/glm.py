@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.templates import load_template  # noqa: E402
-from stats import rft  # noqa: E402
-from stats.glm import fit_glm, standardized_residuals, t_contrast  # noqa: E402
-from stats.permutation import permutation_max_t  # noqa: E402
+from ferritin.cohort.templates import load_template  # noqa: E402
+from ferritin.stats import rft  # noqa: E402
+from ferritin.stats.glm import fit_glm, standardized_residuals, t_contrast  # noqa: E402
+from ferritin.stats.permutation import permutation_max_t  # noqa: E402
 
 
 def timed(fn, repeats):

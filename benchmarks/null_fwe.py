@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -33,24 +32,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.simulate import preset, simulate_cohort  # noqa: E402
-from engine.cluster import dask_client  # noqa: E402
-from engine.ingest import ingest  # noqa: E402
-from engine.pipeline import group_design, run_group, run_participants  # noqa: E402
-from engine.spec import load_spec  # noqa: E402
-from stats.analysis import cluster_fwe_p  # noqa: E402
+from ferritin.cohort.simulate import preset, simulate_cohort  # noqa: E402
+from ferritin.engine.cluster import dask_client  # noqa: E402
+from ferritin.engine.ingest import ingest  # noqa: E402
+from ferritin.engine.pipeline import group_design, run_group, run_participants  # noqa: E402
+from ferritin.engine.spec import load_spec  # noqa: E402
+from ferritin.stats.analysis import cluster_fwe_p  # noqa: E402
 
 
 def svc_permutation_check(store_path, spec, res, n_perm):
     """Max-T permutation p within each small volume, next to the RFT p of the pipeline."""
     import numpy as np
 
-    from cohort.store import CohortStore
-    from cohort.templates import load_template
-    from stats.analysis import svc_volume
-    from stats.permutation import permutation_max_t
+    from ferritin.cohort.store import CohortStore
+    from ferritin.cohort.templates import load_template
+    from ferritin.stats.analysis import svc_volume
+    from ferritin.stats.permutation import permutation_max_t
 
     store = CohortStore(store_path)
     mni = store.open_node("mni")

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.simulate import preset, simulate_cohort  # noqa: E402
-from engine.cluster import dask_client  # noqa: E402
-from engine.ingest import ingest  # noqa: E402
-from engine.pipeline import run_group, run_participants  # noqa: E402
-from engine.spec import load_spec  # noqa: E402
+from ferritin.cohort.simulate import preset, simulate_cohort  # noqa: E402
+from ferritin.engine.cluster import dask_client  # noqa: E402
+from ferritin.engine.ingest import ingest  # noqa: E402
+from ferritin.engine.pipeline import run_group, run_participants  # noqa: E402
+from ferritin.engine.spec import load_spec  # noqa: E402
 
 
 def run_once(bids: Path, workdir: Path, workers: int, voxel: float) -> dict:

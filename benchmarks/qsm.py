@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.qsm.background import vsharp  # noqa: E402
-from engine.qsm.dipole import dipole_kernel, forward_field  # noqa: E402
-from engine.qsm.inversion import star_qsm, tkd, tv_admm  # noqa: E402
-from engine.qsm.mask import brain_mask  # noqa: E402
-from engine.qsm.unwrap import combine_echoes, field_to_ppm  # noqa: E402
+from ferritin.engine.qsm.background import vsharp  # noqa: E402
+from ferritin.engine.qsm.dipole import dipole_kernel, forward_field  # noqa: E402
+from ferritin.engine.qsm.inversion import star_qsm, tkd, tv_admm  # noqa: E402
+from ferritin.engine.qsm.mask import brain_mask  # noqa: E402
+from ferritin.engine.qsm.unwrap import combine_echoes, field_to_ppm  # noqa: E402
 
 GAMMA = 42.577478518e6
 

@@ -15,21 +15,17 @@ Then the median over subjects of each figure.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.simulate import _world_coords, preset, sample_participants, simulate_subject  # noqa: E402
-from cohort.templates import atlas_labels, load_template  # noqa: E402
-from engine.qsm.chain import QSMParams, reconstruct_qsm  # noqa: E402
-from engine.qsm.dipole import b0_direction  # noqa: E402
-from engine.qsm.inversion import ilsqr, star_qsm, tkd, tv_admm  # noqa: E402
-from engine.qsm.metrics import hfen, nrmse, region_mean_errors  # noqa: E402
+from ferritin.cohort.simulate import _world_coords, preset, sample_participants, simulate_subject  # noqa: E402
+from ferritin.cohort.templates import atlas_labels, load_template  # noqa: E402
+from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm  # noqa: E402
+from ferritin.engine.qsm.dipole import b0_direction  # noqa: E402
+from ferritin.engine.qsm.inversion import ilsqr, star_qsm, tkd, tv_admm  # noqa: E402
+from ferritin.engine.qsm.metrics import hfen, nrmse, region_mean_errors  # noqa: E402
 
 METHODS = {"tkd": tkd, "tv": tv_admm, "star": star_qsm, "ilsqr": ilsqr}
 NUCLEI = ("Caudate", "Putamen", "Pallidum", "Thalamus")

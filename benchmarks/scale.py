@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -23,11 +22,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.templates import load_template  # noqa: E402
-from stats import rft  # noqa: E402
-from stats.glm import fit_glm, standardized_residuals, t_contrast  # noqa: E402
+from ferritin.cohort.templates import load_template  # noqa: E402
+from ferritin.stats import rft  # noqa: E402
+from ferritin.stats.glm import fit_glm, standardized_residuals, t_contrast  # noqa: E402
 
 
 def peak_rss_gib() -> float:

@@ -9,18 +9,14 @@ same cohort on a 2-worker LocalCluster, in the same command, plus size on disk.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.simulate import preset, sample_participants, simulate_cohort, simulate_subject, write_bids_subject  # noqa: E402
-from cohort.templates import load_template  # noqa: E402
-from engine.cluster import dask_client  # noqa: E402
+from ferritin.cohort.simulate import preset, sample_participants, simulate_cohort, simulate_subject, write_bids_subject  # noqa: E402
+from ferritin.cohort.templates import load_template  # noqa: E402
+from ferritin.engine.cluster import dask_client  # noqa: E402
 
 
 def du(path: Path) -> float:

@@ -31,18 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cohort.simulate import Effect, effect_maps  # noqa: E402
-from cohort.store import CohortStore  # noqa: E402
-from cohort.templates import load_template  # noqa: E402
+from ferritin.cohort.simulate import Effect, effect_maps  # noqa: E402
+from ferritin.cohort.store import CohortStore  # noqa: E402
+from ferritin.cohort.templates import load_template  # noqa: E402
 
 
 def regions(out: Path, store: CohortStore, template) -> dict[str, np.ndarray]:

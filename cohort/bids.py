@@ -443,7 +443,7 @@ def load_subject(files: SubjectFiles) -> SubjectImages:
     for e in files.echoes:
         mag_rel, ph_rel = files.rel(e.mag), files.rel(e.phase)
         meta = {}
-        for path, rel in ((e.mag, mag_rel), (e.phase, ph_rel)):
+        for path in (e.mag, e.phase):
             sc = sidecar_of(path)
             if sc.exists():
                 m = _read_json(sc, sub, files.rel(sc))
@@ -458,7 +458,8 @@ def load_subject(files: SubjectFiles) -> SubjectImages:
             try:
                 field_t = float(meta["MagneticFieldStrength"])
             except (TypeError, ValueError):
-                raise SubjectError(sub, files.rel(sidecar_of(e.mag)), f"MagneticFieldStrength {meta['MagneticFieldStrength']!r} is not a number")
+                raise SubjectError(sub, files.rel(sidecar_of(e.mag)),
+                                   f"MagneticFieldStrength {meta['MagneticFieldStrength']!r} is not a number") from None
             if b0 is not None and abs(field_t - b0) > 1e-6:
                 raise SubjectError(sub, files.rel(sidecar_of(e.mag)), f"MagneticFieldStrength {field_t} T differs from {b0} T of echo 1")
             b0 = field_t

@@ -36,7 +36,7 @@ import pandas as pd
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
-from engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
+from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
 
 from .templates import Template, load_template
 
@@ -857,7 +857,7 @@ def simulate_cohort(out: str | Path, spec: SimulationSpec, client=None, progress
             r = _simulate_and_write(spec, row, i, str(out))
             truths[r["subject"]] = r
     else:
-        from engine.progress import track
+        from ferritin.engine.progress import track
 
         futures = client.map(_simulate_and_write, [spec] * len(rows), rows, list(range(len(rows))),
                              [str(out)] * len(rows), pure=False, key=[f"simulate-{r['participant_id']}" for r in rows])

@@ -27,9 +27,9 @@ import shutil
 import socket
 import threading
 import uuid
-from contextlib import contextmanager
 import warnings
-from datetime import datetime, timezone
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +151,7 @@ class CohortStore:
             "stage": stage,
             "digest": digest,
             "params": params or {},
-            "completed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "completed": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         try:
             ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})
@@ -215,7 +215,7 @@ class CohortStore:
                     _HELD[key] -= 1
             return
         info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
-                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "started": datetime.now(UTC).isoformat(timespec="seconds")}
         for attempt in range(2):
             try:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

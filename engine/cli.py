@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-
-import numpy as np
 import sys
 import time
 from pathlib import Path
 
-from . import __version__
+import numpy as np
+
+from ferritin import __version__
 
 DESCRIPTION = """\
 ferritin: cohort studies of brain iron (QSM) and atrophy (VBM), in parallel with Dask.
 
 Typical use:
+  ferritin convert DICOM_DIR my-bids --subject 01  # one subject's DICOM folder into BIDS
   ferritin simulate demo-bids --preset demo      # make a synthetic cohort (BIDS)
   ferritin ingest demo-bids cohort.zarr          # read it into a cohort store
   ferritin run demo-bids out participant         # per-subject QSM and anatomy
@@ -57,6 +58,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=float, help="first-echo white-matter SNR (overrides the preset)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort); default 0")
     _add_cluster_args(p)
+
+    p = sub.add_parser("convert", help="convert one subject's DICOM folder into a BIDS dataset (dcm2niix)",
+                       description="Convert every series in DICOM_DIR with dcm2niix, find the T1w and the "
+                                   "multi-echo GRE (magnitude and phase of each echo) from the DICOM fields, and "
+                                   "write them with BIDS names and sidecars under BIDS_DIR/sub-LABEL; the subject "
+                                   "is added to participants.tsv (fill in group, age, sex).")
+    p.add_argument("dicom_dir", type=Path, help="folder with one subject's DICOM files (any sub-folders)")
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset to add the subject to (created if absent)")
+    p.add_argument("--subject", required=True, metavar="LABEL", help="participant label (01 or sub-01)")
+    p.add_argument("--session", metavar="LABEL", help="session label, if the dataset has sessions")
+    p.add_argument("--mapping", type=Path, metavar="FILE",
+                   help="YAML/JSON lines 'SERIES_NUMBER: T1w | MEGRE | ignore' for series the rules cannot decide")
+    p.add_argument("--force", action="store_true", help="replace the subject (or session) if it exists")
+    p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
 
     p = sub.add_parser("ingest", help="read a BIDS dataset into a cohort store (Zarr)",
                        description="Validate a BIDS dataset and convert it into a cohort store, one Dask task per "
@@ -102,7 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_simulate(args) -> int:
-    from cohort.simulate import preset, simulate_cohort
+    from ferritin.cohort.simulate import preset, simulate_cohort
 
     overrides = {"seed": args.seed}
     if args.voxel_size:
@@ -132,8 +147,28 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    from ferritin.cohort.dicom import ConversionError, convert_dicom, read_mapping
+
+    t0 = time.perf_counter()
+    try:
+        mapping = read_mapping(args.mapping) if args.mapping else None
+        result = convert_dicom(args.dicom_dir, args.bids_dir, args.subject, args.session, mapping, args.force,
+                               progress=not args.no_progress)
+    except ConversionError as exc:
+        print(f"ferritin convert: {exc}", file=sys.stderr)
+        return 2
+    print(f"found in {args.dicom_dir}:")
+    print(result.plan.describe())
+    print(f"wrote {len(result.written)} images to {result.subject_dir} in {time.perf_counter() - t0:.1f} s")
+    if result.participant_added:
+        print(f"added {result.subject_dir.relative_to(args.bids_dir).parts[0]} to "
+              f"{args.bids_dir / 'participants.tsv'}: fill in its group, age and sex")
+    return 0
+
+
 def _cmd_ingest(args) -> int:
-    from cohort.errors import DatasetError
+    from ferritin.cohort.errors import DatasetError
 
     from .cluster import dask_client
     from .ingest import ingest
@@ -169,7 +204,7 @@ def _cmd_spec(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from cohort.errors import DatasetError
+    from ferritin.cohort.errors import DatasetError
 
     from .cluster import dask_client
     from .ingest import ingest
@@ -228,7 +263,7 @@ def _write_report(out: Path) -> Path | None:
 
 
 def _cmd_publish(args) -> int:
-    from cohort.remote import publish
+    from ferritin.cohort.remote import publish
 
     opts = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
     try:
@@ -290,7 +325,7 @@ def _print_recovery(res: dict, effects, out: Path) -> None:
 def _cmd_demo(args) -> int:
     from dataclasses import replace
 
-    from cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, preset, simulate_cohort
+    from ferritin.cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, preset, simulate_cohort
 
     from .cluster import dask_client
     from .ingest import ingest
@@ -332,6 +367,7 @@ def _cmd_demo(args) -> int:
 
 
 COMMANDS = {
+    "convert": _cmd_convert,
     "simulate": _cmd_simulate,
     "ingest": _cmd_ingest,
     "run": _cmd_run,
@@ -359,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(dask_level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda r: r.levelno >= dask_level or not r.name.startswith(dask_loggers))
-    from cohort.store import StoreLocked
+    from ferritin.cohort.store import StoreLocked
 
     try:
         return COMMANDS[args.command](args)

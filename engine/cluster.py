@@ -34,7 +34,7 @@ SINGLE_THREAD_ENV = {
 
 
 def _load_defaults() -> None:
-    defaults = yaml.safe_load(resources.files("engine").joinpath("ferritin.yaml").read_text())
+    defaults = yaml.safe_load(resources.files("ferritin.engine").joinpath("ferritin.yaml").read_text())
     dask.config.update_defaults(defaults)
 
 

@@ -26,9 +26,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cohort.store import CohortStore
-
-from . import __version__
+from ferritin import __version__
+from ferritin.cohort.store import CohortStore
 
 __all__ = ["write_dataset_description", "export_subject", "save_nifti", "TEMPLATE_SPACE"]
 

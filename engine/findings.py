@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from stats import findings
-from stats.analysis import cluster_fwe_p, svc_volume
-from stats.clusters import sphere_mask
-from stats.roi import cluster_roi, label_image, roi_means
+from ferritin.stats import findings
+from ferritin.stats.analysis import cluster_fwe_p, svc_volume
+from ferritin.stats.clusters import sphere_mask
+from ferritin.stats.roi import cluster_roi, label_image, roi_means
 
 __all__ = ["define_rois", "extract_roi_values", "clinical_tables", "DEFAULT_ROI_MAPS"]
 
@@ -140,7 +140,7 @@ def with_progression_rate(participants: pd.DataFrame) -> tuple[pd.DataFrame, lis
     A disease duration of 0 makes DPR undefined: that subject's DPR stays
     missing and a note names the subject (the rest of the cohort goes on).
     """
-    from stats.clinical import progression_rate
+    from ferritin.stats.clinical import progression_rate
 
     p = participants.copy()
     notes: list[str] = []

@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cohort.bids import SubjectFiles, discover, load_subject
-from cohort.errors import SubjectError
-from cohort.layout import native_dataset, participants_dataset
-from cohort.store import CohortStore, digest_files, digest_params
+from ferritin.cohort.bids import SubjectFiles, discover, load_subject
+from ferritin.cohort.errors import SubjectError
+from ferritin.cohort.layout import native_dataset, participants_dataset
+from ferritin.cohort.store import CohortStore, digest_files, digest_params
 
 from .progress import track
 

@@ -27,11 +27,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cohort.layout import mni_stack_dataset, participants_frame
-from cohort.store import CohortStore, affine_attr, digest_params
-from cohort.templates import atlas_labels, load_template
-
-from stats.roi import label_image
+from ferritin.cohort.layout import mni_stack_dataset, participants_frame
+from ferritin.cohort.store import CohortStore, affine_attr, digest_params
+from ferritin.cohort.templates import atlas_labels, load_template
+from ferritin.stats.roi import label_image
 
 from .anat.stages import AnatParams, process_anatomy, renormalise_on_tissue
 from .derivatives import export_subject, save_nifti, write_dataset_description
@@ -329,7 +328,7 @@ def group_design(table: pd.DataFrame, spec: dict):
     design_table : DataFrame indexed by subject
     design : :class:`stats.design.Design`
     """
-    from stats.design import design_matrix
+    from ferritin.stats.design import design_matrix
 
     design_table = table.copy()
     if "tiv" in spec["covariates"] and "tiv_measured" in design_table.columns:
@@ -351,7 +350,7 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
     import dask.array as da
     import yaml
 
-    from stats.analysis import analyse_contrast
+    from ferritin.stats.analysis import analyse_contrast
 
     store = CohortStore(store_path)
     out = Path(out_dir)
@@ -456,7 +455,7 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
 
 def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template):
     """Freedman–Lane permutations of one contrast: a cluster table (cluster mass and TFCE FWE p) and maps."""
-    from stats.permutation import permutation_cluster
+    from ferritin.stats.permutation import permutation_cluster
 
     tfce_dh = 0.1 if inf.get("tfce", True) else None
     perm = permutation_cluster(Y, design.X, design.contrast(c["weights"]), res.mask, n_perm=n_perm,

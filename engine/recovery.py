@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stats.analysis import cluster_fwe_p
+from ferritin.stats.analysis import cluster_fwe_p
 
 __all__ = ["planted_effects", "planted_effect_recovery", "roi_recovery"]
 

@@ -20,7 +20,7 @@ _REQUIRED = {"groups": list, "covariates": list, "contrasts": list, "inference":
 
 
 def default_spec_text() -> str:
-    return resources.files("engine").joinpath("default_study.yaml").read_text()
+    return resources.files("ferritin.engine").joinpath("default_study.yaml").read_text()
 
 
 def default_spec() -> dict:

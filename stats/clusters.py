@@ -70,11 +70,11 @@ def _table(stat, inset, info: Inference, u: float, max_peaks: int, min_distance_
         order = np.argsort(-vals, kind="stable")
         clusters.append((float(vals[order[0]]), c, idx[order], vals[order], int(members.sum())))
     clusters.sort(key=lambda t: -t[0])
-    for rank, (_, c, idx, vals, size) in enumerate(clusters, start=1):
+    for rank, (_, _label, idx, _vals, size) in enumerate(clusters, start=1):
         K = size * info.v2r
         pk = rft.p_rf(1, K, u, info.df, info.stat, info.resels, info.n)
         chosen = []
-        for ijk, val in zip(idx, vals):
+        for ijk in idx:
             xyz = ijk * vox_mm
             if all(np.linalg.norm(xyz - other * vox_mm) >= min_distance_mm for other in chosen):
                 chosen.append(ijk)

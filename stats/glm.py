@@ -31,7 +31,7 @@ class GLMFit:
     Y: da.Array
     mask: da.Array | None
 
-    def persist(self) -> "GLMFit":
+    def persist(self) -> GLMFit:
         """Compute the parameter maps once (p + 1 volumes) and keep them.
 
         Residual images and contrasts are then cheap; without it, every

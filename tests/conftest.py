@@ -16,7 +16,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(scope="session")
 def client():
     """An in-process Dask cluster (threads): fast to start, real scheduler."""
-    from engine.cluster import dask_client
+    from ferritin.engine.cluster import dask_client
 
     with dask_client(workers=2, processes=False, quiet=True) as c:
         yield c
@@ -24,7 +24,7 @@ def client():
 
 @pytest.fixture(scope="session")
 def tiny_spec():
-    from cohort.simulate import preset
+    from ferritin.cohort.simulate import preset
 
     return preset("tiny", seed=11)
 
@@ -32,7 +32,7 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def tiny_bids(tmp_path_factory, tiny_spec, client):
     """A simulated 2 + 2 subject cohort at 3 mm, 4 echoes (read-only: copy before changing)."""
-    from cohort.simulate import simulate_cohort
+    from ferritin.cohort.simulate import simulate_cohort
 
     root = tmp_path_factory.mktemp("tiny") / "bids"
     table = simulate_cohort(root, tiny_spec, client=client)

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("ants")
 
-from cohort.simulate import preset, sample_participants, simulate_subject  # noqa: E402
-from cohort.templates import load_template  # noqa: E402
-from engine.anat.stages import (  # noqa: E402
+from ferritin.cohort.simulate import preset, sample_participants, simulate_subject  # noqa: E402
+from ferritin.cohort.templates import load_template  # noqa: E402
+from ferritin.engine.anat.stages import (  # noqa: E402
     AnatParams,
     bias_correct,
     jacobian_determinant,
@@ -75,7 +75,7 @@ def test_bias_correction_leaves_tissue_contrast_alone():
     """N4 with ANTs' four fitting levels bent the field into the brain's own contrast
     (residual s.d. 0.08-0.10 against the noise-free image, thalamus moved by up to 7 %,
     and the GM of deep grey with it); two levels remove the bias and nothing else."""
-    from engine.anat.antsbridge import to_ants
+    from ferritin.engine.anat.antsbridge import to_ants
 
     spec = preset("demo", n_echoes=2)
     truth = simulate_subject(spec, sample_participants(spec).iloc[11].to_dict(), 11)

@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cohort.errors import DatasetError
-from cohort.store import CohortStore
-from engine.ingest import ingest
+from ferritin.cohort.errors import DatasetError
+from ferritin.cohort.store import CohortStore
+from ferritin.engine.ingest import ingest
 
 BAD = "sub-02"
 

@@ -1,14 +1,12 @@
 """BIDS discovery and loading: every bad input names the subject and the file."""
 
-import gzip
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from cohort.bids import discover, load_subject, read_participants, validate_label
-from cohort.errors import DatasetError, SubjectError
+from ferritin.cohort.bids import discover, load_subject, read_participants, validate_label
+from ferritin.cohort.errors import DatasetError, SubjectError
 
 
 def _problems(ds):

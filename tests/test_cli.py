@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from engine.cli import main
+from ferritin.engine.cli import main
 
 
 def test_help_names_every_command(capsys):
@@ -23,7 +23,7 @@ def test_subcommand_help(cmd, capsys):
 
 
 def test_console_script_installed():
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "ferritin.engine.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "ferritin" in out.stdout
 
 
@@ -49,7 +49,7 @@ def test_dask_chatter_is_silent_unless_asked_for(tiny_bids, tmp_path):
     """distributed's sub-loggers carry levels of their own: without -vv the
     user sees the command's output, not the scheduler's connection log."""
     root, table = tiny_bids
-    cmd = [sys.executable, "-m", "engine.cli", "ingest", str(root), str(tmp_path / "c.zarr"), "--workers", "1",
+    cmd = [sys.executable, "-m", "ferritin.engine.cli", "ingest", str(root), str(tmp_path / "c.zarr"), "--workers", "1",
            "--no-progress", "--participant-label", table.participant_id[0]]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ingested 1" in out.stdout

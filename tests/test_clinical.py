@@ -7,7 +7,7 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from stats import clinical
+from ferritin.stats import clinical
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_fdr_matches_statsmodels():
 def test_missing_dpr_is_computed_and_zero_duration_is_named():
     import pandas as pd
 
-    from engine.findings import with_progression_rate
+    from ferritin.engine.findings import with_progression_rate
 
     p = pd.DataFrame({"group": ["ALS", "ALS", "ALS", "NC"], "alsfrs_r": [40, 36, 30, np.nan],
                       "dd": [8, 0, 12, np.nan], "dpr": [np.nan, np.nan, 1.5, np.nan]},

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dask.config
 import pytest
 
-from cohort.store import CohortStore, StoreLocked
-from engine import cluster
+from ferritin.cohort.store import CohortStore, StoreLocked
+from ferritin.engine import cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +25,7 @@ def test_defaults_are_in_the_ferritin_namespace():
 
 def test_environment_overrides_the_shipped_defaults():
     env = {**os.environ, "DASK_FERRITIN__CLUSTER__KIND": "slurm", "DASK_FERRITIN__CLUSTER__JOBQUEUE__MEMORY": "12GiB"}
-    code = "from engine import cluster; c = cluster.settings(); print(c['kind'], c['jobqueue']['memory'], c['jobqueue']['cores'])"
+    code = "from ferritin.engine import cluster; c = cluster.settings(); print(c['kind'], c['jobqueue']['memory'], c['jobqueue']['cores'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["slurm", "12GiB", "1"]
 
@@ -58,7 +57,7 @@ def test_second_run_on_a_store_is_refused_and_a_killed_holder_is_taken_over(tmp_
     store = CohortStore(tmp_path / "c.zarr", create=True)
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from cohort.store import CohortStore; s = CohortStore(sys.argv[1]);\n"
+         "import sys, time; from ferritin.cohort.store import CohortStore; s = CohortStore(sys.argv[1]);\n"
          "with s.lock('participant level'):\n    print('held', flush=True); time.sleep(120)", str(store.path)],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -66,7 +65,7 @@ def test_second_run_on_a_store_is_refused_and_a_killed_holder_is_taken_over(tmp_
         with pytest.raises(StoreLocked, match=r"in use by another run \(participant level, pid \d+"):
             with store.lock("group level"):
                 pass
-        from engine.pipeline import run_group
+        from ferritin.engine.pipeline import run_group
 
         with pytest.raises(StoreLocked):
             run_group(store.path, {}, tmp_path / "out")
@@ -84,7 +83,7 @@ def test_second_run_on_a_store_is_refused_and_a_killed_holder_is_taken_over(tmp_
 
 
 def test_cli_reports_a_locked_store(tmp_path, capsys):
-    from engine.cli import main
+    from ferritin.engine.cli import main
 
     store = CohortStore(tmp_path / "out" / "cohort.zarr", create=True)
     store.lock_path.write_text('{"pid": 1, "host": "elsewhere", "purpose": "ingest", "started": "now"}')

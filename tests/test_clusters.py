@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from stats import rft
-from stats.clusters import Inference, cluster_table, sphere_mask, svc_table
+from ferritin.stats import rft
+from ferritin.stats.clusters import Inference, cluster_table, sphere_mask, svc_table
 
 
 def _info(shape, fwhm=3.0, df=(1, 40)):
@@ -94,8 +94,8 @@ def test_svc_without_a_prior_centre_keeps_the_nominal_false_positive_rate():
     """A sphere centred on the region's own peak would make the correction circular; the region is used."""
     from scipy import ndimage
 
-    from cohort.templates import load_template
-    from stats.analysis import analyse_contrast
+    from ferritin.cohort.templates import load_template
+    from ferritin.stats.analysis import analyse_contrast
 
     tpl = load_template(4.0)
     grid = tpl.grid

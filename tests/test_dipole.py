@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.qsm.dipole import b0_direction, dipole_kernel, forward_field
+from ferritin.engine.qsm.dipole import b0_direction, dipole_kernel, forward_field
 
 
 def test_kernel_zero_at_magic_angle_and_dc():

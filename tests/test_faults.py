@@ -20,11 +20,11 @@ pytest.importorskip("ants")
 
 from distributed import Client  # noqa: E402
 
-from cohort.store import CohortStore  # noqa: E402
-from engine import pipeline  # noqa: E402
-from engine.cluster import SINGLE_THREAD_ENV  # noqa: E402
-from engine.ingest import ingest  # noqa: E402
-from engine.spec import load_spec  # noqa: E402
+from ferritin.cohort.store import CohortStore  # noqa: E402
+from ferritin.engine import pipeline  # noqa: E402
+from ferritin.engine.cluster import SINGLE_THREAD_ENV  # noqa: E402
+from ferritin.engine.ingest import ingest  # noqa: E402
+from ferritin.engine.spec import load_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -38,7 +38,7 @@ class LoopbackCluster:
 
     def __init__(self, tmp: Path):
         self.file = tmp / "scheduler.json"
-        self.env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONPATH": str(REPO)}
+        self.env = {**os.environ, **SINGLE_THREAD_ENV}
         self.procs = {}
         self.procs["scheduler"] = subprocess.Popen(
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
@@ -154,7 +154,7 @@ def test_killed_client_resumes_and_matches(loopback, reference, tiny_bids, tmp_p
     out = tmp_path / "out"
     cmd = [str(BIN / "ferritin"), "run", str(root), str(out), "participant", "--participant-label", *subjects,
            "--scheduler", str(loopback.file), "--spec", str(spec_file), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ}
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     store = out / "cohort.zarr"
     for _ in range(1200):  # kill the client once the first QSM node is complete

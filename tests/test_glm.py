@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from stats.design import design_matrix, parse_contrast
-from stats.glm import f_contrast, fit_glm, standardized_residuals, t_contrast
+from ferritin.stats.design import design_matrix, parse_contrast
+from ferritin.stats.glm import f_contrast, fit_glm, standardized_residuals, t_contrast
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import pytest
 import xarray as xr
 from scipy import ndimage, stats
 
-from cohort.layout import participants_dataset
-from cohort.store import CohortStore, affine_attr
-from cohort.templates import load_template
-from engine.pipeline import run_group
-from engine.spec import load_spec
+from ferritin.cohort.layout import participants_dataset
+from ferritin.cohort.store import CohortStore, affine_attr
+from ferritin.cohort.templates import load_template
+from ferritin.engine.pipeline import run_group
+from ferritin.engine.spec import load_spec
 
 VS = 3.0
 PLANT_MM = (-14.0, -17.0, 7.0)  # left thalamus
@@ -227,13 +227,13 @@ def test_bids_derivatives(group_out):
     side = json.loads((out / "group" / "contrast-chi_als_gt_nc_stat-t_statmap.json").read_text())
     assert tmap.shape == load_template(VS).grid.shape and side["df"] == res["contrasts"]["chi_als_gt_nc"]["df"]
     # exporting again rewrites nothing (the sidecar digest matches)
-    from engine.derivatives import export_subject
+    from ferritin.engine.derivatives import export_subject
 
     assert export_subject(store, sub, out, VS) == []
 
 
 def test_report_is_self_contained(group_out):
-    from engine.report import build_report
+    from ferritin.engine.report import build_report
 
     out, _, _ = group_out
     path = build_report(out)
@@ -250,7 +250,7 @@ def test_report_is_self_contained(group_out):
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="Chromium is not installed (make test installs it where apt-get works)")
 def test_report_renders_in_chromium(group_out, tmp_path):
-    from engine.report import build_report
+    from ferritin.engine.report import build_report
 
     out, _, _ = group_out
     path = build_report(out)
@@ -264,7 +264,7 @@ def test_report_renders_in_chromium(group_out, tmp_path):
 
 
 def test_cli_report_rebuilds_and_refuses_an_empty_folder(group_out, tmp_path, capsys):
-    from engine.cli import main
+    from ferritin.engine.cli import main
 
     out, _, _ = group_out
     (out / "report.html").unlink(missing_ok=True)
@@ -298,7 +298,7 @@ def test_voxels_a_subject_does_not_cover_are_left_out_not_zero_filled(group_out)
 
 
 def test_recovery_finds_the_planted_effect_and_nothing_elsewhere(group_out):
-    from engine.recovery import planted_effect_recovery, roi_recovery
+    from ferritin.engine.recovery import planted_effect_recovery, roi_recovery
 
     _, res, _ = group_out
     planted = {"name": "plant", "region": "Thalamus_L", "peak_mni": PLANT_MM}
@@ -317,7 +317,7 @@ def test_recovery_finds_the_planted_effect_and_nothing_elsewhere(group_out):
 
 
 def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys):
-    from engine.cli import _print_recovery
+    from ferritin.engine.cli import _print_recovery
 
     out, res, _ = group_out
     _print_recovery(res, [{"name": "plant", "region": "Thalamus_L", "peak_mni": PLANT_MM}], out)
@@ -326,7 +326,7 @@ def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys
     assert re.search(r"plant: ROI chi_als_gt_nc_\w+ gm_mod_s difference -", text)
     table = pd.read_csv(out / "tables" / "planted_effects.csv")
     assert table.found.all() and set(table.contrast) == {"chi_als_gt_nc", "gm_als_lt_nc"}
-    from engine.report import build_report
+    from ferritin.engine.report import build_report
 
     page = build_report(out).read_text()
     assert "Planted effects (simulated cohort)" in page and "<th>distance_mm</th>" in page
@@ -335,7 +335,7 @@ def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys
 
 
 def test_roi_dataset_with_nested_rois():
-    from engine.findings import roi_dataset
+    from ferritin.engine.findings import roi_dataset
 
     grid = load_template(VS).grid
     outer = np.zeros(grid.shape, bool)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from cohort.store import CohortStore
-from engine.ingest import ingest
+from ferritin.cohort.store import CohortStore
+from ferritin.engine.ingest import ingest
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,8 @@ def test_store_opens_lazily(ingested):
 
 def test_where_on_stacked_mni_arrays(tmp_path):
     """The query pattern of the README: chi.where(group == 'ALS') on a stacked node."""
-    from cohort.layout import mni_stack_dataset
-    from cohort.templates import mni_grid
+    from ferritin.cohort.layout import mni_stack_dataset
+    from ferritin.cohort.templates import mni_grid
 
     grid = mni_grid(8.0)
     subjects = ["sub-001", "sub-002", "sub-003"]
@@ -99,7 +99,7 @@ def test_where_on_stacked_mni_arrays(tmp_path):
     assert float(als.mean()) == 2.0  # NC masked out
     assert ds["chi"].sel(x=-40, y=-24, z=56, method="nearest").shape == (3,)
     # with the cohort opener the per-subject coordinates are in memory: drop works
-    from cohort.access import open_cohort
+    from ferritin.cohort.access import open_cohort
 
     mni = open_cohort(tmp_path / "c.zarr")["mni"].to_dataset()
     als = mni["chi"].where(mni.group == "ALS", drop=True)

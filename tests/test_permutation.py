@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
-from stats.permutation import _permutations, freedman_lane_t, permutation_max_t
+from ferritin.stats.permutation import _permutations, freedman_lane_t, permutation_max_t
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_detects_a_real_effect(data):
 
 from scipy import ndimage  # noqa: E402
 
-from stats.permutation import cluster_masses, permutation_cluster, tfce  # noqa: E402
+from ferritin.stats.permutation import cluster_masses, permutation_cluster, tfce  # noqa: E402
 
 
 def _smooth_images(rng, n, shape, sigma=1.5):

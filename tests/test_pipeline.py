@@ -5,11 +5,11 @@ import pytest
 
 pytest.importorskip("ants")
 
-from cohort.store import CohortStore  # noqa: E402
-from cohort.templates import load_template  # noqa: E402
-from engine import pipeline  # noqa: E402
-from engine.ingest import ingest  # noqa: E402
-from engine.spec import SpecError, load_spec  # noqa: E402
+from ferritin.cohort.store import CohortStore  # noqa: E402
+from ferritin.cohort.templates import load_template  # noqa: E402
+from ferritin.engine import pipeline  # noqa: E402
+from ferritin.engine.ingest import ingest  # noqa: E402
+from ferritin.engine.spec import SpecError, load_spec  # noqa: E402
 
 
 def _fast_spec():

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from engine.qsm.background import vsharp
-from engine.qsm.dipole import forward_field
-from engine.qsm.inversion import reference_to_mean, tkd, tv_admm
-from engine.qsm.mask import brain_mask
-from engine.qsm.unwrap import combine_echoes, laplacian_unwrap, path_unwrap
+from ferritin.engine.qsm.background import vsharp
+from ferritin.engine.qsm.dipole import forward_field
+from ferritin.engine.qsm.inversion import reference_to_mean, tkd, tv_admm
+from ferritin.engine.qsm.mask import brain_mask
+from ferritin.engine.qsm.unwrap import combine_echoes, laplacian_unwrap, path_unwrap
 
 
 def _grid(n=64):
@@ -101,7 +101,7 @@ def test_brain_mask_separates_scalp():
 
 
 def test_nonlinear_fit_recovers_frequency_and_beats_a_single_difference():
-    from engine.qsm.unwrap import nonlinear_frequency_fit
+    from ferritin.engine.qsm.unwrap import nonlinear_frequency_fit
 
     rng = np.random.default_rng(3)
     x, y, z, r = _grid(24)
@@ -121,7 +121,7 @@ def test_nonlinear_fit_recovers_frequency_and_beats_a_single_difference():
 
 
 def test_star_and_ilsqr_on_sphere_phantom():
-    from engine.qsm.inversion import ilsqr, star_qsm
+    from ferritin.engine.qsm.inversion import ilsqr, star_qsm
 
     x, y, z, r = _grid(64)
     mask = r < 26
@@ -136,7 +136,7 @@ def test_star_and_ilsqr_on_sphere_phantom():
 
 
 def test_accuracy_metrics():
-    from engine.qsm.metrics import hfen, nrmse, region_mean_errors
+    from ferritin.engine.qsm.metrics import hfen, nrmse, region_mean_errors
 
     x, y, z, r = _grid(32)
     mask = r < 12
@@ -174,8 +174,8 @@ def test_tv_fits_the_field_only_inside_the_mask():
 def test_chain_keeps_a_strong_deep_source_in_the_mask():
     """The quality step drops local-field outliers only near the mask's edge
     (residual background); an iron-rich nucleus deep inside stays in, with its chi."""
-    from engine.qsm.chain import QSMParams, reconstruct_qsm
-    from engine.qsm.dipole import GAMMA_HZ_PER_T
+    from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
+    from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T
 
     x, y, z, r = _grid(64)
     brain = r < 26

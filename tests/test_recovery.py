@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, severity_factor
-from engine.recovery import planted_effect_recovery
+from ferritin.cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, severity_factor
+from ferritin.engine.recovery import planted_effect_recovery
 
 
 def _results(svc_p=0.01, wb_peak_p=0.3, wb_cluster_p=0.2, at=(0.0, 0.0, 0.0)):

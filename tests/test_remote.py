@@ -8,9 +8,9 @@ import pytest
 moto_server = pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
 
-from cohort import open_cohort  # noqa: E402
-from cohort.remote import publish  # noqa: E402
-from engine.ingest import ingest  # noqa: E402
+from ferritin.cohort import open_cohort  # noqa: E402
+from ferritin.cohort.remote import publish  # noqa: E402
+from ferritin.engine.ingest import ingest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_published_store_reads_back_identically(s3, store):
 def test_interrupted_publish_leaves_no_visible_store(s3, store, monkeypatch):
     opts, fs = s3
     path, _ = store
-    import cohort.remote as remote
+    import ferritin.cohort.remote as remote
 
     real_fs = remote._fs
 
@@ -92,7 +92,7 @@ def test_republish_removes_what_the_new_version_dropped(s3, store):
 
 
 def test_cli_publish(s3, store, capsys, monkeypatch):
-    from engine.cli import main
+    from ferritin.engine.cli import main
 
     opts, fs = s3
     path, _ = store
@@ -108,8 +108,8 @@ def test_group_glm_reads_a_published_cohort_array_lazily(s3, tmp_path, client):
     """Users (and ``stats``) compute on a cohort array straight from object storage."""
     import xarray as xr
 
-    from cohort.store import CohortStore
-    from stats.glm import fit_glm, t_contrast
+    from ferritin.cohort.store import CohortStore
+    from ferritin.stats.glm import fit_glm, t_contrast
 
     opts, _ = s3
     rng = np.random.default_rng(5)

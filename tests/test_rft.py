@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stats import rft
+from ferritin.stats import rft
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "spm12"
 if not REF.exists():  # a checkout with shared/ inside it

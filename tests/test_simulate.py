@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cohort.bids import discover, load_subject
-from cohort.simulate import Effect, effect_maps, preset, sample_participants, simulate_subject
-from cohort.templates import load_template
+from ferritin.cohort.bids import discover, load_subject
+from ferritin.cohort.simulate import Effect, effect_maps, preset, sample_participants, simulate_subject
+from ferritin.cohort.templates import load_template
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_wrapped_phase_in_range(one_subject):
 
 def test_phase_follows_field_and_echo_time(one_subject, tiny_spec):
     """In high-SNR brain voxels, echo-to-echo phase differences equal 2π γ B0 ΔTE × field."""
-    from engine.qsm.dipole import GAMMA_HZ_PER_T
+    from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T
 
     t = one_subject
     brain = t.brain_mask_native.astype(bool) & (t.mag[0] > np.percentile(t.mag[0][t.brain_mask_native > 0], 30))
@@ -81,7 +81,7 @@ def test_effects_are_where_the_parameters_say():
 
 
 def test_patients_differ_from_controls_where_planted():
-    from cohort.simulate import subject_mni_maps
+    from ferritin.cohort.simulate import subject_mni_maps
 
     spec = preset("tiny", seed=2)
     template = load_template(spec.voxel_size)
@@ -121,7 +121,7 @@ def test_written_dataset_is_valid_bids(tiny_bids, tiny_spec):
 def test_atrophy_shrinks_the_region_and_nothing_else():
     from scipy import ndimage
 
-    from cohort.simulate import atrophy_displacement
+    from ferritin.cohort.simulate import atrophy_displacement
 
     step, n = 2.0, 48
     aff = np.diag([step, step, step, 1.0])
@@ -142,7 +142,7 @@ def test_atrophy_shrinks_the_region_and_nothing_else():
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_patient_truth_carries_the_planted_gm_loss(share):
     """The region keeps 1 + gm_fraction of its GM; its volume keeps only the contracted share of the loss."""
-    from cohort.simulate import simulate_subject
+    from ferritin.cohort.simulate import simulate_subject
 
     # no anatomical variability: what is left is head size (global) and the planted loss
     spec = preset("tiny", seed=4, warp_mm=0.0, volume_sd=0.0)
@@ -183,7 +183,7 @@ def test_truth_modulated_gm_is_the_subjects_gm_volume():
 
 
 def test_anatomical_warp_keeps_volume_and_volume_sd_sets_regional_spread():
-    from cohort.simulate import _placement, _place_volume_change, volume_fraction
+    from ferritin.cohort.simulate import _place_volume_change, _placement, volume_fraction
 
     template = load_template(3.0)
     brain = template.brain_mask

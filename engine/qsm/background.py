@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
-from scipy import ndimage
-
-from .mask import ball
 
 __all__ = ["vsharp", "pdf", "smv_kernel"]
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cohort.store import CohortStore
-from cohort.templates import load_template
+from ferritin.cohort.store import CohortStore
+from ferritin.cohort.templates import load_template
 
 from . import figures
 
@@ -283,7 +283,7 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     body = []
     roi_long = _read(tables / "roi_values.csv")
     if len(roi_long) and len(used):
-        from stats.findings import roi_wide
+        from ferritin.stats.findings import roi_wide
 
         frame = used.join(roi_wide(roi_long), how="inner")
         cl = spec.get("clinical", {}) or {}

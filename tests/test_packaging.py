@@ -1,0 +1,41 @@
+"""The installed distribution is one namespace, ``ferritin``, with one version."""
+
+import subprocess
+import sys
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+import ferritin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version_has_one_source():
+    assert ferritin.__version__ == version("ferritin")
+    assert "__version__" not in (ROOT / "engine" / "__init__.py").read_text()
+
+
+def test_entry_points_resolve_lazily():
+    from ferritin.cohort.access import open_cohort
+
+    assert ferritin.open_cohort is open_cohort
+    assert callable(ferritin.load_spec) and callable(ferritin.run_group)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ferritin.nope  # noqa: B018
+
+
+@pytest.mark.slow
+def test_wheel_installs_only_the_ferritin_namespace(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("ferritin-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/", 1)[0] for n in names}
+    assert top == {"ferritin", f"ferritin-{ferritin.__version__}.dist-info"}, top
+    assert "ferritin/engine/default_study.yaml" in names
+    assert "ferritin/cohort/store.py" in names and "ferritin/stats/rft.py" in names
+    assert not any(n.startswith(("ferritin/tests/", "ferritin/benchmarks/")) for n in names)
