@@ -1,4 +1,4 @@
-"""stats.rft against SPM12's own numbers (../shared/reference/spm12)."""
+"""stats.rft against SPM12's own numbers (SPM12 r7771 on deterministic inputs, kept in tests/data/spm12)."""
 
 import json
 import math
@@ -9,10 +9,7 @@ import pytest
 
 from ferritin.stats import rft
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "spm12"
-if not REF.exists():  # a checkout with shared/ inside it
-    REF = Path(__file__).resolve().parents[1] / "shared" / "reference" / "spm12"
-pytestmark = pytest.mark.skipif(not REF.exists(), reason="SPM12 reference values not available")
+REF = Path(__file__).resolve().parent / "data" / "spm12"
 
 
 def _load(name):
