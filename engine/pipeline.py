@@ -36,6 +36,7 @@ from .anat.stages import AnatParams, process_anatomy, renormalise_on_tissue
 from .derivatives import export_subject, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .progress import peak_worker_memory, track
+from .qc import QCCriteria, qc_failures
 from .qsm.chain import QSMParams, reconstruct_qsm
 from .qsm.mask import largest_component
 from .spec import PIPELINE_KEYS
@@ -162,11 +163,14 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
             mni = renormalise_on_tissue(init["gm"].values, init["wm"].values, np.asarray(nat.attrs["t1w_affine"]),
                                         init.attrs["affine_itk"], np.asarray(init.attrs["gre_to_t1"]),
                                         q["chi"].values, q["qsm_mask"].values > 0,
-                                        np.asarray(nat.attrs["gre_affine"]), template, targets, params)
+                                        np.asarray(nat.attrs["gre_affine"]), template, targets, params,
+                                        preparation=init.attrs.get("preparation"))
             r = {**mni, "gm": init["gm"].values, "wm": init["wm"].values, "csf": init["csf"].values,
                  # the T1 is not registered again: its warped image stays the first pass's
                  "t1_mni": init["t1_mni"].values, "tiv_ml": float(init.attrs["tiv_ml"]),
-                 "gre_to_t1": np.asarray(init.attrs["gre_to_t1"]), "affine_itk": init.attrs["affine_itk"]}
+                 "gre_to_t1": np.asarray(init.attrs["gre_to_t1"]), "affine_itk": init.attrs["affine_itk"],
+                 # the native segmentation and the T1's normalisation are the first pass's, and so is their QC
+                 **{k: init.attrs.get(k) for k in ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml")}}
         else:
             r = vars(process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]),
                                      nat["megre_mag"][0].values, np.asarray(nat.attrs["gre_affine"]),
@@ -185,12 +189,29 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
         },
         coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
         attrs={"subject": subject, "tiv_ml": r["tiv_ml"], "qc_gm_corr": r["qc_gm_corr"], "qc_dice": r["qc_dice"],
+               **{k: _finite_or_none(r.get(k)) for k in QC_MEASURES},
+               "preparation": r.get("preparation") or init_preparation(store, init_node, second_pass),
                "gre_to_t1": affine_attr(r["gre_to_t1"]), "mni_affine": affine_attr(grid.affine), "fixed": fixed,
                "affine_itk": r["affine_itk"]},
     )
     store.write_node(node, ds, stage="anat", digest=digest,
                      params={**params.to_dict(), "mni_voxel_size": vs, "fixed": fixed})
     return ("written", subject, None)
+
+
+#: anatomy measures stored with every subject for quality control (see :mod:`.qc`)
+QC_MEASURES = ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml")
+
+
+def _finite_or_none(v):
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def init_preparation(store: CohortStore, init_node: str, second_pass: bool) -> dict:
+    """The first pass's record of how the T1 was prepared (a second pass does not prepare it again)."""
+    if second_pass and store.record(init_node) is not None:
+        return dict(store.open_node(init_node).attrs.get("preparation") or {})
+    return {}
 
 
 def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) -> tuple[str, str, str | None]:
@@ -287,7 +308,7 @@ def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str
     participants = participants_frame(store.open_node("participants").load())
     excluded: dict[str, str] = {}
     rows = []
-    min_corr = float(spec.get("qc", {}).get("min_gm_correlation", 0.0))
+    criteria = QCCriteria.from_spec(spec)
     failures = store.failures()
     for sub in store.children("native"):
         for stage in ("ingest", "qsm", "anat"):
@@ -299,9 +320,9 @@ def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str
                 excluded[sub] = "not processed (run the participant level first)"
                 continue
             attrs = store.open_node(f"derived/{sub}/anat").attrs
-            if attrs["qc_gm_corr"] < min_corr:
-                excluded[sub] = (f"normalisation QC failed: GM correlation {attrs['qc_gm_corr']:.3f} "
-                                 f"< {min_corr}")
+            failed = qc_failures(dict(attrs), criteria)
+            if failed:
+                excluded[sub] = "anatomy QC failed: " + "; ".join(failed)
                 continue
             if sub not in participants.index:
                 excluded[sub] = "no row in participants"

@@ -80,6 +80,12 @@ def load_spec(path: str | Path | None = None) -> dict:
         if "name" not in r or not ("region" in r or "centre_mm" in r):
             raise SpecError(f"roi.regions[{i}] needs a 'name' and a 'region' (AAL name) and/or 'centre_mm'")
     _check_stage_params(spec)
+    from .qc import QCCriteria
+
+    try:
+        QCCriteria.from_spec(spec)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(str(exc)) from None
     cl = spec.get("clinical") or {}
     signs = [cl.get("chi_vs_gm", "negative")]
     signs += [v for per_map in (cl.get("expected_sign") or {}).values() for v in (per_map or {}).values()]

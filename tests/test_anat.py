@@ -147,7 +147,8 @@ def test_normalisation_targets_are_checked(subject_and_result):
 
 def _renormalise(truth, r, template, targets, **kw):
     return renormalise_on_tissue(r.gm, r.wm, truth.t1w_affine, r.affine_itk, r.gre_to_t1, truth.chi_native,
-                                 truth.brain_mask_native > 0, truth.gre_affine, template, targets, **kw)
+                                 truth.brain_mask_native > 0, truth.gre_affine, template, targets,
+                                 preparation=r.preparation, **kw)
 
 
 def test_renormalisation_to_the_same_targets_repeats_the_first(subject_and_result):

@@ -19,7 +19,17 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from ..qsm.mask import ball, brain_mask
-from .antsbridge import atropos, deterministic, from_ants, itk_matrix_to_ras, points_map, scratch_dir, to_ants
+from .antsbridge import (
+    LPS,
+    atropos,
+    deterministic,
+    from_ants,
+    itk_matrix_to_ras,
+    points_map,
+    scratch_dir,
+    to_ants,
+)
+from .fov import HeadBox, find_head, working_voxel_size
 
 __all__ = ["AnatParams", "AnatResult", "process_anatomy", "renormalise_on_tissue", "bias_correct", "sample_at",
            "jacobian_determinant", "smooth_fwhm"]
@@ -72,6 +82,23 @@ class AnatParams:
     skull_strip: bool = True  # affine to MNI, template brain mask back to the T1, SyN on the brain only
     strip_detach_mm: float = 5.0  # erosion that cuts the scalp off the first, intensity-based brain mask
     strip_margin_mm: float = 4.0  # margin kept around that mask for the affine
+    #: Field of view kept below the top of the head (FSL's robustfov keeps 170 mm):
+    #: neck and shoulders of real scans otherwise pull the first registration down.
+    fov_below_top_mm: float = 180.0
+    #: How far below the top of the head an adult brain's centre lies: where the
+    #: registration to the template starts, instead of the centre of the image.
+    brain_centre_below_top_mm: float = 75.0
+    #: The rough, intensity-based brain mask is kept within this distance of that
+    #: centre (larger than any adult brain's half-length), which cuts off the face,
+    #: neck and shoulders a threshold alone keeps.
+    rough_brain_radius_mm: float = 95.0
+    #: Images finer than this (e.g. 0.5 mm in-plane reconstructions) are resampled
+    #: to 1 mm for segmentation and normalisation; the maps come back on the T1 grid.
+    finest_voxel_mm: float = 0.9
+    #: Resample every T1 to this voxel size (mm) for segmentation and normalisation
+    #: (None: only images finer than ``finest_voxel_mm``, to 1 mm).  Coarser is
+    #: faster and less precise: for quick looks and tests, not for a study.
+    working_voxel_mm: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +122,17 @@ class AnatResult:
     jacobian: np.ndarray
     qc_gm_corr: float  # correlation of warped GM with the template GM
     qc_dice: float  # Dice of warped GM > 0.5 with template GM > 0.5
+    #: correlation of the warped T1 with the template T1 in the template brain:
+    #: an intensity check that a wrong normalisation cannot pass by construction
+    qc_t1_corr: float = float("nan")
+    #: distance (mm) from the top of the head down to the top of the brain mask:
+    #: a brain mask in the neck or face lies far below the vertex
+    qc_brain_top_gap_mm: float = float("nan")
+    gm_ml: float = float("nan")
+    wm_ml: float = float("nan")
+    csf_ml: float = float("nan")
+    #: how the T1 was prepared: field of view cut below the brain, working voxel size
+    preparation: dict | None = None
     t1_points: np.ndarray | None = None  # (3, x, y, z): T1 world point of every MNI voxel
     t1_mni: np.ndarray | None = None  # bias-corrected T1 brain on the MNI grid (for a study template)
     seconds: dict | None = None  # per-step wall time
@@ -150,6 +188,13 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                     targets: dict | None = None) -> AnatResult:
     """Segment and normalise one subject, and carry χ to MNI.
 
+    Steps: field of view cut below the brain (and very fine images resampled),
+    N4, a rough brain mask near the head's brain centre, an affine to the
+    template started at that centre, the template's brain mask back to the
+    subject (skull strip), SyN, prior-guided Atropos, the tissue SyN, rigid
+    GRE → T1, and one resampling of χ and the tissue maps to MNI.  Native maps
+    are returned on the grid of ``t1`` whatever was cut or resampled.
+
     Parameters
     ----------
     t1, t1_affine : T1w image and its RAS affine.
@@ -175,7 +220,6 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         raise ValueError(f"unknown normalisation targets {sorted(unknown)}; use 't1', 'gm' and 'wm'")
     targets = {"t1": template.t1, "gm": template.gm, "wm": template.wm, **(targets or {})}
     _check_target_shapes(targets, grid)
-    t1_voxel = tuple(float(v) for v in voxel_sizes(np.asarray(t1_affine, dtype=float)))
     seconds = {}
     clock = [time.perf_counter()]
 
@@ -184,8 +228,11 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         seconds[name] = now - clock[0]
         clock[0] = now
 
+    work, work_affine, box, preparation = _prepare_t1(t1, np.asarray(t1_affine, float), params)
+    work_voxel = tuple(float(v) for v in voxel_sizes(work_affine))
+    lap("field of view")
     with deterministic(params.seed), scratch_dir() as tmp:
-        t1_img = to_ants(t1, t1_affine)
+        t1_img = to_ants(work, work_affine)
         n4 = bias_correct(t1_img, params)
         lap("n4")
         # Atropos re-reads its priors from NIfTI files, whose header stores the
@@ -196,29 +243,28 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         n4 = ants.image_read(n4_file)
         mni_t1 = to_ants(np.asarray(targets["t1"], np.float32), grid.affine)
         # Affine + SyN of the subject to MNI (fixed = template).  The template
-        # is brain-only, so the mask restricts the metric to the MNI brain.
+        # is brain only, so the mask restricts the metric to the MNI brain.
         mni_mask = _metric_mask(template)
+        centre = _centre_transform(box.centre_mm, template, os.path.join(tmp, "centre.mat"))
         moving = n4
-        initial = None
+        initial = [centre]
         if params.skull_strip:
-            # The template is brain only.  A first, intensity-based brain mask
-            # (threshold, erosion to cut the scalp off, largest component,
-            # as for the GRE) gives the affine brain against brain: an affine
-            # of the whole head stretched the brain over the skull in 9 of 20
-            # simulated subjects at 3 mm (TIV +20 to +70 %).  The affine then
-            # brings the template's brain mask back to the subject, which
-            # strips the T1 for SyN.
-            rough = brain_mask(n4.numpy(), t1_voxel, detach_mm=params.strip_detach_mm)
-            rough = ndimage.binary_dilation(rough, ball(params.strip_margin_mm / np.asarray(t1_voxel)))
+            # The template is brain only: the affine is brain against brain,
+            # from a rough intensity mask (threshold, erosion to cut the scalp
+            # off, the largest part near the brain centre, as for the GRE);
+            # it then brings the template's brain mask back to the subject,
+            # which strips the T1 for SyN.
+            rough = _rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
             aff = ants.registration(fixed=mni_t1, moving=n4 * n4.new_image_like(rough.astype(np.float32)),
-                                    type_of_transform="Affine", mask=mni_mask,
+                                    type_of_transform="Affine", mask=mni_mask, initial_transform=[centre],
                                     outprefix=os.path.join(tmp, "aff_"), random_seed=params.seed)
             head_mask = ants.apply_transforms(n4, mni_mask, aff["invtransforms"], interpolator="nearestNeighbor",
                                               whichtoinvert=[True])
             moving = n4 * ants.copy_image_info(n4, head_mask)
             initial = aff["fwdtransforms"]
             lap("affine + skull strip")
-        reg = ants.registration(fixed=mni_t1, moving=moving, type_of_transform="SyNOnly" if initial else "SyN",
+        reg = ants.registration(fixed=mni_t1, moving=moving,
+                                type_of_transform="SyNOnly" if params.skull_strip else "SyN",
                                 mask=mni_mask, initial_transform=initial,
                                 syn_metric=params.syn_metric, syn_sampling=params.syn_sampling,
                                 reg_iterations=tuple(params.syn_iterations),
@@ -236,7 +282,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                                             iterations=params.seg_iterations,
                                             prior_weight=params.seg_prior_weight)]
         lap("segmentation (Atropos)")
-        affine_file = initial[0] if initial else reg["fwdtransforms"][-1]
+        affine_file = initial[0] if params.skull_strip else reg["fwdtransforms"][-1]
         if params.normalise_on == "tissue":
             tissue_img = [n4.new_image_like(np.asarray(p, np.float32)) for p in post]  # CSF, GM, WM
             reg = _tissue_syn(tissue_img[1], tissue_img[2], targets, grid, mni_mask, [affine_file], params, tmp)
@@ -245,7 +291,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         n4_arr = n4.numpy()
         csf, gm, wm = post
         brain = mask_img.numpy() > 0
-        vox_ml = float(np.prod(t1_voxel)) / 1000.0
+        vox_ml = float(np.prod(work_voxel)) / 1000.0
         # TIV as the soft intracranial mask of the template brought back to the
         # subject (the "reverse-normalised ICV mask" of Keihaninejad et al.
         # 2010): partial voxels at the skull count by their fraction, and
@@ -265,15 +311,114 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     t1_norm = n4_brain / max(float(n4_brain[brain].mean()), 1e-12)
     mni = _to_mni(pts_t1, t1_aff_ants, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, template, params,
                   t1=t1_norm)
+    volumes = {f"{name}_ml": float(np.sum(m) * vox_ml) for name, m in (("gm", gm), ("wm", wm), ("csf", csf))}
+    brain_top = _world_top(brain, t1_aff_ants)
+    native = _back_to_t1_grid({"gm": gm, "wm": wm, "csf": csf, "brain_mask": brain.astype(np.float32)},
+                              t1_aff_ants, box, t1.shape, np.asarray(t1_affine, float))
     lap("resampling, modulation, smoothing")
-    return AnatResult(gm=gm.astype(np.float32), wm=wm.astype(np.float32), csf=csf.astype(np.float32),
-                      brain_mask=brain, tiv_ml=tiv, gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=seconds,
-                      affine_itk=affine_itk, **mni)
+    return AnatResult(gm=native["gm"], wm=native["wm"], csf=native["csf"], brain_mask=native["brain_mask"] > 0.5,
+                      tiv_ml=tiv, gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=seconds, affine_itk=affine_itk,
+                      qc_t1_corr=_t1_similarity(mni["t1_mni"], targets["t1"], template.brain_mask),
+                      qc_brain_top_gap_mm=box.top_mm - brain_top, preparation=preparation, **volumes, **mni)
+
+
+def _prepare_t1(t1: np.ndarray, affine: np.ndarray, params: AnatParams):
+    """The part of the T1 that holds the head down to the skull base, at a working voxel size.
+
+    Returns the working image, its affine, the :class:`~.fov.HeadBox` and a record
+    of what was done (for the subject's provenance).
+    """
+    box = find_head(t1, affine, keep_below_top_mm=params.fov_below_top_mm,
+                    brain_centre_below_top_mm=params.brain_centre_below_top_mm)
+    work = t1[box.slices]
+    work_affine = box.affine
+    target = params.working_voxel_mm or working_voxel_size(affine, params.finest_voxel_mm)
+    record = {"cropped_below_brain_mm": round(box.cropped_mm, 1), "crop_voxels": [[s.start, s.stop] for s in box.slices],
+              "head_top_mm": round(box.top_mm, 1), "brain_centre_mm": [round(float(v), 1) for v in box.centre_mm],
+              "working_voxel_mm": None}
+    if target is not None:
+        work, work_affine = _resample_isotropic(work, work_affine, target)
+        record["working_voxel_mm"] = target
+    return np.ascontiguousarray(work, dtype=np.float32), work_affine, box, record
+
+
+def _resample_isotropic(data: np.ndarray, affine: np.ndarray, voxel_mm: float):
+    """``data`` on a grid of ``voxel_mm`` voxels with the same axes and extent (anti-aliased linear)."""
+    vs = voxel_sizes(affine)
+    shape = tuple(int(np.ceil(n * v / voxel_mm)) for n, v in zip(data.shape, vs))
+    scale = voxel_mm / vs
+    sigma = np.sqrt(np.clip(scale**2 - 1, 0, None)) / 2.3548
+    smooth = ndimage.gaussian_filter(np.asarray(data, np.float32), sigma)
+    out = ndimage.affine_transform(smooth, np.diag(scale), output_shape=shape, order=1, mode="nearest")
+    new_affine = affine.copy()
+    new_affine[:3, :3] = affine[:3, :3] * scale
+    return out, new_affine
+
+
+def _back_to_t1_grid(maps: dict, work_affine: np.ndarray, box: HeadBox, shape, t1_affine: np.ndarray) -> dict:
+    """Maps of the working image on the full T1 grid (zero outside the field of view kept)."""
+    sub_shape = tuple(s.stop - s.start for s in box.slices)
+    same_grid = np.allclose(work_affine, box.affine, atol=1e-4) and all(
+        m.shape == sub_shape for m in maps.values())
+    out = {}
+    for name, m in maps.items():
+        if not same_grid:
+            ijk = np.indices(sub_shape, dtype=np.float64).reshape(3, -1)
+            pts = (box.affine[:3, :3] @ ijk + box.affine[:3, 3:4]).reshape((3, *sub_shape))
+            m = sample_at(m, work_affine, pts, order=1, cval=0.0)
+        full = np.zeros(shape, np.float32)
+        full[box.slices] = m
+        out[name] = full
+    return out
+
+
+def _centre_transform(centre_mm: np.ndarray, template, path: str) -> str:
+    """An ITK translation file that maps the template's brain centre onto ``centre_mm``."""
+    import ants
+
+    grid = template.grid
+    ijk = np.argwhere(template.brain_mask).mean(axis=0)
+    mni_centre = grid.affine[:3, :3] @ ijk + grid.affine[:3, 3]
+    shift_lps = LPS @ (np.asarray(centre_mm, float) - mni_centre)  # fixed (MNI) point -> moving (subject) point
+    tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, translation=tuple(shift_lps))
+    ants.write_transform(tx, path)
+    return path
+
+
+def _rough_brain_mask(n4: np.ndarray, n4_img, centre_mm: np.ndarray, params: AnatParams) -> np.ndarray:
+    """Intensity brain mask, kept within ``rough_brain_radius_mm`` of the brain centre, dilated by a margin."""
+    _, aff = from_ants(n4_img)
+    vox = voxel_sizes(aff)
+    ijk = np.indices(n4.shape, dtype=np.float32).reshape(3, -1)
+    xyz = aff[:3, :3].astype(np.float32) @ ijk + aff[:3, 3:4].astype(np.float32)
+    near = (np.linalg.norm(xyz - np.asarray(centre_mm, np.float32)[:, None], axis=0)
+            <= params.rough_brain_radius_mm).reshape(n4.shape)
+    rough = brain_mask(np.where(near, n4, 0.0), tuple(vox), detach_mm=params.strip_detach_mm)
+    return ndimage.binary_dilation(rough, ball(params.strip_margin_mm / np.asarray(vox)))
+
+
+def _world_top(mask: np.ndarray, affine: np.ndarray) -> float:
+    """World S coordinate (mm) of the top of a mask (the 99.9th percentile of its voxels)."""
+    ijk = np.argwhere(mask)
+    if ijk.size == 0:
+        return float("nan")
+    return float(np.percentile(ijk @ affine[2, :3] + affine[2, 3], 99.9))
+
+
+def _t1_similarity(t1_mni: np.ndarray | None, target: np.ndarray, brain: np.ndarray) -> float:
+    """Correlation of the warped T1 with the template T1 inside the template brain."""
+    if t1_mni is None:
+        return float("nan")
+    a, b = np.asarray(t1_mni, float)[brain], np.asarray(target, float)[brain]
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray, affine_itk: dict,
                           gre_to_t1: np.ndarray, chi: np.ndarray, chi_mask: np.ndarray, gre_affine: np.ndarray,
-                          template, targets: dict, params: AnatParams = AnatParams()) -> dict:
+                          template, targets: dict, params: AnatParams = AnatParams(),
+                          preparation: dict | None = None) -> dict:
     """The tissue normalisation of a segmented subject again, to new GM and WM targets.
 
     A study template's second pass (DARTEL registers every subject to the
@@ -292,6 +437,10 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
     template : cohort.templates.Template (grid, brain mask, QC reference).
     targets : dict with ``"gm"`` and ``"wm"`` on the template grid.
     params : AnatParams
+    preparation : dict, optional
+        :attr:`AnatResult.preparation` of the first pass: the posteriors are cut
+        and resampled as the first pass's T1 was, so that the registration sees
+        the same images.
 
     Returns
     -------
@@ -320,13 +469,29 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
                                         parameters=np.asarray(affine_itk["parameters"], float),
                                         fixed_parameters=np.asarray(affine_itk["fixed_parameters"], float))
         ants.write_transform(tx, affine_file)
-        gm_img, wm_img = to_ants(gm, t1_affine), to_ants(wm, t1_affine)
+        (gm_w, wm_w), work_affine = _as_prepared((gm, wm), np.asarray(t1_affine, float), preparation)
+        gm_img, wm_img = to_ants(gm_w, work_affine), to_ants(wm_w, work_affine)
         mni_mask = _metric_mask(template)
         reg = _tissue_syn(gm_img, wm_img, targets, grid, mni_mask, [affine_file], params, tmp)
         pts_t1 = points_map(grid.shape, grid.affine, reg["fwdtransforms"], gm_img)
     _, t1_aff_ants = from_ants(gm_img)
-    mni = _to_mni(pts_t1, t1_aff_ants, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, template, params)
+    mni = _to_mni(pts_t1, t1_aff_ants, gm_w, wm_w, gre_to_t1, chi, chi_mask, gre_affine, template, params)
     return {**mni, "t1_points": pts_t1, "seconds": {"normalisation on tissue (SyN)": time.perf_counter() - t0}}
+
+
+def _as_prepared(maps, affine: np.ndarray, preparation: dict | None):
+    """Maps on the T1 grid cut and resampled as :func:`_prepare_t1` prepared the T1 (see its record)."""
+    if not preparation or not preparation.get("crop_voxels"):
+        return maps, affine
+    lo = np.array([a for a, _ in preparation["crop_voxels"]])
+    slices = tuple(slice(int(a), int(b)) for a, b in preparation["crop_voxels"])
+    crop_affine = affine.copy()
+    crop_affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    out = [np.asarray(m)[slices] for m in maps]
+    if preparation.get("working_voxel_mm"):
+        resampled = [_resample_isotropic(m, crop_affine, float(preparation["working_voxel_mm"])) for m in out]
+        return [m for m, _ in resampled], resampled[0][1]
+    return out, crop_affine
 
 
 def _check_target_shapes(targets: dict, grid) -> None:

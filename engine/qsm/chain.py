@@ -13,6 +13,7 @@ from .background import vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
 from .mask import ball, brain_mask, largest_component
+from .ringing import taper_kspace
 from .unwrap import combine_echoes, field_to_ppm
 
 __all__ = ["QSMParams", "reconstruct_qsm", "outlier_voxels"]
@@ -39,6 +40,9 @@ class QSMParams:
         "inversion": ("tv", "star", "tkd", "ilsqr"),
     }
 
+    #: Outer fraction of k-space tapered (Tukey) against truncation ringing of the
+    #: scalp into the brain's phase (see :mod:`.ringing`); 0 switches it off.
+    kspace_taper: float = 0.3
     combine: str = "phase-difference"
     unwrapper: str = "path"
     mask_detach_mm: float = 5.0
@@ -89,6 +93,8 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != magnitude.shape[1:]:
             raise ValueError(f"mask shape {mask.shape} differs from the image shape {magnitude.shape[1:]}")
+    # after the mask, which is drawn on the unfiltered magnitude: the taper widens the head's edge
+    magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper)
     method = params.combine
     te = np.asarray(echo_times, dtype=float)
     if method in ("phase-difference", "nonlinear") and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):

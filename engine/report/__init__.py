@@ -117,8 +117,9 @@ def methods_text(spec: dict, qsm_params: dict, anat_params: dict, n_used: int, n
         f"(mutual information) and each T1 normalised to MNI space with SyN ({a.get('syn_metric', '?')}, "
         f"iterations {a.get('syn_iterations', '?')}); χ maps were carried to MNI through the composed transforms "
         f"with one interpolation, at {spec.get('mni_voxel_size', 2)} mm. Warped GM was modulated by the Jacobian "
-        f"determinant and smoothed with a {a.get('vbm_fwhm_mm', '?')} mm FWHM Gaussian. Subjects whose warped GM "
-        f"correlated with the template GM below {spec.get('qc', {}).get('min_gm_correlation', 0)} were excluded.",
+        f"determinant and smoothed with a {a.get('vbm_fwhm_mm', '?')} mm FWHM Gaussian. Subjects were excluded "
+        f"whose warped GM or T1 correlated poorly with the template's, whose TIV or GM share of TIV lay outside "
+        f"adult ranges, or whose brain mask did not reach the top of the head (criteria in the study spec).",
         f"Group differences were tested voxelwise with a general linear model ({' vs '.join(spec['groups'])}) with "
         f"{covs} as covariates of no interest, on {n_used} subjects ({n_excluded} excluded). Smoothness was "
         f"estimated from standardised residuals and p-values corrected with random field theory as in SPM12; "
@@ -162,8 +163,34 @@ def _subject_qc(store: CohortStore, subjects) -> pd.DataFrame:
         if store.record(f"derived/{sub}/anat") is None:
             continue
         a = store.open_node(f"derived/{sub}/anat").attrs
-        rows.append({"subject": sub, "qc_gm_corr": a["qc_gm_corr"], "qc_dice": a["qc_dice"], "tiv_ml": a["tiv_ml"]})
-    return pd.DataFrame(rows, columns=["subject", "qc_gm_corr", "qc_dice", "tiv_ml"]).set_index("subject")
+        row = {"subject": sub, "qc_gm_corr": a["qc_gm_corr"], "qc_dice": a["qc_dice"], "tiv_ml": a["tiv_ml"]}
+        for key in ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml"):
+            row[key] = a.get(key)
+        rows.append(row)
+    columns = ["subject", "qc_gm_corr", "qc_t1_corr", "qc_dice", "tiv_ml", "gm_ml", "wm_ml", "csf_ml",
+               "qc_brain_top_gap_mm"]
+    return pd.DataFrame(rows, columns=columns).set_index("subject")
+
+
+def _subject_qc_figures(store: CohortStore, subjects, template, excluded: dict, limit: int = 100):
+    """The per-subject QC row (T1 with tissue outlines, normalised T1 with the template outline, χ)."""
+    figs = []
+    for sub in subjects[:limit]:
+        try:
+            nat = store.open_node(f"native/{sub}")
+            anat = store.open_node(f"derived/{sub}/anat")
+            qsm = store.open_node(f"derived/{sub}/qsm") if store.record(f"derived/{sub}/qsm") else None
+            prep = anat.attrs.get("preparation") or {}
+            verdict = f"excluded: {excluded[sub]}" if sub in excluded else "included"
+            png = figures.subject_qc(
+                sub, nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]), anat["gm"].values, anat["wm"].values,
+                anat["t1_mni"].values, template.grid.affine, template.brain_mask,
+                None if qsm is None else qsm["chi"].values, np.asarray(nat.attrs["gre_affine"]),
+                None if qsm is None else qsm["qsm_mask"].values > 0, prep.get("brain_centre_mm"), verdict)
+        except (KeyError, OSError, ValueError):  # a half-processed subject is reported elsewhere
+            continue
+        figs.append((sub, png))
+    return figs
 
 
 def _qc_panels(store: CohortStore, subjects, template, limit: int = 8):
@@ -344,6 +371,9 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
                          "Normalisation overlays (lowest QC first)"))
     exc = pd.DataFrame(sorted(excluded.items()), columns=["subject", "reason"])
     body.append(_table(exc, "Excluded subjects"))
+    for sub, png in _subject_qc_figures(store, order, template, excluded):
+        body.append(_img(png, f"{sub}: T1 with GM (red) and WM (blue) outlines; the T1 after normalisation with "
+                              f"the template brain outline (yellow); χ"))
     body.append(_table(qc.reset_index(), "Per-subject QC"))
     section("qc", "Quality control", "".join(body))
 

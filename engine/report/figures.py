@@ -18,7 +18,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["glass_brain", "stat_slices", "adjusted_bars", "scatter", "qc_scores", "overlay_montage"]
+__all__ = ["glass_brain", "stat_slices", "adjusted_bars", "scatter", "qc_scores", "overlay_montage", "subject_qc"]
 
 _COLORS = ["#c0392b", "#2471a3", "#27ae60", "#8e44ad", "#d68910"]
 
@@ -131,4 +131,74 @@ def overlay_montage(panels: list[tuple[str, np.ndarray, np.ndarray]], title: str
             ax.contour(np.rot90(np.asarray(outline, dtype=float)), levels=[0.5], colors="#e74c3c", linewidths=0.8)
         ax.set_title(label, fontsize=7)
     fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def _world_slice(volume: np.ndarray, affine: np.ndarray, axis_world: int, at_mm: float, shape_out=None):
+    """The voxel-axis slice of ``volume`` nearest to world coordinate ``at_mm`` along world axis ``axis_world``.
+
+    Native images come in any orientation; the voxel axis that runs most along the wanted world axis is
+    cut, and the slice is turned so that superior (or anterior) is up.
+    """
+    lin = np.asarray(affine, float)[:3, :3]
+    axis = int(np.argmax(np.abs(lin[axis_world])))
+    inv = np.linalg.inv(affine)
+    centre = np.asarray(volume.shape) / 2.0
+    point = affine[:3, :3] @ centre + affine[:3, 3]
+    point[axis_world] = at_mm
+    k = int(np.clip(round((inv[:3, :3] @ point + inv[:3, 3])[axis]), 0, volume.shape[axis] - 1))
+    sl = np.take(volume, k, axis=axis)
+    rest = [a for a in range(3) if a != axis]
+    # orient: first remaining axis left-right/anterior, second up
+    up_world = 2 if axis_world != 2 else 1
+    dirs = [lin[up_world, a] for a in rest]
+    if abs(dirs[0]) > abs(dirs[1]):
+        sl = sl.T
+        rest = rest[::-1]
+    if lin[up_world, rest[1]] < 0:
+        sl = sl[:, ::-1]
+    return np.rot90(sl)
+
+
+def subject_qc(label: str, t1: np.ndarray, t1_affine: np.ndarray, gm: np.ndarray, wm: np.ndarray,
+               t1_mni: np.ndarray | None, mni_affine: np.ndarray, template_brain: np.ndarray,
+               chi: np.ndarray | None, chi_affine: np.ndarray | None, chi_mask: np.ndarray | None,
+               brain_centre_mm=None, verdict: str = "") -> bytes:
+    """One row per subject: what the numbers of QC are about, to be seen at a glance.
+
+    Sagittal and axial T1 with the GM (red) and WM (blue) outlines, the T1 after
+    normalisation with the template brain's outline (yellow) in three planes, and the
+    χ map (−0.15 to 0.15 ppm) on an axial slice.
+    """
+    centre = np.asarray(brain_centre_mm if brain_centre_mm is not None else
+                        np.asarray(t1_affine)[:3, :3] @ (np.asarray(t1.shape) / 2) + np.asarray(t1_affine)[:3, 3])
+    fig, axes = plt.subplots(1, 6, figsize=(13.5, 2.4))
+    for ax in axes:
+        ax.axis("off")
+
+    def grey(ax, img, title):
+        img = np.nan_to_num(np.asarray(img, float))
+        lo, hi = np.percentile(img, [1, 99.5]) if img.any() else (0, 1)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        ax.set_title(title, fontsize=7)
+
+    for ax, (axis_world, name) in zip(axes[:2], [(0, "sagittal"), (2, "axial")]):
+        at = centre[axis_world]
+        grey(ax, _world_slice(t1, t1_affine, axis_world, at), f"{label} T1 {name}")
+        for m, color in ((gm, "#e74c3c"), (wm, "#3498db")):
+            ax.contour(_world_slice(m, t1_affine, axis_world, at), levels=[0.5], colors=color, linewidths=0.5)
+    if t1_mni is not None:
+        for ax, (axis_world, at, name) in zip(axes[2:5], [(0, 0.0, "x = 0"), (1, -18.0, "y = -18"),
+                                                          (2, 5.0, "z = 5")]):
+            grey(ax, _world_slice(t1_mni, mni_affine, axis_world, at), f"normalised T1, {name}")
+            ax.contour(_world_slice(template_brain.astype(float), mni_affine, axis_world, at), levels=[0.5],
+                       colors="#f1c40f", linewidths=0.6)
+    if chi is not None and chi_affine is not None:
+        shown = np.where(chi_mask, chi, np.nan) if chi_mask is not None else chi
+        # GRE and T1 of one session share the scanner's coordinates: the same axial level as the T1's
+        axes[5].imshow(_world_slice(shown, chi_affine, 2, centre[2] + 5.0), cmap="gray", vmin=-0.15, vmax=0.15)
+        axes[5].set_title("χ (±0.15 ppm)", fontsize=7)
+    if verdict:
+        fig.suptitle(verdict, fontsize=8, color="#c0392b" if verdict.startswith("excluded") else "#1e8449",
+                     x=0.01, ha="left")
     return _png(fig)
