@@ -187,30 +187,33 @@ def read_participants(root: str | Path) -> tuple[pd.DataFrame, dict, list[Proble
         text = tsv.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"participants.tsv: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise DatasetError(f"participants.tsv: cannot be read: {exc.strerror or exc}") from exc
     if not text.strip():
         raise DatasetError("participants.tsv: the file is empty")
-    import io
-
-    table = pd.read_csv(
-        io.StringIO(text), sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"participant_id": str}
-    )
+    table, row_problems = _parse_tsv(text)
+    problems.extend(row_problems)
     if "participant_id" not in table.columns:
         raise DatasetError("participants.tsv: no participant_id column")
     if table.empty:
         raise DatasetError("participants.tsv: no participants listed")
     keep = []
     seen: set[str] = set()
-    for i, pid in enumerate(table["participant_id"]):
+    for row, pid in zip(table.index, table["participant_id"]):
+        if pd.isna(pid):
+            problems.append(Problem(None, "participants.tsv", f"row {row}: participant_id is empty; row ignored"))
+            keep.append(False)
+            continue
         pid = str(pid).strip()
         try:
             bare = validate_label(pid)
         except ValueError as exc:
-            problems.append(Problem(None, "participants.tsv", f"row {i + 2}: {exc}"))
+            problems.append(Problem(None, "participants.tsv", f"row {row}: {exc}"))
             keep.append(False)
             continue
         sub = f"sub-{bare}"
         if sub in seen:
-            problems.append(Problem(sub, "participants.tsv", f"row {i + 2}: duplicate participant_id; all rows of {sub} ignored"))
+            problems.append(Problem(sub, "participants.tsv", f"row {row}: duplicate participant_id; all rows of {sub} ignored"))
             keep.append(False)
             continue
         seen.add(sub)
@@ -219,7 +222,10 @@ def read_participants(root: str | Path) -> tuple[pd.DataFrame, dict, list[Proble
     table = table[keep].copy()
     table["subject"] = ["sub-" + validate_label(str(p).strip()) for p in table["participant_id"]]
     table = table[~table["subject"].isin(dup_subjects)]
+    row_of = dict(zip(table["subject"], table.index))
     table = table.drop(columns="participant_id").set_index("subject")
+    table, bad_numbers = _check_numeric_columns(table, row_of)
+    problems.extend(bad_numbers)
     descriptions: dict = {}
     js = root / "participants.json"
     if js.exists():
@@ -228,6 +234,74 @@ def read_participants(root: str | Path) -> tuple[pd.DataFrame, dict, list[Proble
         except SubjectError as exc:
             problems.append(exc.problem)
     return table, descriptions, problems
+
+
+#: Columns whose values are numbers wherever they are given (covariates and clinical scores).
+NUMERIC_COLUMNS = ("age", "alsfrs_r", "umn", "dd", "dpr", "tiv")
+
+
+def _parse_tsv(text: str) -> tuple[pd.DataFrame, list[Problem]]:
+    """participants.tsv as a table of text, every row checked against the header.
+
+    BIDS TSV has no quoting: fields are split on tabs only, so a stray quote is
+    kept as a character instead of swallowing rows.  Spaces around names and
+    values (spreadsheet exports) are removed; a trailing tab is an empty field
+    and dropped; a row with more or fewer fields than the header is refused by
+    its row number, since its columns cannot be matched to names.
+    """
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    header = [h.strip() for h in lines[0].split("\t")]
+    while header and header[-1] == "":
+        header.pop()
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise DatasetError(f"participants.tsv: column {dupes[0]!r} appears more than once in the header")
+    if "" in header:
+        raise DatasetError(f"participants.tsv: column {header.index('') + 1} of the header has no name")
+    rows, numbers, problems = [], [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        while len(fields) > len(header) and fields[-1] == "":
+            fields.pop()  # trailing tabs
+        if len(fields) != len(header):
+            pid = fields[0] if fields else ""
+            who = f"sub-{pid[4:] if pid.startswith('sub-') else pid}" if LABEL_RE.match(pid.removeprefix("sub-")) \
+                else None
+            problems.append(Problem(who, "participants.tsv", f"row {number}: {len(fields)} fields for "
+                                                            f"{len(header)} columns; row ignored"))
+            continue
+        rows.append(fields)
+        numbers.append(number)
+    table = pd.DataFrame(rows, columns=header, index=pd.Index(numbers, name="row"), dtype=object)
+    table = table.replace({"n/a": np.nan, "": np.nan})
+    return table, problems
+
+
+def _check_numeric_columns(table: pd.DataFrame, row_of: dict) -> tuple[pd.DataFrame, list[Problem]]:
+    """Numbers where numbers belong: refuse a subject whose age or score is text, naming row and column.
+
+    Columns named in :data:`NUMERIC_COLUMNS`, and any column whose given values are
+    mostly numbers, are checked; a text value there would turn a covariate into a factor.
+    """
+    problems, bad_subjects = [], set()
+    out = table.copy()
+    for column in table.columns:
+        given = table[column].dropna()
+        if given.empty:
+            continue
+        numbers = pd.to_numeric(given, errors="coerce")
+        if column.lower() not in NUMERIC_COLUMNS and numbers.notna().mean() < 0.5:
+            continue  # a text column (group, sex, site)
+        for subject in numbers[numbers.isna()].index:
+            problems.append(Problem(subject, "participants.tsv", f"row {row_of[subject]}, column {column!r}: "
+                                                                 f"{given[subject]!r} is not a number"))
+            bad_subjects.add(subject)
+        out[column] = pd.to_numeric(table[column], errors="coerce")
+    return out.drop(index=sorted(bad_subjects)), problems
 
 
 def _find_subject_dirs(root: Path) -> list[Path]:
@@ -366,12 +440,57 @@ def discover(root: str | Path, participant_label: list[str] | None = None) -> BI
 # loading
 
 
+#: No MRI volume ferritin reads is larger than this; a header claiming more is broken.
+MAX_IMAGE_BYTES = 2 * 1024**3
+
+
 def _load_nifti(path: Path, subject: str, rel: str) -> nib.Nifti1Image:
+    """The NIfTI image at ``path``, its header checked before any voxel is read."""
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for broken headers
         raise SubjectError(subject, rel, f"cannot read NIfTI header: {exc}") from exc
+    _check_header(img, path, subject, rel)
     return img
+
+
+def _check_header(img, path: Path, subject: str, rel: str) -> None:
+    """Refuse what cannot be a usable image: impossible sizes, complex or RGB voxels, no orientation."""
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c":
+        raise SubjectError(subject, rel, f"voxels are complex ({dtype}); give the magnitude or phase image")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise SubjectError(subject, rel, f"voxels are of type {dtype} (RGB or another compound type); "
+                                         "give a single-valued image")
+    need = int(np.prod(img.shape, dtype=np.int64)) * dtype.itemsize
+    if need > MAX_IMAGE_BYTES:
+        raise SubjectError(subject, rel, f"the header claims a {'x'.join(map(str, img.shape))} image "
+                                         f"({need / 1024**3:.1f} GiB), larger than any MRI volume")
+    offset = int(getattr(img.dataobj, "offset", 0))
+    try:
+        size = Path(path).stat().st_size
+        if str(path).endswith(".gz"):
+            with open(path, "rb") as fh:  # gzip's trailer: the uncompressed size modulo 2**32
+                fh.seek(-4, 2)
+                stored = int.from_bytes(fh.read(4), "little")
+            # (single-member gzip, as nibabel, dcm2niix and pigz write)
+            if need + offset < 2**32 and stored < need + offset:
+                raise SubjectError(subject, rel, f"the header claims {need} bytes of voxels but the file holds "
+                                                 f"{max(stored - offset, 0)}: truncated or a wrong header")
+        elif size < need + offset:
+            raise SubjectError(subject, rel, f"the header claims {need} bytes of voxels but the file holds "
+                                             f"{max(size - offset, 0)}: truncated or a wrong header")
+    except OSError as exc:
+        raise SubjectError(subject, rel, f"cannot read the file: {exc}") from exc
+    header = img.header
+    sform, qform = int(header["sform_code"]), int(header["qform_code"])
+    if sform == 0 and qform == 0:
+        raise SubjectError(subject, rel, "the header has no orientation (sform and qform codes are 0): the "
+                                         "position and the B0 direction are unknown; fix the header "
+                                         "(e.g. convert again with dcm2niix)")
+    affine = img.affine
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise SubjectError(subject, rel, "the image affine is singular or not finite: voxel positions are unknown")
 
 
 def _read_data(img, subject: str, rel: str) -> np.ndarray:
@@ -386,18 +505,23 @@ def _read_data(img, subject: str, rel: str) -> np.ndarray:
     return data
 
 
+def _number(value, what: str, subject: str, rel: str) -> float:
+    """A finite JSON number (not a boolean, a string or Infinity), or an error naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise SubjectError(subject, rel, f"{what} {value!r} is not a finite number")
+    return float(value)
+
+
 def _echo_time(meta: dict, subject: str, rel: str, notes: list[str]) -> list[float]:
     if "EchoTime" not in meta:
         raise SubjectError(subject, rel, "sidecar has no EchoTime (seconds)")
     te = meta["EchoTime"]
-    values = te if isinstance(te, list) else [te]
-    try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError) as exc:
-        raise SubjectError(subject, rel, f"EchoTime {te!r} is not a number") from exc
+    values = [_number(v, "EchoTime", subject, rel) for v in (te if isinstance(te, list) else [te])]
     if any(v <= 0 for v in values):
         raise SubjectError(subject, rel, f"EchoTime {te!r} must be positive")
     if any(v > _TE_MS_THRESHOLD for v in values):
+        if any(v > 1000 * _TE_MS_THRESHOLD for v in values):
+            raise SubjectError(subject, rel, f"EchoTime {te!r} is neither seconds nor milliseconds of a GRE echo")
         notes.append(f"{rel}: EchoTime {te!r} looks like milliseconds; converted to seconds")
         values = [v / 1000.0 for v in values]
     return values
@@ -423,6 +547,29 @@ def _phase_to_radians(phase: np.ndarray, units: str | None, subject: str, rel: s
     return rad.astype(np.float32)
 
 
+def _echo_sidecars(e: EchoFiles, files: SubjectFiles, sub: str) -> tuple[dict, str | None]:
+    """The merged sidecar fields of one echo's magnitude and phase, and the phase's Units.
+
+    Fields both sidecars give must agree: a magnitude saying TE 4.5 ms and its phase
+    20 ms is a mix-up that no choice between them would fix.
+    """
+    metas = {}
+    for part, path in (("mag", e.mag), ("phase", e.phase)):
+        sc = sidecar_of(path)
+        if sc.exists():
+            metas[part] = _read_json(sc, sub, files.rel(sc))
+    if not metas:
+        raise SubjectError(sub, files.rel(sidecar_of(e.mag)), "JSON sidecar is missing (it must give EchoTime)")
+    if len(metas) == 2:
+        for key in ("EchoTime", "MagneticFieldStrength"):
+            a, b = metas["mag"].get(key), metas["phase"].get(key)
+            if a is not None and b is not None and a != b:
+                raise SubjectError(sub, files.rel(sidecar_of(e.phase)),
+                                   f"{key} {b!r} differs from {a!r} in {files.rel(sidecar_of(e.mag))}")
+    units = metas.get("phase", {}).get("Units")
+    return {**metas.get("phase", {}), **metas.get("mag", {})}, units
+
+
 def load_subject(files: SubjectFiles) -> SubjectImages:
     """Read one subject's images and check them against each other.
 
@@ -442,24 +589,17 @@ def load_subject(files: SubjectFiles) -> SubjectImages:
     phase_meta_rel = None
     for e in files.echoes:
         mag_rel, ph_rel = files.rel(e.mag), files.rel(e.phase)
-        meta = {}
-        for path in (e.mag, e.phase):
-            sc = sidecar_of(path)
-            if sc.exists():
-                m = _read_json(sc, sub, files.rel(sc))
-                if path == e.phase:
-                    phase_units = m.get("Units", phase_units)
-                    phase_meta_rel = files.rel(sc)
-                meta = {**m, **meta}
-        if not meta:
-            raise SubjectError(sub, files.rel(sidecar_of(e.mag)), "JSON sidecar is missing (it must give EchoTime)")
+        meta, units = _echo_sidecars(e, files, sub)
+        ph_sc_rel = files.rel(sidecar_of(e.phase))
+        if units is not None or phase_units is not None:
+            if phase_meta_rel is not None and units != phase_units:
+                raise SubjectError(sub, ph_sc_rel, f"phase Units {units!r} differ from {phase_units!r} of "
+                                                   f"{phase_meta_rel}; every echo's phase must have the same units")
+        phase_units, phase_meta_rel = units, ph_sc_rel
         te = _echo_time(meta, sub, files.rel(sidecar_of(e.mag)), notes)
         if "MagneticFieldStrength" in meta:
-            try:
-                field_t = float(meta["MagneticFieldStrength"])
-            except (TypeError, ValueError):
-                raise SubjectError(sub, files.rel(sidecar_of(e.mag)),
-                                   f"MagneticFieldStrength {meta['MagneticFieldStrength']!r} is not a number") from None
+            field_t = _number(meta["MagneticFieldStrength"], "MagneticFieldStrength", sub,
+                              files.rel(sidecar_of(e.mag)))
             if b0 is not None and abs(field_t - b0) > 1e-6:
                 raise SubjectError(sub, files.rel(sidecar_of(e.mag)), f"MagneticFieldStrength {field_t} T differs from {b0} T of echo 1")
             b0 = field_t

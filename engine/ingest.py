@@ -36,7 +36,7 @@ class IngestResult:
 
     def summary(self) -> str:
         lines = [f"ingested {len(self.written)}, unchanged {len(self.skipped)}, failed {len(self.failed)}"]
-        lines += [f"  FAILED {sub}: {why}" for sub, why in sorted(self.failed.items())]
+        lines += [f"  FAILED {sub}: {why.removeprefix(sub + ': ')}" for sub, why in sorted(self.failed.items())]
         lines += [f"  problem: {p}" for p in self.dataset_problems]
         return "\n".join(lines)
 

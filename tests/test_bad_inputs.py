@@ -156,10 +156,113 @@ def missing_phase_echo(f):
     return "echo-3_part-mag_MEGRE.nii.gz"
 
 
+def echo_time_infinite(f):
+    p = _sidecar(f, BAD, 2, "mag")
+    p.write_text(p.read_text().replace('"EchoTime": 0.008', '"EchoTime": Infinity'))
+    return "echo-2_part-mag_MEGRE.json"
+
+
+def echo_time_huge(f):
+    _edit_sidecar(f, BAD, 2, "mag", EchoTime=1e300)
+    _edit_sidecar(f, BAD, 2, "phase", EchoTime=1e300)
+    return "echo-2_part-mag_MEGRE.json"
+
+
+def echo_time_boolean(f):
+    _edit_sidecar(f, BAD, 1, "mag", EchoTime=True)
+    _edit_sidecar(f, BAD, 1, "phase", EchoTime=True)
+    return "echo-1_part-mag_MEGRE.json"
+
+
+def field_strength_boolean(f):
+    for e in (1, 2, 3):
+        for part in ("mag", "phase"):
+            _edit_sidecar(f, BAD, e, part, MagneticFieldStrength=True)
+    return "echo-1_part-mag_MEGRE.json"
+
+
+def sidecars_disagree_on_echo_time(f):
+    _edit_sidecar(f, BAD, 1, "phase", EchoTime=0.020)
+    return "echo-1_part-phase_MEGRE.json"
+
+
+def sidecars_disagree_on_field(f):
+    _edit_sidecar(f, BAD, 2, "phase", MagneticFieldStrength=7.0)
+    return "echo-2_part-phase_MEGRE.json"
+
+
+def mixed_phase_units(f):
+    for e in (2, 3):
+        _rewrite(f, BAD, e, "phase", lambda d: np.round((d + np.pi) / (2 * np.pi) * 4095).astype(np.int16))
+        _edit_sidecar(f, BAD, e, "phase", Units="arbitrary")
+    return "part-phase_MEGRE.json"
+
+
+def complex_magnitude(f):
+    p = f.path(BAD, 1, "mag")
+    img = nib.load(p)
+    data = np.asarray(img.dataobj).astype(np.complex64) * np.exp(1j * 0.3)
+    nib.save(nib.Nifti1Image(data, img.affine), p)
+    return "echo-1_part-mag_MEGRE.nii.gz"
+
+
+def rgb_t1w(f):
+    p = f.anat(BAD) / f"{BAD}_T1w.nii.gz"
+    img = nib.load(p)
+    rgb = np.zeros(img.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, img.affine), p)
+    return "T1w.nii.gz"
+
+
+def no_orientation(f):
+    p = f.path(BAD, 1, "mag")
+    img = nib.load(p)
+    img.set_sform(None, code=0)
+    img.set_qform(None, code=0)
+    nib.save(img, p)
+    return "echo-1_part-"
+
+
+def singular_affine(f):
+    for part in ("mag", "phase"):
+        p = f.path(BAD, 2, part)
+        img = nib.load(p)
+        hdr = img.header.copy()
+        hdr["srow_z"] = [0.0, 0.0, 0.0, -8.75]  # the third axis collapses onto a point
+        hdr["sform_code"], hdr["qform_code"] = 1, 0
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, hdr), p)
+    return "echo-2_part-"
+
+
+def header_claims_huge_image(f):
+    p = f.path(BAD, 3, "mag")
+    img = nib.load(p)
+    img.header.set_data_shape((4000, 4000, 4000))
+    raw = img.header.binaryblock + b"\0" * 4 + np.zeros(10, np.float32).tobytes()
+    import gzip
+
+    p.write_bytes(gzip.compress(raw))
+    return "echo-3_part-"
+
+
+def header_claims_more_than_the_file(f):
+    p = f.path(BAD, 3, "phase")
+    img = nib.load(p)
+    img.header.set_data_shape((200, 200, 100))
+    raw = img.header.binaryblock + b"\0" * 4 + np.zeros(10, np.float32).tobytes()
+    import gzip
+
+    p.write_bytes(gzip.compress(raw))
+    return "echo-3_part-"
+
+
 CASES = [corrupt_gzip, truncated, nan_voxels, inf_voxels, zero_phase, degrees_labelled_rad, missing_sidecar,
          no_echo_time, echo_time_text, echo_times_not_increasing, two_d_image, echo_shape_mismatch,
          echo_affine_mismatch, non_utf8_sidecar, no_field_strength, field_strength_differs, missing_t1w,
-         four_d_t1w, missing_phase_echo]
+         four_d_t1w, missing_phase_echo, echo_time_infinite, echo_time_huge, echo_time_boolean,
+         field_strength_boolean, sidecars_disagree_on_echo_time, sidecars_disagree_on_field, mixed_phase_units,
+         complex_magnitude, rgb_t1w, no_orientation, singular_affine, header_claims_huge_image,
+         header_claims_more_than_the_file]
 
 
 @pytest.mark.parametrize("breaks", CASES, ids=lambda fn: fn.__name__)
@@ -209,3 +312,62 @@ def test_documented_corrections(bids_factory, client, tmp_path):
     assert ds["megre_phase"].values.min() >= -np.pi - 1e-6 and ds["megre_phase"].values.max() <= np.pi + 1e-6
     np.testing.assert_allclose(np.array(ds.attrs["gre_affine"]), f.affine)
     assert any("milliseconds" in n or "ms" in n for n in ds.attrs["notes"])
+
+
+# --------------------------------------------------------------------------
+# participants.tsv as spreadsheets write it
+
+
+def _two_subjects_with_table(f, text):
+    f.subject("sub-01")
+    f.subject("sub-02")
+    (f.root / "participants.tsv").write_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "participant_id\tgroup\tage\tsex\nsub-01\tNC\t50\tF\t\nsub-02\tALS\t60\tM\t\n",
+    " participant_id \t group \tage\tsex\n sub-01 \t NC \t50\tF\nsub-02\tALS \t 60\tM\n",
+], ids=["trailing-tabs", "spaces"])
+def test_spreadsheet_exports_are_read_as_meant(text, bids_factory, client, tmp_path):
+    _two_subjects_with_table(bids_factory, text)
+    result = ingest(bids_factory.root, tmp_path / "c.zarr", client, progress=False)
+    assert result.written == ["sub-01", "sub-02"] and not result.failed, result.summary()
+    table = CohortStore(tmp_path / "c.zarr").open_node("participants").load()
+    assert list(table["group"].values) == ["NC", "ALS"]
+    np.testing.assert_allclose(table["age"].values, [50, 60])
+
+
+@pytest.mark.parametrize("row, message", [
+    ("sub-02\tALS\t60\tM\textra", "row 3: 5 fields for 4 columns"),
+    ("sub-02\tALS\tfifty\tM", "row 3, column 'age': 'fifty' is not a number"),
+], ids=["extra-field", "text-age"])
+def test_bad_row_refuses_its_subject_only(row, message, bids_factory, client, tmp_path):
+    _two_subjects_with_table(bids_factory, f"participant_id\tgroup\tage\tsex\nsub-01\tNC\t50\tF\n{row}\n")
+    result = ingest(bids_factory.root, tmp_path / "c.zarr", client, progress=False)
+    assert result.written == ["sub-01"]
+    assert message in result.failed["sub-02"] and "participants.tsv" in result.failed["sub-02"]
+    assert "FAILED sub-02: participants.tsv" in result.summary()  # the subject is named once
+
+
+def test_reingest_with_a_shifted_table_keeps_no_phantom_rows(bids_factory, client, tmp_path):
+    _two_subjects_with_table(bids_factory, "participant_id\tgroup\tage\tsex\nsub-01\tNC\t50\tF\nsub-02\tALS\t60\tM\n")
+    store = tmp_path / "c.zarr"
+    ingest(bids_factory.root, store, client, progress=False)
+    (bids_factory.root / "participants.tsv").write_text(
+        "participant_id\tgroup\tage\tsex\nsub-01\tNC\t50\tF\textra\nsub-02\tALS\t60\tM\n")
+    ingest(bids_factory.root, store, client, progress=False)
+    subjects = list(CohortStore(store).open_node("participants").load()["subject"].values)
+    assert "sub-NC" not in subjects and "sub-ALS" not in subjects
+
+
+def test_unbalanced_quote_is_a_character_not_a_crash(bids_factory, client, tmp_path):
+    _two_subjects_with_table(bids_factory, 'participant_id\tgroup\tage\tsex\nsub-01\t"NC\t50\tF\nsub-02\tALS\t60\tM\n')
+    result = ingest(bids_factory.root, tmp_path / "c.zarr", client, progress=False)
+    assert result.written == ["sub-01", "sub-02"]
+
+
+def test_duplicate_column_is_a_dataset_error(bids_factory, client, tmp_path):
+    _two_subjects_with_table(bids_factory, "participant_id\tgroup\tgroup\nsub-01\tNC\tNC\nsub-02\tALS\tALS\n")
+    with pytest.raises(DatasetError, match="column 'group' appears more than once"):
+        ingest(bids_factory.root, tmp_path / "c.zarr", client, progress=False)
+    assert not (tmp_path / "c.zarr").exists()
