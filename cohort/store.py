@@ -20,6 +20,7 @@ writer removes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
+
+from .errors import FerritinError
 
 __all__ = ["CohortStore", "StoreLocked", "digest_files", "digest_params", "RECORD_KEY", "LAYOUT_VERSION"]
 
@@ -80,13 +83,24 @@ class CohortStore:
 
     def __init__(self, path: str | Path, create: bool = False):
         self.path = Path(path).absolute()
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file, not a cohort store; choose a folder name such as cohort.zarr")
         if not (self.path / "zarr.json").exists():
             if not create:
                 raise FileNotFoundError(f"{self.path}: no cohort store here (run `ferritin ingest` first)")
-            self._create()
-        root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
+            if self.path.exists() and any(self.path.iterdir()):
+                raise StoreError(f"{self.path} is a folder with other files in it, not a cohort store; "
+                                 "choose a new path (e.g. cohort.zarr)")
+            try:
+                self._create()
+            except OSError as exc:
+                raise StoreError(f"{self.path}: the cohort store cannot be created: {exc.strerror or exc}") from exc
+        try:
+            root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
+        except Exception as exc:  # zarr raises several types for foreign or broken metadata
+            raise StoreError(f"{self.path}: not a readable cohort store ({type(exc).__name__}: {exc})") from exc
         if root.attrs.get("ferritin_layout") is None:
-            raise ValueError(f"{self.path}: a Zarr store, but not a ferritin cohort store")
+            raise StoreError(f"{self.path}: a Zarr store, but not a ferritin cohort store")
 
     # -- structure ---------------------------------------------------------
     def _create(self) -> None:
@@ -242,6 +256,8 @@ class CohortStore:
         finally:
             with _HELD_GUARD:
                 _HELD.pop(key, None)
+            with contextlib.suppress(OSError):  # an empty staging folder is debris, not state
+                self.staging.rmdir()
             self.lock_path.unlink(missing_ok=True)
 
     # -- log -----------------------------------------------------------------
@@ -283,6 +299,10 @@ class CohortStore:
             raise KeyError(f"{self.path}: no node {node!r}")
         return xr.open_zarr(str(self.path), group=node.strip("/"), consolidated=False,
                             chunks={} if chunks is None else chunks, zarr_format=3)
+
+
+class StoreError(FerritinError, ValueError):
+    """A path that cannot be (or become) a cohort store: a file, a foreign folder, no write access."""
 
 
 class StoreLocked(RuntimeError):

@@ -15,6 +15,10 @@ from ferritin import __version__
 DESCRIPTION = """\
 ferritin: cohort studies of brain iron (QSM) and atrophy (VBM), in parallel with Dask.
 
+Exit codes: 0 done (subjects that failed are listed and recorded; the rest went on), 1 nothing
+could be processed, 2 a user error (bad arguments, dataset, spec or store path; the message says
+what), 4 the store is in use by another run, 130 interrupted (run again to resume).
+
 Typical use:
   ferritin convert DICOM_DIR my-bids --subject 01  # one subject's DICOM folder into BIDS
   ferritin simulate demo-bids --preset demo      # make a synthetic cohort (BIDS)
@@ -22,6 +26,16 @@ Typical use:
   ferritin run demo-bids out participant         # per-subject QSM and anatomy
   ferritin run demo-bids out group               # group statistics and report
 """
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +47,7 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="local (default), scheduler (address from the configuration), k8s (dask-kubernetes "
                         "operator) or slurm/pbs (dask-jobqueue); settings under 'ferritin.cluster' in Dask's "
                         "configuration")
-    g.add_argument("--workers", type=int, metavar="N",
+    g.add_argument("--workers", type=_positive_int, metavar="N",
                    help="local worker processes (default: one per core); each runs one subject at a time")
     g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
 
@@ -395,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(dask_level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda r: r.levelno >= dask_level or not r.name.startswith(dask_loggers))
+    from ferritin.cohort.errors import FerritinError
     from ferritin.cohort.store import StoreLocked
 
     try:
@@ -402,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     except StoreLocked as exc:
         print(f"ferritin {args.command}: {exc}", file=sys.stderr)
         return 4
+    except FerritinError as exc:  # a user error the command did not handle itself: a message, no traceback
+        print(f"ferritin {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nferritin {args.command}: interrupted; what was finished is kept, run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

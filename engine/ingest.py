@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferritin.cohort.bids import SubjectFiles, discover, load_subject
-from ferritin.cohort.errors import SubjectError
+from ferritin.cohort.errors import DatasetError, SubjectError
 from ferritin.cohort.layout import native_dataset, participants_dataset
 from ferritin.cohort.store import CohortStore, digest_files, digest_params
 
@@ -88,6 +88,10 @@ def ingest(bids_dir: str | Path, store_path: str | Path, client, participant_lab
         Subjects written, skipped (unchanged) and failed with reasons.
         Failures are also recorded in the store's ``/log`` node.
     """
+    bids, store_abs = Path(bids_dir).absolute(), Path(store_path).absolute()
+    if store_abs == bids or (bids in store_abs.parents and (bids / "derivatives") not in store_abs.parents):
+        raise DatasetError(f"{store_path}: the cohort store must not be the BIDS dataset {bids_dir} or sit among "
+                           "its raw data; put it outside, or under its derivatives/ folder")
     dataset = discover(bids_dir, participant_label)
     store = CohortStore(store_path, create=True)
     with store.lock("ingest"):

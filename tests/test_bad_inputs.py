@@ -371,3 +371,40 @@ def test_duplicate_column_is_a_dataset_error(bids_factory, client, tmp_path):
     with pytest.raises(DatasetError, match="column 'group' appears more than once"):
         ingest(bids_factory.root, tmp_path / "c.zarr", client, progress=False)
     assert not (tmp_path / "c.zarr").exists()
+
+
+# --------------------------------------------------------------------------
+# where the store goes
+
+
+def test_store_paths_that_cannot_be_a_store_are_refused(bids_factory, tmp_path, capsys):
+    from ferritin.engine.cli import main
+
+    f = bids_factory
+    f.subject("sub-01")
+    f.write_participants()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("x")
+    cases = {str(f.root): "must not be the BIDS dataset", str(f.root / "sub-store.zarr"): "among its raw data",
+             str(a_file): "is a file, not a cohort store", str(foreign): "not a cohort store"}
+    for store, message in cases.items():
+        assert main(["ingest", str(f.root), store, "--workers", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert a_file.read_text() == "mine" and sorted(p.name for p in foreign.iterdir()) == ["chapter1.tex"]
+    assert not (f.root / "sub-store.zarr").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ingest", str(f.root), str(tmp_path / "c.zarr"), "--workers", "-1"])
+    assert exit_info.value.code == 2
+
+
+def test_a_run_leaves_no_staging_folder(bids_factory, client, tmp_path):
+    f = bids_factory
+    f.subject("sub-01")
+    f.write_participants()
+    ingest(f.root, tmp_path / "c.zarr", client, progress=False)
+    ingest(f.root, tmp_path / "derivatives-like" / "c.zarr", client, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
