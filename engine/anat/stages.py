@@ -74,7 +74,10 @@ class AnatParams:
     #: on a 34 + 34 cohort with the reference study's smaller effects (truth
     #: -4.04): no gain where it matters, so the default stays.
     tissue_iterations: tuple = (40, 20, 10)
-    seg_prior_weight: float = 0.3
+    #: Weight of the template priors against the intensities in Atropos.  The priors
+    #: are smooth population maps: a strong weight pulls GM into the sulcal CSF of a
+    #: real T1 (docs/validation.md); a weak one keeps them as the classes' start and guide.
+    seg_prior_weight: float = 0.05
     seg_iterations: int = 5
     seg_mrf: float = 0.1
     vbm_fwhm_mm: float = 4.0

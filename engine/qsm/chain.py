@@ -13,10 +13,10 @@ from .background import vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
 from .mask import ball, brain_mask, largest_component
-from .ringing import taper_kspace
+from .ringing import taper_kspace, unring
 from .unwrap import combine_echoes, field_to_ppm
 
-__all__ = ["QSMParams", "reconstruct_qsm", "outlier_voxels"]
+__all__ = ["QSMParams", "reconstruct_qsm", "outlier_voxels", "field_noise_ppm", "regularisation_scale"]
 
 
 def outlier_voxels(local_field: np.ndarray, mask: np.ndarray, n_mad: float = 8.0) -> np.ndarray:
@@ -29,6 +29,27 @@ def outlier_voxels(local_field: np.ndarray, mask: np.ndarray, n_mad: float = 8.0
     return mask & (np.abs(local_field - med) > n_mad * mad)
 
 
+def field_noise_ppm(local_field: np.ndarray, mask: np.ndarray) -> float:
+    """Robust estimate of the voxel noise of a local field map (ppm).
+
+    The 7-point Laplacian of white noise of s.d. sigma has s.d. sqrt(42) sigma; the
+    median absolute deviation of the Laplacian inside the mask (away from its edge)
+    ignores the few large values at tissue boundaries and veins.
+    """
+    core = ndimage.binary_erosion(mask)
+    if not core.any():
+        return 0.0
+    lap = ndimage.laplace(np.asarray(local_field, dtype=np.float64))[core]
+    return float(1.4826 * np.median(np.abs(lap - np.median(lap))) / np.sqrt(42.0))
+
+
+def regularisation_scale(local_field: np.ndarray, mask: np.ndarray, reference_ppm: float | None) -> float:
+    """Factor on the regularisation weights for this field's noise: max(1, (noise / reference)^2)."""
+    if reference_ppm is None:
+        return 1.0
+    return max(1.0, (field_noise_ppm(local_field, mask) / reference_ppm) ** 2)
+
+
 @dataclass(frozen=True)
 class QSMParams:
     """Parameters of :func:`reconstruct_qsm` (all recorded with the output)."""
@@ -38,11 +59,13 @@ class QSMParams:
         "combine": ("phase-difference", "nonlinear", "laplacian-wls", "laplacian-te", "path-wls"),
         "unwrapper": ("path", "laplacian"),
         "inversion": ("tv", "star", "tkd", "ilsqr"),
+        "ringing": ("unring", "taper", "none"),
     }
 
-    #: Outer fraction of k-space tapered (Tukey) against truncation ringing of the
-    #: scalp into the brain's phase (see :mod:`.ringing`); 0 switches it off.
-    kspace_taper: float = 0.3
+    #: Against truncation ringing of the scalp into the brain's phase (see :mod:`.ringing`):
+    #: "unring" (local sub-voxel shifts), "taper" (Tukey filter of the outer k-space) or "none".
+    ringing: str = "none"
+    kspace_taper: float = 0.3  # outer fraction of k-space the "taper" filters
     combine: str = "phase-difference"
     unwrapper: str = "path"
     mask_detach_mm: float = 5.0
@@ -59,6 +82,12 @@ class QSMParams:
     tv_iterations: int = 50
     star_lambda_large: float = 3e-3
     star_lambda_small: float = 1e-4
+    #: The regularisation weights above hold for a local field whose noise is at most
+    #: this (ppm; robust estimate, :func:`field_noise_ppm`): the level of the simulated
+    #: cohorts they were chosen on.  Noisier fields (few or short echoes, coarse voxels,
+    #: low SNR) get the weights multiplied by (noise / reference)^2, as the optimal
+    #: weight of a Gaussian likelihood grows with its variance; None keeps them fixed.
+    reference_noise_ppm: float | None = 0.0025
     ilsqr_tol: float = 0.01
 
     def to_dict(self) -> dict:
@@ -69,10 +98,12 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
                     mask: np.ndarray | None = None):
     """Magnitude and phase (echo, x, y, z) to chi (ppm) and its mask.
 
-    Steps: brain mask from the magnitude, Laplacian unwrapping and weighted
-    echo combination, V-SHARP (radii from ``vsharp_max_radius_mm`` down to
-    ``vsharp_min_radius_vox`` voxels), dipole inversion with B0 taken from the
-    affine (oblique slabs), chi referenced to the mean over the mask.
+    Steps: brain mask from the magnitude, optional removal of truncation
+    ringing, Laplacian unwrapping and weighted echo combination, V-SHARP (radii
+    from ``vsharp_max_radius_mm`` down to ``vsharp_min_radius_vox`` voxels), an
+    estimate of the local field's noise that scales the regularisation, dipole
+    inversion with B0 taken from the affine (oblique slabs), chi referenced to
+    the mean over the mask.
 
     A precomputed brain ``mask`` may be given instead of the magnitude-based one.
 
@@ -94,7 +125,10 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         if mask.shape != magnitude.shape[1:]:
             raise ValueError(f"mask shape {mask.shape} differs from the image shape {magnitude.shape[1:]}")
     # after the mask, which is drawn on the unfiltered magnitude: the taper widens the head's edge
-    magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper)
+    if params.ringing == "unring":
+        magnitude, phase = unring(magnitude, np.asarray(phase))
+    elif params.ringing == "taper":
+        magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper)
     method = params.combine
     te = np.asarray(echo_times, dtype=float)
     if method in ("phase-difference", "nonlinear") and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):
@@ -122,12 +156,14 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         mask = largest_component(mask & ~grow)
         local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold)
     b = b0_direction(affine)
+    scale = regularisation_scale(local, lmask, params.reference_noise_ppm)
     if params.inversion == "tkd":
         chi = tkd(local, lmask, vs, b, threshold=params.tkd_threshold)
     elif params.inversion == "tv":
-        chi = tv_admm(local, lmask, vs, b, lam=params.tv_lambda, iterations=params.tv_iterations)
+        chi = tv_admm(local, lmask, vs, b, lam=params.tv_lambda * scale, iterations=params.tv_iterations)
     elif params.inversion == "star":
-        chi = star_qsm(local, lmask, vs, b, lam_large=params.star_lambda_large, lam_small=params.star_lambda_small,
+        chi = star_qsm(local, lmask, vs, b, lam_large=params.star_lambda_large * scale,
+                       lam_small=params.star_lambda_small * scale,
                        iterations=params.tv_iterations)
     elif params.inversion == "ilsqr":
         chi = ilsqr(local, lmask, vs, b, tol=params.ilsqr_tol)
