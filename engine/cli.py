@@ -319,14 +319,15 @@ def _print_group(res: dict) -> None:
 def _print_recovery(res: dict, effects, out: Path) -> None:
     """On a simulated cohort: which planted effects the run found (tables/planted_effects.csv)."""
     from .recovery import planted_effect_recovery, roi_recovery
+    from .tables import write_csv
 
     effects = list(effects)
     if not effects:
         return
     found = planted_effect_recovery(res, effects)
-    found.to_csv(out / "tables" / "planted_effects.csv", index=False)
+    write_csv(found, out / "tables" / "planted_effects.csv", index=False)
     rois = roi_recovery(res, effects)
-    rois.to_csv(out / "tables" / "planted_effects_roi.csv", index=False)
+    write_csv(rois, out / "tables" / "planted_effects_roi.csv", index=False)
     print("planted effects (a corrected result within 10 mm of the planted peak):")
     for _, r in found.iterrows():
         where = (f"{r.source} peak ({r.x:.0f}, {r.y:.0f}, {r.z:.0f}) {r.distance_mm:.0f} mm away, T = {r['T']:.2f}, "

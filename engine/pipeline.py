@@ -40,6 +40,7 @@ from .qc import QCCriteria, qc_failures
 from .qsm.chain import QSMParams, reconstruct_qsm
 from .qsm.mask import largest_component
 from .spec import PIPELINE_KEYS
+from .tables import write_csv
 
 __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "PIPELINE_VERSION"]
 
@@ -428,7 +429,7 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
         n_perm = int(inf.get("permutations", 0) or 0)
         if n_perm > 0:
             perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template)
-            perm_table.to_csv(out / "tables" / f"{c['name']}_permutation.csv", index=False)
+            write_csv(perm_table, out / "tables" / f"{c['name']}_permutation.csv", index=False)
             # each RFT cluster's permutation p: the clusters are the same (same T, height and
             # connectivity), so the one holding a row's peak voxel is that row's cluster
             cluster_p = perm_vars["p_fwe_cluster_mass"][1]
@@ -444,14 +445,14 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
                    "design_columns": list(design.columns), "subjects": list(design.subjects)},
         )
         store.write_node(f"stats/{c['name']}", ds, stage="group", digest=digest_params(digest, c, inf))
-        res.table.to_csv(out / "tables" / f"{c['name']}_clusters.csv", index=False)
+        write_csv(res.table, out / "tables" / f"{c['name']}_clusters.csv", index=False)
         svc_rows = []
         for name, t in res.svc.items():
             t = t.copy()
             t.insert(0, "svc", name)
             svc_rows.append(t)
         svc_all = pd.concat(svc_rows, ignore_index=True) if svc_rows else pd.DataFrame()
-        svc_all.to_csv(out / "tables" / f"{c['name']}_svc.csv", index=False)
+        write_csv(svc_all, out / "tables" / f"{c['name']}_svc.csv", index=False)
         save_nifti(np.where(res.mask, res.T, 0.0), grid.affine, out / "group" / f"contrast-{c['name']}_stat-t_statmap.nii.gz",
                    {"df": res.df, "height_threshold_T": res.u, "extent_voxels": res.k_voxels,
                     "fwe_threshold_T": res.fwe_threshold, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
@@ -462,7 +463,7 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
                                           "u": res.u, "df": res.df}
     (out / "tables" / "excluded.json").write_text(json.dumps(excluded, indent=2))
     used = design_table.loc[list(design.subjects)]
-    used.to_csv(out / "tables" / "subjects.csv", index_label="subject")
+    write_csv(used, out / "tables" / "subjects.csv", index_label="subject")
     results["findings"] = _findings(store, mni.isel(subject=order), contrast_results, spec, template, used, out,
                                     digest)
     write_dataset_description(out)
@@ -512,10 +513,10 @@ def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template
 def _findings(store, mni, contrast_results, spec, template, participants, out: Path, digest) -> dict:
     """ROIs from the significant clusters, their values per subject, the clinical tables."""
     masks, sources = define_rois(contrast_results, spec, template)
-    sources.to_csv(out / "tables" / "roi_sources.csv", index=False)
+    write_csv(sources, out / "tables" / "roi_sources.csv", index=False)
     csv = out / "tables" / "roi_values.csv"
     if not masks:
-        pd.DataFrame(columns=["subject", "group", "roi", "map", "value"]).to_csv(csv, index=False)
+        write_csv(pd.DataFrame(columns=["subject", "group", "roi", "map", "value"]), csv, index=False)
         if store.exists("roi"):
             store.remove_node("roi")
         tables = clinical_tables(pd.DataFrame(columns=["subject", "roi", "map", "value"]), participants, spec)
@@ -527,12 +528,12 @@ def _findings(store, mni, contrast_results, spec, template, participants, out: P
         # one volume per ROI (they may overlap), and a label image for viewers
         save_nifti(np.stack(list(masks.values()), axis=-1), template.grid.affine, out / "group" / "desc-roi_mask.nii.gz")
         save_nifti(label_image(masks)[0], template.grid.affine, out / "group" / "desc-roi_dseg.nii.gz")
-        pd.DataFrame({"index": range(1, len(masks) + 1), "name": list(masks)}).to_csv(
+        write_csv(pd.DataFrame({"index": range(1, len(masks) + 1), "name": list(masks)}),
             out / "group" / "desc-roi_dseg.tsv", sep="\t", index=False)
-        roi_long.to_csv(csv, index=False)
+        write_csv(roi_long, csv, index=False)
         # the tables are computed from the CSV as written, so that anyone can
         # reproduce every number from the files alone
         tables = clinical_tables(csv, participants, spec)
     for name, t in tables.items():
-        t.to_csv(out / "tables" / f"{name}.csv", index=False)
+        write_csv(t, out / "tables" / f"{name}.csv", index=False)
     return {"rois": sources, **tables}
