@@ -303,6 +303,8 @@ def _cmd_report(args) -> int:
 
 def _print_group(res: dict) -> None:
     print(f"group statistics on {len(res['subjects'])} subjects; excluded {len(res['excluded'])}")
+    for warning in res.get("warnings", []):
+        print(f"WARNING: {warning}")
     for sub, why in sorted(res["excluded"].items()):
         print(f"  excluded {sub}: {why}")
     for name, c in res["contrasts"].items():

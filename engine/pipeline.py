@@ -200,6 +200,10 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
     return ("written", subject, None)
 
 
+#: Fewer residual degrees of freedom than this make the smoothness estimate from the
+#: residuals (and with it the RFT p-values) too variable to report without a warning.
+MIN_RELIABLE_DF = 10
+
 #: anatomy measures stored with every subject for quality control (see :mod:`.qc`)
 QC_MEASURES = ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml")
 
@@ -400,7 +404,13 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
     design_table, design = group_design(table, spec)
     order = [subjects.index(s) for s in design.subjects]
     inf = spec["inference"]
-    results = {"subjects": list(design.subjects), "excluded": excluded, "contrasts": {}}
+    results = {"subjects": list(design.subjects), "excluded": excluded, "contrasts": {}, "warnings": []}
+    df = len(design.subjects) - np.linalg.matrix_rank(design.X)
+    if df < MIN_RELIABLE_DF:
+        results["warnings"].append(
+            f"only {df} residual degrees of freedom ({len(design.subjects)} subjects, {design.X.shape[1]} model "
+            f"columns): the smoothness estimate and every RFT and permutation p-value are unreliable below "
+            f"{MIN_RELIABLE_DF}; add subjects or remove covariates")
     contrast_results = {}
     for c in spec["contrasts"]:
         Y = mni[c["map"]].data[order]

@@ -351,3 +351,12 @@ def test_roi_dataset_with_nested_rois():
     np.testing.assert_array_equal(ds["roi_mask"].sel(roi="inner").values, inner)
     np.testing.assert_array_equal(ds["roi_mask"].sel(roi="outer").values, outer)
     assert float(ds["chi"].sel(subject="s1", roi="inner")) == 0.1
+
+
+def test_few_degrees_of_freedom_are_warned_about(group_out):
+    _, res, _ = group_out
+    n = len(res["subjects"])
+    df = res["contrasts"]["chi_als_gt_nc"]["df"]
+    assert df < n
+    warned = any("residual degrees of freedom" in w for w in res["warnings"])
+    assert warned == (df < 10), (df, res["warnings"])
