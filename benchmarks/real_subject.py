@@ -21,7 +21,7 @@ import numpy as np
 from ferritin.cohort.bids import discover, load_subject
 from ferritin.cohort.dicom import convert_dicom
 from ferritin.cohort.templates import atlas_labels, load_template
-from ferritin.engine.anat.stages import AnatParams, process_anatomy
+from ferritin.engine.anat.stages import AnatParams, process_anatomy, t1_brain_on_gre
 from ferritin.engine.qc import QCCriteria, qc_failures
 from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
 from ferritin.engine.report.figures import subject_qc
@@ -60,7 +60,10 @@ def main():
     print(f"QC: GM corr {r.qc_gm_corr:.3f}, T1 corr {r.qc_t1_corr:.3f}, brain top {r.qc_brain_top_gap_mm:.0f} mm "
           f"below the head top; failures: {qc_failures(measures, QCCriteria()) or 'none'}")
     lo, hi = np.percentile(chi[mask], [1, 99])
-    print(f"chi in the QSM mask: 1st-99th percentile {lo:+.3f} to {hi:+.3f} ppm")
+    brain = t1_brain_on_gre(r.brain_mask, images.t1w_affine, r.gre_to_t1, chi.shape, images.gre_affine) & mask
+    blo, bhi = np.percentile(chi[brain], [1, 99])
+    print(f"chi 1st-99th percentile: {lo:+.3f} to {hi:+.3f} ppm in the QSM mask, {blo:+.3f} to {bhi:+.3f} ppm "
+          f"in its part inside the T1 brain mask ({brain.sum() / mask.sum():.0%} of it)")
     names = atlas_labels()["name"].to_dict()
     y = np.indices(template.grid.shape)[1] * template.grid.voxel_size + template.grid.affine[1, 3]
     wm = float(np.nanmean(r.chi_mni[(template.wm > 0.9) & (y > 10)]))
