@@ -427,6 +427,8 @@ def discover(root: str | Path, participant_label: list[str] | None = None) -> BI
             subjects[d.name] = _subject_files(d, root)
         except SubjectError as exc:
             problems.append(exc.problem)
+        except OSError as exc:  # an unreadable folder: this subject only
+            problems.append(Problem(d.name, d.name, f"cannot read the folder: {exc.strerror or exc}"))
     for sub in table.index:
         if (wanted is None or sub in wanted) and sub not in on_disk:
             problems.append(Problem(sub, "participants.tsv", f"listed in participants.tsv but there is no {sub}/ folder with images"))

@@ -408,3 +408,25 @@ def test_a_run_leaves_no_staging_folder(bids_factory, client, tmp_path):
     ingest(f.root, tmp_path / "c.zarr", client, progress=False)
     ingest(f.root, tmp_path / "derivatives-like" / "c.zarr", client, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_unreadable_subject_folder_fails_that_subject_only(bids_factory, client, tmp_path, monkeypatch):
+    """(Permissions cannot be taken from root, who runs CI, so the folder's listing fails instead.)"""
+    from pathlib import Path
+
+    f = bids_factory
+    f.subject("sub-01")
+    f.subject(BAD)
+    f.write_participants()
+    real_iterdir = Path.iterdir
+    unreadable = (f.root / BAD / "anat").resolve()
+
+    def iterdir(self):
+        if self.resolve() == unreadable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    result = ingest(f.root, tmp_path / "c.zarr", client, progress=False)
+    assert result.written == ["sub-01"]
+    assert "cannot read the folder: Permission denied" in result.failed[BAD]
