@@ -50,10 +50,14 @@ def load_spec(path: str | Path | None = None) -> dict:
             raise SpecError(f"{path}: cannot read the study spec: {exc}") from exc
         if not isinstance(user, dict):
             raise SpecError(f"{path}: the study spec must be a mapping of keys to values")
+        _check_known_keys(user, spec)
         spec = _merge(spec, user)
     for key, kind in _REQUIRED.items():
         if not isinstance(spec.get(key), kind):
             raise SpecError(f"spec key {key!r} must be a {kind.__name__}, got {spec.get(key)!r}")
+    vs = spec.get("mni_voxel_size")
+    if isinstance(vs, bool) or not isinstance(vs, int | float) or not 0.5 <= vs <= 8:
+        raise SpecError(f"mni_voxel_size must be a number of mm between 0.5 and 8, got {vs!r}")
     if len(spec["groups"]) < 2:
         raise SpecError("spec key 'groups' needs at least two groups")
     for i, c in enumerate(spec["contrasts"]):
@@ -97,6 +101,31 @@ def load_spec(path: str | Path | None = None) -> dict:
     return spec
 
 
+#: sections whose keys are checked against the default spec's (qsm, anat and qc against their classes)
+_FIXED_SECTIONS = ("inference", "roi", "clinical")
+_LIST_ENTRY_KEYS = {"contrasts": {"name", "map", "weights"},
+                    "svc": {"name", "region", "radius_mm", "centre_mm"}}
+
+
+def _unknown(keys, valid, where: str) -> None:
+    extra = sorted(set(keys) - set(valid), key=str)
+    if extra:
+        raise SpecError(f"{where}{extra[0]} is not a spec key; the keys{' of ' + where.rstrip('.') if where else ''} "
+                        f"are {', '.join(sorted(valid))}")
+
+
+def _check_known_keys(user: dict, default: dict) -> None:
+    """Every key a spec file gives is one the study reads: a misspelt key is refused, naming the valid ones."""
+    _unknown(user, default, "")
+    for section in _FIXED_SECTIONS:
+        if isinstance(user.get(section), dict):
+            _unknown(user[section], default[section], f"{section}.")
+    for section, valid in _LIST_ENTRY_KEYS.items():
+        for i, entry in enumerate(user.get(section) or []):
+            if isinstance(entry, dict):
+                _unknown(entry, valid, f"{section}[{i}].")
+
+
 #: keys of the qsm and anat sections that the pipeline reads itself (not QSMParams / AnatParams fields)
 PIPELINE_KEYS = {"qsm": (), "anat": ("study_template",)}
 
@@ -127,6 +156,9 @@ def _check_stage_params(spec: dict) -> None:
             allowed = cls.choices.get(key)
             if allowed is not None and value not in allowed:
                 raise SpecError(f"{section}.{key} must be one of {', '.join(allowed)}; got {value!r}")
+            optional = "None" in str(next(f.type for f in dataclasses.fields(cls) if f.name == key))
+            if value is None and optional:
+                continue
             if not _same_kind(value, getattr(defaults, key)):
                 raise SpecError(f"{section}.{key} must be {_kind_name(getattr(defaults, key))}, got {value!r}")
 

@@ -104,6 +104,15 @@ def test_spec_validation(tmp_path):
     ("anat:\n  syn_iterations: 40\n", r"anat.syn_iterations must be a list of integers"),
     ("anat:\n  study_template: yes please\n", r"anat.study_template must be true or false"),
     ("qsm: [tv]\n", r"spec key 'qsm' must be a mapping"),
+    ("grups: [ALS, NC]\n", r"grups is not a spec key; the keys are .*groups"),
+    ("inference:\n  heigth_p: 0.01\n", r"inference.heigth_p is not a spec key; the keys of inference are .*height_p"),
+    ("qc:\n  min_gm_corelation: 0.5\n", r"qc.min_gm_corelation is not a QC criterion.*min_gm_correlation"),
+    ("svc:\n  - {name: a, regoin: Thalamus_L}\n", r"svc\[0\].regoin is not a spec key"),
+    ("mni_voxel_size: three\n", r"mni_voxel_size must be a number of mm between 0.5 and 8, got 'three'"),
+    ("mni_voxel_size: -2\n", r"mni_voxel_size must be a number of mm between 0.5 and 8, got -2"),
+    ("mni_voxel_size: 0\n", r"mni_voxel_size must be a number"),
+    ("qc:\n  min_tiv_ml: 2500\n", r"qc.min_tiv_ml \(2500\) must be below qc.max_tiv_ml"),
+    ("qsm:\n  ringing: gibbs\n", r"qsm.ringing must be one of unring, taper, none"),
 ])
 def test_spec_rejects_unknown_or_mistyped_stage_parameters(tmp_path, text, message):
     # Caught when the spec is read, not by every subject's task failing on it.
