@@ -74,7 +74,7 @@ class Effect:
     share ``gm_composition`` of it, as a change of tissue composition (GM
     replaced by CSF where it is, as the age effect), which VBM measures in the
     segmentation.  How much of an atrophy a normalisation keeps depends on
-    which of the two it is (``benchmarks/contraction_recovery.py
+    which of the two it is (``docs/vbm-contraction/contraction_recovery.py
     --atrophy``), and in a GM/WM mix such as the thalamus a three-class
     segmentation reads GM replaced by CSF (a darker voxel) as more GM: on the
     demo cohort with ``gm_composition=1`` the right-thalamus core had truth

@@ -2,7 +2,7 @@
 
 Run by hand:
 
-    .venv/bin/python benchmarks/contraction_recovery.py [--voxel 3] [--effects-preset demo] [--tissue]
+    .venv/bin/python docs/vbm-contraction/contraction_recovery.py [--voxel 3] [--effects-preset demo] [--tissue]
         [--warp-mm 3 --anatomies 4] [--registration flow [--flow-prior 0.05]] [--cohort 16]
         [--atrophy composition]
         [--variant '{}' --variant '{"syn_metric": "CC", "syn_sampling": 2}' ...]
@@ -34,7 +34,7 @@ subject's) instead of the T1 contrast, with the pipeline's tissue metric
 (``AnatParams.tissue_metric``), as its default normalisation does (DARTEL's
 inputs); a variant's ``syn_metric`` / ``syn_sampling`` apply to both channels.
 ``--registration flow`` registers the GM and WM maps with an independent
-registration instead (``benchmarks/stationary_flow.py``: Gauss-Newton on a
+registration instead (``docs/vbm-contraction/stationary_flow.py``: Gauss-Newton on a
 stationary velocity with DARTEL's membrane and bending prior, no ANTs), to
 tell SyN's own behaviour from what the maps allow any registration.
 
@@ -51,7 +51,7 @@ the slope and correlation of the estimated core volume (Jacobian summed over
 the core) on the true one.  A slope below 1 is volume the registration
 misplaces; a correlation below 1 is the noise it adds between subjects.
 
-``benchmarks/vbm_fidelity.py`` measures the same on a whole simulated cohort.
+``docs/vbm-contraction/vbm_fidelity.py`` measures the same on a whole simulated cohort.
 """
 
 from __future__ import annotations

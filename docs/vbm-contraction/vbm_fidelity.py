@@ -2,7 +2,7 @@
 
 Run by hand, after ``ferritin demo --out DIR`` (or any run of a simulated cohort):
 
-    .venv/bin/python benchmarks/vbm_fidelity.py DIR
+    .venv/bin/python docs/vbm-contraction/vbm_fidelity.py DIR
 
 For every planted effect (its core: the effect's atlas region within its radius
 of the planted peak) and every ROI the run built, it sums GM over the region per

@@ -1,6 +1,6 @@
 """An independent diffeomorphic registration of tissue maps (DARTEL-class), used as a control.
 
-``benchmarks/contraction_recovery.py --registration flow`` registers the same
+``docs/vbm-contraction/contraction_recovery.py --registration flow`` registers the same
 subjects with this instead of the pipeline's ANTs SyN, to tell what is SyN's
 own doing from what the images allow any registration: SyN smooths its
 updates with a Gaussian, this has no update smoothing at all.
