@@ -480,7 +480,8 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
     for sub in store.children("derived"):
         export_subject(store, sub, out, vs)
     (out / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    (out / "group" / "run.json").write_text(json.dumps({"store": str(store.path), "pipeline_version": PIPELINE_VERSION}))
+    (out / "group" / "run.json").write_text(json.dumps({"store": str(store.path), "pipeline_version": PIPELINE_VERSION,
+                                                        "warnings": results["warnings"]}))
     store.consolidate()
     return results
 

@@ -360,3 +360,5 @@ def test_few_degrees_of_freedom_are_warned_about(group_out):
     assert df < n
     warned = any("residual degrees of freedom" in w for w in res["warnings"])
     assert warned == (df < 10), (df, res["warnings"])
+    out = group_out[0]
+    assert json.loads((out / "group" / "run.json").read_text())["warnings"] == res["warnings"]

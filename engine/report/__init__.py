@@ -143,6 +143,7 @@ td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin
 figure img{max-width:100%}figcaption{font-size:.75em;color:#555}.empty{color:#777;font-style:italic}
 .finding{background:#f7fbff;border-left:3px solid #2471a3;padding:.4em .8em;margin:.3em 0}
 nav a{margin-right:1em}code{font-size:.85em}
+.warning{background:#fdf2e9;border-left:3px solid #d35400;padding:.4em .8em}
 """
 
 _CHECK = """
@@ -219,8 +220,9 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     if not (out / "spec.yaml").exists() or not tables.is_dir():
         raise FileNotFoundError(f"{out} has no group-level results (spec.yaml, tables/): run the group level first")
     spec = yaml.safe_load((out / "spec.yaml").read_text())
-    if store_path is None and (out / "group" / "run.json").exists():
-        store_path = json.loads((out / "group" / "run.json").read_text())["store"]
+    run = json.loads((out / "group" / "run.json").read_text()) if (out / "group" / "run.json").exists() else {}
+    if store_path is None and run:
+        store_path = run["store"]
     store = CohortStore(store_path or out / "cohort.zarr")
     vs = float(spec.get("mni_voxel_size", 2.0))
     template = load_template(vs)
@@ -256,7 +258,8 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     versions = software_versions()
     head = (f"<h1>{html.escape(str(spec.get('name', 'study')))}: QSM and VBM group study</h1>"
             f"<p>{n_used} subjects in the group statistics, {len(excluded)} excluded; generated "
-            f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ferritin {versions['ferritin']}.</p>")
+            f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ferritin {versions['ferritin']}.</p>"
+            + "".join(f"<p class='warning'><b>Warning:</b> {html.escape(w)}</p>" for w in run.get("warnings", [])))
     section("findings", "Findings", "".join(findings) or "<p class='empty'>No small-volume result.</p>")
 
     # Table 1
