@@ -19,6 +19,8 @@ from ferritin.engine.anat.stages import (  # noqa: E402
     sample_at,
 )
 
+pytestmark = pytest.mark.slow  # ANTs registrations
+
 
 @pytest.fixture(scope="module")
 def system_tmp(tmp_path_factory):

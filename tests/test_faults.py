@@ -26,6 +26,8 @@ from ferritin.engine.cluster import SINGLE_THREAD_ENV  # noqa: E402
 from ferritin.engine.ingest import ingest  # noqa: E402
 from ferritin.engine.spec import load_spec  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real scheduler and worker processes
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAST = {"mni_voxel_size": 3.0,
