@@ -234,26 +234,23 @@ def singular_affine(f):
     return "echo-2_part-"
 
 
-def header_claims_huge_image(f):
-    p = f.path(BAD, 3, "mag")
+def _claim_shape(f, echo, part, shape):
+    """Rewrite an image's header to claim ``shape`` while the file keeps 40 bytes of voxels."""
+    p = f.path(BAD, echo, part)
     img = nib.load(p)
-    img.header.set_data_shape((4000, 4000, 4000))
-    raw = img.header.binaryblock + b"\0" * 4 + np.zeros(10, np.float32).tobytes()
+    img.header.set_data_shape(shape)
     import gzip
 
-    p.write_bytes(gzip.compress(raw))
+    p.write_bytes(gzip.compress(img.header.binaryblock + b"\0" * 4 + np.zeros(10, np.float32).tobytes()))
     return "echo-3_part-"
+
+
+def header_claims_huge_image(f):
+    return _claim_shape(f, 3, "mag", (4000, 4000, 4000))
 
 
 def header_claims_more_than_the_file(f):
-    p = f.path(BAD, 3, "phase")
-    img = nib.load(p)
-    img.header.set_data_shape((200, 200, 100))
-    raw = img.header.binaryblock + b"\0" * 4 + np.zeros(10, np.float32).tobytes()
-    import gzip
-
-    p.write_bytes(gzip.compress(raw))
-    return "echo-3_part-"
+    return _claim_shape(f, 3, "phase", (200, 200, 100))
 
 
 CASES = [corrupt_gzip, truncated, nan_voxels, inf_voxels, zero_phase, degrees_labelled_rad, missing_sidecar,
