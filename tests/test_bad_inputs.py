@@ -35,6 +35,12 @@ def _edit_sidecar(f, sub, echo, part, **changes):
     p.write_text(json.dumps(meta))
 
 
+def _edit_every_sidecar(f, sub, **changes):
+    for e in (1, 2, 3):
+        for part in ("mag", "phase"):
+            _edit_sidecar(f, sub, e, part, **changes)
+
+
 def _rewrite(f, sub, echo, part, fn):
     p = f.path(sub, echo, part)
     img = nib.load(p)
@@ -128,9 +134,7 @@ def non_utf8_sidecar(f):
 
 
 def no_field_strength(f):
-    for e in (1, 2, 3):
-        for part in ("mag", "phase"):
-            _edit_sidecar(f, BAD, e, part, MagneticFieldStrength=None)
+    _edit_every_sidecar(f, BAD, MagneticFieldStrength=None)
     return "MEGRE.json"
 
 
@@ -175,9 +179,7 @@ def echo_time_boolean(f):
 
 
 def field_strength_boolean(f):
-    for e in (1, 2, 3):
-        for part in ("mag", "phase"):
-            _edit_sidecar(f, BAD, e, part, MagneticFieldStrength=True)
+    _edit_every_sidecar(f, BAD, MagneticFieldStrength=True)
     return "echo-1_part-mag_MEGRE.json"
 
 
