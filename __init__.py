@@ -24,6 +24,9 @@ _ENTRY_POINTS = {
     "run_participants": "ferritin.engine.pipeline",
     "run_group": "ferritin.engine.pipeline",
     "dask_client": "ferritin.engine.cluster",
+    "run_study": "ferritin.engine.study",
+    "score_planted_effects": "ferritin.engine.recovery",
+    "planted_effects": "ferritin.engine.recovery",
 }
 
 __all__ = ["__version__", *_ENTRY_POINTS]

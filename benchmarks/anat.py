@@ -62,8 +62,7 @@ def one_subject(spec, index, template):
                   template.gm > 0.5)
     print(f"subject {index} at {spec.voxel_size:g} mm: normalisation Dice before {before:.3f}; true TIV "
           f"{truth.tiv_ml:.0f} ml", flush=True)
-    args = (truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
-            truth.brain_mask_native > 0, template)
+    args = (truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, template)
     variants = {"ANTs": AnatParams(skull_strip=False), "ANTs + skull strip": AnatParams(skull_strip=True),
                 "ANTs + skull strip, T1 normalisation": AnatParams(skull_strip=True, normalise_on="t1")}
     for name, params in variants.items():

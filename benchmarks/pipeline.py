@@ -3,7 +3,7 @@
 Run by hand:  .venv/bin/python benchmarks/pipeline.py [--subjects 8 16 32] [--workers 1 2] [--voxel 3]
 
 For each N a demo-design cohort (N/2 + N/2, 6 echoes) is simulated once; then for each
-worker count the whole study runs from a fresh store (ingest, participant level, group
+worker count the whole study runs from a fresh store (participant level with ingest, group
 level) and the script prints seconds per stage, subjects/hour, and the scaling
 efficiency of 2 workers against 1 (ideal 1.0) in the same command.
 """
@@ -13,34 +13,21 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
-from ferritin.cohort.simulate import preset, simulate_cohort  # noqa: E402
-from ferritin.engine.cluster import dask_client  # noqa: E402
-from ferritin.engine.ingest import ingest  # noqa: E402
-from ferritin.engine.pipeline import run_group, run_participants  # noqa: E402
-from ferritin.engine.spec import load_spec  # noqa: E402
+from ferritin import dask_client, load_spec, run_study
+from ferritin.cohort.simulate import preset, simulate_cohort
 
 
 def run_once(bids: Path, workdir: Path, workers: int, voxel: float) -> dict:
-    store = workdir / "cohort.zarr"
     spec = load_spec()
     spec["mni_voxel_size"] = max(2.0, voxel)
-    t = {}
     with dask_client(workers=workers, quiet=True) as client:
-        t0 = time.perf_counter()
-        ingest(bids, store, client, progress=False)
-        t["ingest"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        summary = run_participants(store, spec, client, progress=False)
-        t["participant"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run_group(store, spec, workdir / "out")
-    t["group"] = time.perf_counter() - t0
+        res = run_study(bids, workdir / "out", spec, client, progress=False, report=False)
+    t = dict(res.seconds)
     t["total"] = sum(t.values())
-    t["peak_worker_gib"] = summary.peak_worker_gib
+    t["peak_worker_gib"] = res.participants.peak_worker_gib
     return t
 
 
@@ -50,7 +37,7 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--voxel", type=float, default=3.0)
     args = ap.parse_args()
-    print(f"{'N':>4s} {'workers':>7s} {'ingest s':>9s} {'particip. s':>11s} {'group s':>8s} {'total s':>8s} "
+    print(f"{'N':>4s} {'workers':>7s} {'particip. s':>11s} {'group s':>8s} {'total s':>8s} "
           f"{'subj/h':>7s} {'peak GiB':>8s} {'efficiency':>10s}")
     for n in args.subjects:
         root = Path(tempfile.mkdtemp(prefix="ferritin-bench-"))
@@ -66,7 +53,7 @@ def main():
                 if base is None:
                     base = (w, t["total"])
                 eff = base[1] * base[0] / (t["total"] * w)
-                print(f"{n:4d} {w:7d} {t['ingest']:9.1f} {t['participant']:11.1f} {t['group']:8.1f} {t['total']:8.1f} "
+                print(f"{n:4d} {w:7d} {t['participant']:11.1f} {t['group']:8.1f} {t['total']:8.1f} "
                       f"{rate:7.1f} {t['peak_worker_gib']:8.2f} {eff:10.2f}", flush=True)
                 shutil.rmtree(work, ignore_errors=True)
         finally:

@@ -21,7 +21,7 @@ import numpy as np
 from ferritin.cohort.bids import discover, load_subject
 from ferritin.cohort.dicom import convert_dicom
 from ferritin.cohort.templates import atlas_labels, load_template
-from ferritin.engine.anat.stages import AnatParams, process_anatomy, t1_brain_on_gre
+from ferritin.engine.anat.stages import AnatParams, chi_to_mni, process_anatomy, t1_brain_on_gre
 from ferritin.engine.qc import QCCriteria, qc_failures
 from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
 from ferritin.engine.report.figures import subject_qc
@@ -42,13 +42,17 @@ def main():
         convert_dicom(DICOM, Path(tmp) / "bids", "01")
         images = load_subject(discover(Path(tmp) / "bids").subjects["sub-01"])
         t_convert = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    chi, mask = reconstruct_qsm(images.mag, images.phase, images.echo_times, images.gre_affine, images.b0,
-                                QSMParams())
-    t_qsm = time.perf_counter() - t0
     template = load_template(args.mni_voxel)
     params = AnatParams(working_voxel_mm=args.working_voxel)
-    r = process_anatomy(images.t1w, images.t1w_affine, images.mag[0], images.gre_affine, chi, mask, template, params)
+    r = process_anatomy(images.t1w, images.t1w_affine, images.mag[0], images.gre_affine, template, params)
+    brain = t1_brain_on_gre(r.brain_mask, images.t1w_affine, r.gre_to_t1, images.mag.shape[1:], images.gre_affine)
+    t0 = time.perf_counter()
+    chi, mask = reconstruct_qsm(images.mag, images.phase, images.echo_times, images.gre_affine, images.b0,
+                                QSMParams(), brain=brain)
+    t_qsm = time.perf_counter() - t0
+    chi_mni = chi_to_mni(chi, mask, images.gre_affine, r.gre_to_t1, r.t1_points)
+    magnitude_only, magnitude_mask = reconstruct_qsm(images.mag, images.phase, images.echo_times, images.gre_affine,
+                                                     images.b0, QSMParams())
     print(f"convert + load {t_convert:.1f} s, QSM {t_qsm:.1f} s, anatomy {sum(r.seconds.values()):.1f} s")
     for stage, sec in r.seconds.items():
         print(f"  {stage:36s} {sec:7.1f} s")
@@ -60,15 +64,14 @@ def main():
     print(f"QC: GM corr {r.qc_gm_corr:.3f}, T1 corr {r.qc_t1_corr:.3f}, brain top {r.qc_brain_top_gap_mm:.0f} mm "
           f"below the head top; failures: {qc_failures(measures, QCCriteria()) or 'none'}")
     lo, hi = np.percentile(chi[mask], [1, 99])
-    brain = t1_brain_on_gre(r.brain_mask, images.t1w_affine, r.gre_to_t1, chi.shape, images.gre_affine) & mask
-    blo, bhi = np.percentile(chi[brain], [1, 99])
-    print(f"chi 1st-99th percentile: {lo:+.3f} to {hi:+.3f} ppm in the QSM mask, {blo:+.3f} to {bhi:+.3f} ppm "
-          f"in its part inside the T1 brain mask ({brain.sum() / mask.sum():.0%} of it)")
+    mlo, mhi = np.percentile(magnitude_only[magnitude_mask], [1, 99])
+    print(f"chi 1st-99th percentile: {lo:+.3f} to {hi:+.3f} ppm in the QSM mask (bounded by the T1 brain, "
+          f"{mask.sum() / brain.sum():.0%} of it after V-SHARP); magnitude mask alone {mlo:+.3f} to {mhi:+.3f} ppm")
     names = atlas_labels()["name"].to_dict()
     y = np.indices(template.grid.shape)[1] * template.grid.voxel_size + template.grid.affine[1, 3]
-    wm = float(np.nanmean(r.chi_mni[(template.wm > 0.9) & (y > 10)]))
+    wm = float(np.nanmean(chi_mni[(template.wm > 0.9) & (y > 10)]))
     print(f"mean chi: frontal WM {wm:+.4f} ppm; " + ", ".join(
-        f"{n} {np.nanmean(r.chi_mni[np.isin(template.atlas, [c for c, k in names.items() if n in k])]):+.4f}"
+        f"{n} {np.nanmean(chi_mni[np.isin(template.atlas, [c for c, k in names.items() if n in k])]):+.4f}"
         for n in NUCLEI))
     png = subject_qc("sub-01", images.t1w, images.t1w_affine, r.gm, r.wm, r.t1_mni, template.grid.affine,
                      template.brain_mask, chi, images.gre_affine, mask, r.preparation.get("brain_centre_mm"),

@@ -221,9 +221,8 @@ def _cmd_run(args) -> int:
     from ferritin.cohort.errors import DatasetError
 
     from .cluster import dask_client
-    from .ingest import ingest
-    from .pipeline import run_group, run_participants
     from .spec import SpecError, load_spec
+    from .study import run_study
 
     try:
         spec = load_spec(args.spec)
@@ -231,49 +230,30 @@ def _cmd_run(args) -> int:
         print(f"ferritin run: {exc}", file=sys.stderr)
         return 2
     out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    store = out / "cohort.zarr"
     t0 = time.perf_counter()
     if args.analysis_level == "participant":
         try:
             with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
                 if not args.no_progress:
                     print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-                result = ingest(args.bids_dir, store, client, args.participant_label, progress=not args.no_progress)
-                print(result.summary())
-                labels = None
-                if args.participant_label:
-                    labels = [lab if lab.startswith("sub-") else f"sub-{lab}" for lab in args.participant_label]
-                summary = run_participants(store, spec, client, labels, progress=not args.no_progress)
+                res = run_study(args.bids_dir, out, spec, client, levels=("participant",),
+                                participant_label=args.participant_label, progress=not args.no_progress)
         except DatasetError as exc:
             print(f"ferritin run: {exc}", file=sys.stderr)
             return 2
-        print(summary.text())
+        print(res.ingest.summary())
+        print(res.participants.text())
         return 0
     try:
-        res = run_group(store, spec, out)
+        res = run_study(args.bids_dir, out, spec, levels=("group",))
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"ferritin run group: {exc}", file=sys.stderr)
         return 2
-    _print_group(res)
-    from .recovery import planted_effects
-
-    _print_recovery(res, planted_effects(args.bids_dir), out)
-    report = _write_report(out)
+    _print_group(res.group)
     print(f"tables, maps and BIDS derivatives in {out}  ({time.perf_counter() - t0:.1f} s)")
-    if report:
-        print(f"report: {report}")
+    if res.report:
+        print(f"report: {res.report}")
     return 0
-
-
-def _write_report(out: Path) -> Path | None:
-    from .report import build_report
-
-    try:
-        return build_report(out)
-    except Exception as exc:  # the statistics are written; a figure failing must not hide them
-        print(f"ferritin: the report could not be written: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
 
 
 def _cmd_publish(args) -> int:
@@ -320,16 +300,12 @@ def _print_group(res: dict) -> None:
 
 def _print_recovery(res: dict, effects, out: Path) -> None:
     """On a simulated cohort: which planted effects the run found (tables/planted_effects.csv)."""
-    from .recovery import planted_effect_recovery, roi_recovery
-    from .tables import write_csv
+    from .recovery import score_planted_effects
 
     effects = list(effects)
     if not effects:
         return
-    found = planted_effect_recovery(res, effects)
-    write_csv(found, out / "tables" / "planted_effects.csv", index=False)
-    rois = roi_recovery(res, effects)
-    write_csv(rois, out / "tables" / "planted_effects_roi.csv", index=False)
+    found, rois = score_planted_effects(res, effects, out)
     print("planted effects (a corrected result within 10 mm of the planted peak):")
     for _, r in found.iterrows():
         where = (f"{r.source} peak ({r.x:.0f}, {r.y:.0f}, {r.z:.0f}) {r.distance_mm:.0f} mm away, T = {r['T']:.2f}, "
@@ -345,9 +321,8 @@ def _cmd_demo(args) -> int:
     from ferritin.cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, preset, simulate_cohort
 
     from .cluster import dask_client
-    from .ingest import ingest
-    from .pipeline import run_group, run_participants
     from .spec import load_spec
+    from .study import run_study, write_report
 
     spec = preset("reference-study") if args.full else preset("demo")
     if args.subjects:
@@ -356,27 +331,25 @@ def _cmd_demo(args) -> int:
                        effects=power_matched_effects(REFERENCE_EFFECTS, args.subjects))
     out = args.out
     bids = out / "bids"
-    store = out / "cohort.zarr"
     t0 = time.perf_counter()
+    study = load_spec()
+    study["mni_voxel_size"] = max(2.0, spec.voxel_size)
     with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
         print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         if not (bids / "participants.tsv").exists():
             n = sum(spec.n_per_group.values())
             print(f"simulating {n} subjects at {spec.voxel_size} mm into {bids}", file=sys.stderr)
             simulate_cohort(bids, spec, client=client, progress=not args.no_progress)
-        result = ingest(bids, store, client, progress=not args.no_progress)
-        print(result.summary())
-        study = load_spec()
-        study["mni_voxel_size"] = max(2.0, spec.voxel_size)
-        summary = run_participants(store, study, client, progress=not args.no_progress)
-        print(summary.text())
-    res = run_group(store, study, out)
-    _print_group(res)
-    _print_recovery(res, spec.effects, out)
-    print(f"cohort store: {store}  (open with xarray.open_datatree(path, engine='zarr'))")
+        res = run_study(bids, out, study, client, levels=("participant",), progress=not args.no_progress)
+        print(res.ingest.summary())
+        print(res.participants.text())
+    res = run_study(bids, out, study, levels=("group",), report=False)
+    _print_group(res.group)
+    _print_recovery(res.group, spec.effects, out)  # scored before the report, which shows the scores
+    report = write_report(out)
+    print(f"cohort store: {res.store}  (open with xarray.open_datatree(path, engine='zarr'))")
     print(f"tables and maps: {out / 'tables'}, {out / 'group'}")
     print(f"ground truth: {bids / 'derivatives' / 'ground-truth'}")
-    report = _write_report(out)
     print(f"done in {time.perf_counter() - t0:.1f} s")
     if report:
         print(f"report: {report.absolute()}")

@@ -87,6 +87,7 @@ def export_subject(store: CohortStore, subject: str, out: Path, voxel_size: floa
     """Write one subject's native and MNI maps as BIDS-derivative NIfTIs; return the paths written."""
     anat_dir = Path(out) / subject / "anat"
     written = []
+    stem = f"{subject}_space-{TEMPLATE_SPACE}_res-{voxel_size:g}mm"
     qrec = store.record(f"derived/{subject}/qsm")
     if qrec is not None:
         chi_path = anat_dir / f"{subject}_Chimap.nii.gz"
@@ -98,18 +99,18 @@ def export_subject(store: CohortStore, subject: str, out: Path, voxel_size: floa
             save_nifti(q["qsm_mask"].values > 0, aff, anat_dir / f"{subject}_desc-qsm_mask.nii.gz",
                        {"FerritinDigest": qrec["digest"]})
             save_nifti(q["chi"].values, aff, chi_path, meta)
-            written += [chi_path]
+            mni_path = anat_dir / f"{stem}_Chimap.nii.gz"
+            save_nifti(q["chi_mni"].values, np.asarray(q.attrs["mni_affine"]), mni_path, meta)
+            written += [chi_path, mni_path]
     arec = store.record(f"derived/{subject}/anat")
     if arec is not None:
-        stem = f"{subject}_space-{TEMPLATE_SPACE}_res-{voxel_size:g}mm"
-        chi_path = anat_dir / f"{stem}_Chimap.nii.gz"
-        if not _current(chi_path, arec["digest"]):
+        gm_path = anat_dir / f"{stem}_label-GM_desc-modulated_probseg.nii.gz"
+        if not _current(gm_path, arec["digest"]):
             a = store.open_node(f"derived/{subject}/anat").load()
             aff = np.asarray(a.attrs["mni_affine"])
             meta = {"Sources": [f"cohort.zarr/derived/{subject}/anat"], "FerritinDigest": arec["digest"]}
-            save_nifti(a["gm_mod"].values, aff, anat_dir / f"{stem}_label-GM_desc-modulated_probseg.nii.gz", meta)
+            save_nifti(a["gm_mod"].values, aff, gm_path, meta)
             save_nifti(a["gm_mod_s"].values, aff, anat_dir / f"{stem}_label-GM_desc-modulatedsmoothed_probseg.nii.gz",
                        meta)
-            save_nifti(a["chi_mni"].values, aff, chi_path, {**meta, "Units": "ppm"})
-            written += [chi_path]
+            written += [gm_path]
     return written

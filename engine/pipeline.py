@@ -3,7 +3,10 @@
 Participant level (one Dask task per subject per stage, results written to the
 store as they finish, each with a completion record):
 
-    native/<sub> ──qsm──▶ derived/<sub>/qsm ──anat──▶ derived/<sub>/anat
+    native/<sub> ──anat──▶ derived/<sub>/anat ──qsm──▶ derived/<sub>/qsm
+
+The anatomy comes first: its brain mask bounds the QSM mask and its point map
+carries χ to MNI (``derived/<sub>/qsm`` holds χ native and in MNI space).
 
 Group level: stack the MNI maps of every subject that passed into ``/mni``
 (subject, x, y, z), fit each contrast of the spec voxelwise, estimate
@@ -11,8 +14,8 @@ smoothness, and write SPM-style tables (whole brain, extent rule, SVC) to
 ``/stats/<contrast>`` and ``tables/``.
 
 A re-run skips every node whose record matches its inputs and parameters; a
-changed QSM parameter recomputes QSM and anatomy, a changed anatomy parameter
-only anatomy.  A subject whose stage raises is recorded in ``/log`` with the
+changed anatomy parameter recomputes anatomy and QSM, a changed QSM parameter
+only QSM.  A subject whose stage raises is recorded in ``/log`` with the
 reason and left out of the group statistics.
 """
 
@@ -32,7 +35,7 @@ from ferritin.cohort.store import CohortStore, affine_attr, digest_params
 from ferritin.cohort.templates import atlas_labels, load_template
 from ferritin.stats.roi import label_image
 
-from .anat.stages import AnatParams, process_anatomy, renormalise_on_tissue
+from .anat.stages import AnatParams, chi_to_mni, process_anatomy, renormalise_on_tissue, t1_brain_on_gre
 from .derivatives import export_subject, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .progress import peak_worker_memory, track
@@ -46,9 +49,10 @@ __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_sta
 
 # Raised whenever a stage computes something different from the same inputs and
 # parameters, so that stores made by an earlier version recompute it.
-PIPELINE_VERSION = 6  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
+PIPELINE_VERSION = 7  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
 #                       5: warped GM and WM stored (study template of tissue maps);
-#                       6: the affine stored, for the study template's second pass on tissue maps
+#                       6: the affine stored, for the study template's second pass on tissue maps;
+#                       7: anatomy before QSM (T1 brain mask bounds the QSM mask; χ to MNI in the QSM node)
 
 
 @dataclass
@@ -88,28 +92,50 @@ def _anat_params(spec: dict) -> AnatParams:
     return replace(defaults, **extra)
 
 
-def qsm_stage(subject: str, store_path: str, spec: dict) -> tuple[str, str, str | None]:
-    """QSM of one subject: ``native/<sub>`` → ``derived/<sub>/qsm``."""
+def qsm_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[str, str, str | None]:
+    """QSM of one subject: ``native/<sub>`` + ``derived/<sub>/anat`` → ``derived/<sub>/qsm``.
+
+    Runs after the anatomy: the T1's brain mask, carried to the GRE grid by
+    the coregistration, bounds the QSM mask (``qsm.mask_source: t1``), and the
+    anatomy's point map carries χ to MNI (``chi_mni``) in one interpolation.
+    """
     store = CohortStore(store_path)
+    if _after is not None and _after[0] == "failed":
+        return ("failed", subject, _after[2] or f"{subject}: skipped because an earlier stage failed")
     params = _qsm_params(spec)
     src = store.record(f"native/{subject}")
+    arec = store.record(f"derived/{subject}/anat")
     if src is None:
         return ("failed", subject, f"{subject}: not ingested")
-    digest = digest_params(src["digest"], params.to_dict(), PIPELINE_VERSION)
+    if arec is None:
+        return ("failed", subject, f"{subject}: no anatomy (QSM needs its brain mask and normalisation)")
+    digest = digest_params(src["digest"], arec["digest"], params.to_dict(), PIPELINE_VERSION)
     node = f"derived/{subject}/qsm"
     if store.is_current(node, digest):
         return ("skipped", subject, None)
     try:
-        nat = store.open_node(f"native/{subject}").load()
+        nat = store.open_node(f"native/{subject}")
+        anat = store.open_node(f"derived/{subject}/anat")
         affine = np.asarray(nat.attrs["gre_affine"])
-        chi, mask = reconstruct_qsm(nat["megre_mag"].values, nat["megre_phase"].values, nat["echo_time"].values,
-                                    affine, float(nat.attrs["b0_tesla"]), params)
+        mag = nat["megre_mag"].values
+        gre_to_t1 = np.asarray(anat.attrs["gre_to_t1"])
+        brain = None
+        if params.mask_source == "t1":
+            brain = t1_brain_on_gre(anat["brain_mask"].values > 0, np.asarray(nat.attrs["t1w_affine"]), gre_to_t1,
+                                    mag.shape[1:], affine)
+        chi, mask = reconstruct_qsm(mag, nat["megre_phase"].values, nat["echo_time"].values, affine,
+                                    float(nat.attrs["b0_tesla"]), params, brain=brain)
+        chi_mni = chi_to_mni(chi, mask, affine, gre_to_t1, anat["t1_points"].values)
     except Exception as exc:  # one subject's failure must not stop the cohort
         return ("failed", subject, f"{subject}: QSM failed: {type(exc).__name__}: {exc}")
+    grid = load_template(float(spec.get("mni_voxel_size", 2.0))).grid
     ds = xr.Dataset(
         {"chi": (("i", "j", "k"), chi, {"units": "ppm", "long_name": "magnetic susceptibility"}),
-         "qsm_mask": (("i", "j", "k"), mask.astype(np.uint8))},
-        attrs={"subject": subject, "gre_affine": affine_attr(affine)},
+         "qsm_mask": (("i", "j", "k"), mask.astype(np.uint8)),
+         "chi_mni": (("x", "y", "z"), chi_mni, {"units": "ppm", "long_name": "magnetic susceptibility in MNI space"})},
+        coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
+        attrs={"subject": subject, "gre_affine": affine_attr(affine), "mni_affine": affine_attr(grid.affine),
+               "mask_source": params.mask_source},
     )
     store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict())
     return ("written", subject, None)
@@ -117,7 +143,7 @@ def qsm_stage(subject: str, store_path: str, spec: dict) -> tuple[str, str, str 
 
 def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: str = "mni",
                node: str | None = None) -> tuple[str, str, str | None]:
-    """Anatomy and normalisation: ``native`` + ``derived/qsm`` → ``derived/<sub>/anat``.
+    """Anatomy and normalisation: ``native/<sub>`` → ``derived/<sub>/anat``.
 
     ``fixed="mni"`` registers to the MNI template; ``fixed="study"`` to the
     study template in ``/template`` (itself on the MNI grid, so the mapping
@@ -129,11 +155,10 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
     params = _anat_params(spec)
     vs = float(spec.get("mni_voxel_size", 2.0))
     node = node or f"derived/{subject}/anat"
-    qrec = store.record(f"derived/{subject}/qsm")
     nrec = store.record(f"native/{subject}")
-    if qrec is None or nrec is None:
-        return ("failed", subject, f"{subject}: no QSM result to normalise")
-    parts = [nrec["digest"], qrec["digest"], params.to_dict(), vs, PIPELINE_VERSION]
+    if nrec is None:
+        return ("failed", subject, f"{subject}: not ingested")
+    parts = [nrec["digest"], params.to_dict(), vs, PIPELINE_VERSION]
     # The second pass of a study template on tissue maps reuses the first
     # pass's segmentation, affine and coregistration: only the tissue SyN runs.
     second_pass = fixed == "study" and params.normalise_on == "tissue"
@@ -153,42 +178,33 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
         return ("skipped", subject, None)
     try:
         nat = store.open_node(f"native/{subject}")  # lazy: each path reads only what it uses
-        q = store.open_node(f"derived/{subject}/qsm").load()
         template = load_template(vs)
         targets = None
         if fixed == "study":
             study = store.open_node("template").load()
             targets = {name: study[name].values for name in ("t1", "gm", "wm")}
         if second_pass:
-            init = store.open_node(init_node).load()
-            mni = renormalise_on_tissue(init["gm"].values, init["wm"].values, np.asarray(nat.attrs["t1w_affine"]),
-                                        init.attrs["affine_itk"], np.asarray(init.attrs["gre_to_t1"]),
-                                        q["chi"].values, q["qsm_mask"].values > 0,
-                                        np.asarray(nat.attrs["gre_affine"]), template, targets, params,
-                                        preparation=init.attrs.get("preparation"))
-            r = {**mni, "gm": init["gm"].values, "wm": init["wm"].values, "csf": init["csf"].values,
-                 # the T1 is not registered again: its warped image stays the first pass's
-                 "t1_mni": init["t1_mni"].values, "tiv_ml": float(init.attrs["tiv_ml"]),
-                 "gre_to_t1": np.asarray(init.attrs["gre_to_t1"]), "affine_itk": init.attrs["affine_itk"],
-                 # the native segmentation and the T1's normalisation are the first pass's, and so is their QC
-                 **{k: init.attrs.get(k) for k in ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml")}}
+            r = _second_pass(store, init_node, nat, template, targets, params)
         else:
             r = vars(process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]),
                                      nat["megre_mag"][0].values, np.asarray(nat.attrs["gre_affine"]),
-                                     q["chi"].values, q["qsm_mask"].values > 0, template, params, targets=targets))
+                                     template, params, targets=targets))
     except Exception as exc:
         return ("failed", subject, f"{subject}: anatomy failed: {type(exc).__name__}: {exc}")
     grid = template.grid
     native = ("t1_i", "t1_j", "t1_k")
+    mni = ("x", "y", "z")
     ds = xr.Dataset(
         {
             "gm": (native, r["gm"]), "wm": (native, r["wm"]), "csf": (native, r["csf"]),
-            "chi_mni": (("x", "y", "z"), r["chi_mni"], {"units": "ppm"}),
-            "gm_mod": (("x", "y", "z"), r["gm_mod"]), "gm_mod_s": (("x", "y", "z"), r["gm_mod_smooth"]),
-            "jacobian": (("x", "y", "z"), r["jacobian"]), "t1_mni": (("x", "y", "z"), r["t1_mni"]),
-            "gm_mni": (("x", "y", "z"), r["gm_mni"]), "wm_mni": (("x", "y", "z"), r["wm_mni"]),
+            "brain_mask": (native, np.asarray(r["brain_mask"]).astype(np.uint8)),
+            "gm_mod": (mni, r["gm_mod"]), "gm_mod_s": (mni, r["gm_mod_smooth"]),
+            "jacobian": (mni, r["jacobian"]), "t1_mni": (mni, r["t1_mni"]),
+            "gm_mni": (mni, r["gm_mni"]), "wm_mni": (mni, r["wm_mni"]),
+            # the normalisation as a point map: the T1 world point of every MNI voxel
+            "t1_points": (("axis", *mni), np.asarray(r["t1_points"], np.float32), {"units": "mm"}),
         },
-        coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
+        coords={**{ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()}, "axis": ["x", "y", "z"]},
         attrs={"subject": subject, "tiv_ml": r["tiv_ml"], "qc_gm_corr": r["qc_gm_corr"], "qc_dice": r["qc_dice"],
                **{k: _finite_or_none(r.get(k)) for k in QC_MEASURES},
                "preparation": r.get("preparation") or init_preparation(store, init_node, second_pass),
@@ -198,6 +214,21 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
     store.write_node(node, ds, stage="anat", digest=digest,
                      params={**params.to_dict(), "mni_voxel_size": vs, "fixed": fixed})
     return ("written", subject, None)
+
+
+def _second_pass(store: CohortStore, init_node: str, nat, template, targets: dict, params: AnatParams) -> dict:
+    """The study template's second pass: the first pass's tissue maps registered again to ``targets``."""
+    init = store.open_node(init_node).load()
+    mni = renormalise_on_tissue(init["gm"].values, init["wm"].values, np.asarray(nat.attrs["t1w_affine"]),
+                                init.attrs["affine_itk"], template, targets, params,
+                                preparation=init.attrs.get("preparation"))
+    return {**mni, "gm": init["gm"].values, "wm": init["wm"].values, "csf": init["csf"].values,
+            "brain_mask": init["brain_mask"].values,
+            # the T1 is not registered again: its warped image stays the first pass's
+            "t1_mni": init["t1_mni"].values, "tiv_ml": float(init.attrs["tiv_ml"]),
+            "gre_to_t1": np.asarray(init.attrs["gre_to_t1"]), "affine_itk": init.attrs["affine_itk"],
+            # the native segmentation and the T1's normalisation are the first pass's, and so is their QC
+            **{k: init.attrs.get(k) for k in QC_MEASURES}}
 
 
 #: Fewer residual degrees of freedom than this make the smoothness estimate from the
@@ -265,11 +296,10 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
     subjects = subjects or store.children("native")
     summary = RunSummary()
     path = str(store.path)
-    qsm_futs = {s: client.submit(qsm_stage, s, path, spec, key=f"qsm-{s}", pure=False) for s in subjects}
     extra = []
     if spec.get("anat", {}).get("study_template"):
         # map (normalise to MNI) -> reduce (mean T1 = study template) -> map (normalise to the template)
-        init = {s: client.submit(anat_stage, s, path, spec, qsm_futs[s], "mni", f"derived/{s}/anat_init",
+        init = {s: client.submit(anat_stage, s, path, spec, None, "mni", f"derived/{s}/anat_init",
                                  key=f"anat_init-{s}", pure=False) for s in subjects}
         tpl = client.submit(template_stage, path, spec, subjects, [init[s] for s in subjects],
                             key="template-study", pure=False)
@@ -277,11 +307,12 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
                      for s in subjects}
         extra = list(init.values()) + [tpl]
     else:
-        anat_futs = {s: client.submit(anat_stage, s, path, spec, qsm_futs[s], key=f"anat-{s}", pure=False)
-                     for s in subjects}
+        anat_futs = {s: client.submit(anat_stage, s, path, spec, key=f"anat-{s}", pure=False) for s in subjects}
+    qsm_futs = {s: client.submit(qsm_stage, s, path, spec, anat_futs[s], key=f"qsm-{s}", pure=False)
+                for s in subjects}
     stage_of = {f.key: "qsm" for f in qsm_futs.values()} | {f.key: "anat" for f in anat_futs.values()}
     stage_of |= {f.key: f.key.split("-", 1)[0] for f in extra}
-    for fut in track(list(qsm_futs.values()) + extra + list(anat_futs.values()), "participant", enabled=progress,
+    for fut in track(extra + list(anat_futs.values()) + list(qsm_futs.values()), "participant", enabled=progress,
                      stage_of=stage_of):
         stage = stage_of[fut.key]
         try:
@@ -295,7 +326,7 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
             summary.skipped.setdefault(stage, []).append(sub)
         else:
             summary.failed.setdefault(stage, {})[sub] = reason
-    for stage in ("qsm", "anat_init", "template", "anat"):
+    for stage in ("anat_init", "template", "anat", "qsm"):
         if stage not in summary.failed and stage in ("anat_init", "template") and stage not in stage_of.values():
             continue
         previous = store.failures().get(stage, {})
@@ -316,12 +347,12 @@ def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str
     criteria = QCCriteria.from_spec(spec)
     failures = store.failures()
     for sub in store.children("native"):
-        for stage in ("ingest", "qsm", "anat"):
+        for stage in ("ingest", "anat", "qsm"):
             if sub in failures.get(stage, {}):
                 excluded[sub] = failures[stage][sub]
                 break
         else:
-            if store.record(f"derived/{sub}/anat") is None:
+            if store.record(f"derived/{sub}/anat") is None or store.record(f"derived/{sub}/qsm") is None:
                 excluded[sub] = "not processed (run the participant level first)"
                 continue
             attrs = store.open_node(f"derived/{sub}/anat").attrs
@@ -391,12 +422,13 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
     # Stack: one dask array per map, chunks = one subject, whole volume; the
     # GLM re-chunks to voxel blocks with all subjects.
     maps = {}
-    for name, var in (("chi", "chi_mni"), ("gm_mod_s", "gm_mod_s")):
-        parts = [store.open_node(f"derived/{s}/anat")[var].data for s in subjects]
+    for name, node, var in (("chi", "qsm", "chi_mni"), ("gm_mod_s", "anat", "gm_mod_s")):
+        parts = [store.open_node(f"derived/{s}/{node}")[var].data for s in subjects]
         maps[name] = da.stack(parts).rechunk((-1, 32, 32, 32))
     participants_cols = {c: table[c].to_numpy() for c in table.columns}
     stack = mni_stack_dataset({k: v for k, v in maps.items()}, subjects, grid, participants_cols)
-    digest = digest_params([store.record(f"derived/{s}/anat")["digest"] for s in subjects], PIPELINE_VERSION)
+    digest = digest_params([store.record(f"derived/{s}/{node}")["digest"] for s in subjects for node in ("anat", "qsm")],
+                           PIPELINE_VERSION)
     if not store.is_current("mni", digest):
         store.write_node("mni", stack, stage="stack", digest=digest)
     mni = store.open_node("mni")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ferritin.stats.analysis import cluster_fwe_p
 
-__all__ = ["planted_effects", "planted_effect_recovery", "roi_recovery"]
+__all__ = ["planted_effects", "planted_effect_recovery", "roi_recovery", "score_planted_effects"]
 
 COLUMNS = ["effect", "region", "planted_x", "planted_y", "planted_z", "contrast", "found", "source",
            "x", "y", "z", "distance_mm", "T", "p_fwe"]
@@ -126,3 +126,26 @@ def roi_recovery(results: dict, effects, within_mm: float = 10.0) -> pd.DataFram
                 rows.append({"effect": effect["name"], "roi": roi.roi, "distance_mm": d, "map": g["map"],
                              "difference": first - second, "p": g["p"]})
     return pd.DataFrame(rows, columns=cols)
+
+
+def score_planted_effects(results: dict, effects, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score a group result against planted effects and write the two tables beside the study's.
+
+    A step of its own, not of a study: ``ferritin demo`` calls it, and so may a
+    user on any simulated cohort (``effects`` from :func:`planted_effects`).
+    Writes ``tables/planted_effects.csv`` (:func:`planted_effect_recovery`) and
+    ``tables/planted_effects_roi.csv`` (:func:`roi_recovery`) into ``out_dir``,
+    which the report then shows.
+    """
+    from .tables import write_csv
+
+    effects = list(effects)
+    if not effects:
+        raise ValueError("no planted effects to score against (is this a simulated cohort?)")
+    found = planted_effect_recovery(results, effects)
+    rois = roi_recovery(results, effects)
+    tables = Path(out_dir) / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    write_csv(found, tables / "planted_effects.csv", index=False)
+    write_csv(rois, tables / "planted_effects_roi.csv", index=False)
+    return found, rois

@@ -13,10 +13,12 @@ from ferritin.cohort.templates import load_template  # noqa: E402
 from ferritin.engine.anat.stages import (  # noqa: E402
     AnatParams,
     bias_correct,
+    chi_to_mni,
     jacobian_determinant,
     process_anatomy,
     renormalise_on_tissue,
     sample_at,
+    t1_brain_on_gre,
 )
 
 pytestmark = pytest.mark.slow  # ANTs registrations
@@ -39,8 +41,7 @@ def subject_and_result(system_tmp):
     spec = preset("tiny", n_echoes=2, seed=5)
     truth = simulate_subject(spec, sample_participants(spec).iloc[0].to_dict(), 0)
     template = load_template(spec.voxel_size)
-    result = process_anatomy(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
-                             truth.brain_mask_native > 0, template)
+    result = process_anatomy(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, template)
     return truth, template, result
 
 
@@ -67,8 +68,8 @@ def test_affine_is_brain_to_brain(index):
     by intensity first."""
     spec = preset("demo", n_echoes=2)
     truth = simulate_subject(spec, sample_participants(spec).iloc[index].to_dict(), index)
-    r = process_anatomy(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
-                        truth.brain_mask_native > 0, load_template(spec.voxel_size))
+    r = process_anatomy(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine,
+                        load_template(spec.voxel_size))
     assert abs(r.tiv_ml / truth.tiv_ml - 1) < 0.03
     assert r.qc_gm_corr > 0.8
 
@@ -126,8 +127,8 @@ def test_tissue_normalisation_beats_t1_contrast(subject_and_result):
     one lands closer (r 0.933 vs 0.904 on this subject when written)."""
     truth, template, r = subject_and_result
     assert AnatParams().normalise_on == "tissue"
-    t1_only = process_anatomy(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
-                              truth.brain_mask_native > 0, template, AnatParams(normalise_on="t1"))
+    t1_only = process_anatomy(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, template,
+                              AnatParams(normalise_on="t1"))
     brain = template.brain_mask
 
     def agreement(result):
@@ -139,8 +140,7 @@ def test_tissue_normalisation_beats_t1_contrast(subject_and_result):
 
 def test_normalisation_targets_are_checked(subject_and_result):
     truth, template, _ = subject_and_result
-    args = (truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, truth.chi_native,
-            truth.brain_mask_native > 0, template)
+    args = (truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine, template)
     with pytest.raises(ValueError, match="unknown normalisation targets"):
         process_anatomy(*args, targets={"csf": template.csf})
     with pytest.raises(ValueError, match="target 'gm' has shape"):
@@ -148,8 +148,7 @@ def test_normalisation_targets_are_checked(subject_and_result):
 
 
 def _renormalise(truth, r, template, targets, **kw):
-    return renormalise_on_tissue(r.gm, r.wm, truth.t1w_affine, r.affine_itk, r.gre_to_t1, truth.chi_native,
-                                 truth.brain_mask_native > 0, truth.gre_affine, template, targets,
+    return renormalise_on_tissue(r.gm, r.wm, truth.t1w_affine, r.affine_itk, template, targets,
                                  preparation=r.preparation, **kw)
 
 
@@ -188,11 +187,9 @@ def test_renormalisation_checks_its_inputs(subject_and_result):
     with pytest.raises(ValueError, match="target 'wm' has shape"):
         _renormalise(truth, r, template, {**targets, "wm": template.wm[1:]})
     with pytest.raises(ValueError, match="affine_itk"):
-        renormalise_on_tissue(r.gm, r.wm, truth.t1w_affine, {}, r.gre_to_t1, truth.chi_native,
-                              truth.brain_mask_native > 0, truth.gre_affine, template, targets)
+        renormalise_on_tissue(r.gm, r.wm, truth.t1w_affine, {}, template, targets)
     with pytest.raises(ValueError, match="one shape"):
-        renormalise_on_tissue(r.gm, r.wm[1:], truth.t1w_affine, r.affine_itk, r.gre_to_t1, truth.chi_native,
-                              truth.brain_mask_native > 0, truth.gre_affine, template, targets)
+        renormalise_on_tissue(r.gm, r.wm[1:], truth.t1w_affine, r.affine_itk, template, targets)
 
 
 def test_modulation_preserves_gm_volume(subject_and_result):
@@ -203,10 +200,26 @@ def test_modulation_preserves_gm_volume(subject_and_result):
 
 
 def test_chi_carried_to_mni(subject_and_result):
+    """The true native χ through the estimated coregistration and normalisation
+    lands where the true χ in MNI space is."""
     truth, template, r = subject_and_result
-    ok = np.isfinite(r.chi_mni) & template.brain_mask
+    chi_mni = chi_to_mni(truth.chi_native, truth.brain_mask_native > 0, truth.gre_affine, r.gre_to_t1, r.t1_points)
+    ok = np.isfinite(chi_mni) & template.brain_mask
     assert ok.sum() > 0.7 * template.brain_mask.sum()
-    assert np.corrcoef(r.chi_mni[ok], truth.mni["chi_brain"][ok])[0, 1] > 0.6
+    assert np.corrcoef(chi_mni[ok], truth.mni["chi_brain"][ok])[0, 1] > 0.6
+
+
+def test_chi_to_mni_checks_its_inputs(subject_and_result):
+    truth, _, r = subject_and_result
+    with pytest.raises(ValueError, match="t1_points"):
+        chi_to_mni(truth.chi_native, truth.brain_mask_native > 0, truth.gre_affine, r.gre_to_t1, r.t1_points[0])
+
+
+def test_t1_brain_carried_to_the_gre_grid(subject_and_result):
+    """The anatomy's brain mask on the GRE grid (what bounds the QSM mask) agrees with the true brain there."""
+    truth, _, r = subject_and_result
+    brain = t1_brain_on_gre(r.brain_mask, truth.t1w_affine, r.gre_to_t1, truth.mag.shape[1:], truth.gre_affine)
+    assert _dice(brain, truth.brain_mask_native > 0) > 0.85
 
 
 def test_jacobian_of_a_scaling():

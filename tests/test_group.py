@@ -74,11 +74,13 @@ def group_out(tmp_path_factory):
         store.write_node(f"native/{sub}", native, stage="ingest", digest=f"n{n}")
         aff = np.diag([3.0, 3.0, 3.0, 1.0])
         q = xr.Dataset({"chi": (("i", "j", "k"), rng.normal(0, 0.02, (8, 8, 8)).astype(np.float32)),
-                        "qsm_mask": (("i", "j", "k"), np.ones((8, 8, 8), np.uint8))},
-                       attrs={"subject": sub, "gre_affine": affine_attr(aff)})
+                        "qsm_mask": (("i", "j", "k"), np.ones((8, 8, 8), np.uint8)),
+                        "chi_mni": (("x", "y", "z"), chi)},
+                       coords={ax: (ax, v) for ax, v in grid.coords().items()},
+                       attrs={"subject": sub, "gre_affine": affine_attr(aff), "mni_affine": affine_attr(grid.affine)})
         store.write_node(f"derived/{sub}/qsm", q, stage="qsm", digest=f"q{n}", params={"inversion": "tv"})
         qc = 0.3 if sub == subjects[-1] else float(rng.uniform(0.8, 0.95))
-        a = xr.Dataset({"chi_mni": (("x", "y", "z"), chi), "gm_mod_s": (("x", "y", "z"), gm),
+        a = xr.Dataset({"gm_mod_s": (("x", "y", "z"), gm),
                         "gm_mod": (("x", "y", "z"), gm)},
                        coords={ax: (ax, v) for ax, v in grid.coords().items()},
                        attrs={"subject": sub, "tiv_ml": float(rng.normal(1450, 100)), "qc_gm_corr": qc,
@@ -126,11 +128,11 @@ def test_roi_values_equal_direct_means(group_out):
     assert masks.shape[-1] == len(names) >= 2
     values = pd.read_csv(out / "tables" / "roi_values.csv")
     sub = values.subject.iloc[0]
-    anat = store.open_node(f"derived/{sub}/anat").load()
+    nodes = {"chi_mni": store.open_node(f"derived/{sub}/qsm").load(), "gm_mod_s": store.open_node(f"derived/{sub}/anat").load()}
     for code, name in names.items():
         m = masks[..., code - 1]
         for var, mapname in (("chi_mni", "chi"), ("gm_mod_s", "gm_mod_s")):
-            want = np.nanmean(anat[var].values[m])
+            want = np.nanmean(nodes[var][var].values[m])
             got = values[(values.subject == sub) & (values.roi == name) & (values["map"] == mapname)]["value"].item()
             assert got == pytest.approx(want, rel=1e-6)
 
@@ -332,6 +334,16 @@ def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys
     assert "Planted effects (simulated cohort)" in page and "<th>distance_mm</th>" in page
     _print_recovery(res, [], out)  # a cohort that is not simulated: nothing printed
     assert capsys.readouterr().out == ""
+
+
+def test_scoring_is_a_step_of_its_own(group_out, tmp_path):
+    from ferritin import score_planted_effects
+
+    out, res, _ = group_out
+    with pytest.raises(ValueError, match="no planted effects"):
+        score_planted_effects(res, [], tmp_path)
+    found, _ = score_planted_effects(res, [{"name": "plant", "region": "Thalamus_L", "peak_mni": PLANT_MM}], tmp_path)
+    assert found.found.all() and (tmp_path / "tables" / "planted_effects.csv").exists()
 
 
 def test_roi_dataset_with_nested_rois():

@@ -39,9 +39,13 @@ def test_stages_write_records(processed):
     for sub in subjects:
         assert s.record(f"derived/{sub}/qsm")["stage"] == "qsm"
         anat = s.open_node(f"derived/{sub}/anat")
-        assert anat["chi_mni"].dims == ("x", "y", "z") and 1000 < anat.attrs["tiv_ml"] < 2500
+        qsm = s.open_node(f"derived/{sub}/qsm")
+        assert qsm["chi_mni"].dims == ("x", "y", "z") and 1000 < anat.attrs["tiv_ml"] < 2500
         brain = load_template(3.0).brain_mask
-        assert np.isfinite(anat["chi_mni"].values)[brain].mean() > 0.5
+        assert np.isfinite(qsm["chi_mni"].values)[brain].mean() > 0.5
+        # the QSM mask lies within the T1's brain mask carried to the GRE grid
+        assert qsm.attrs["mask_source"] == "t1"
+        assert anat["brain_mask"].dims == ("t1_i", "t1_j", "t1_k") and anat["t1_points"].shape[0] == 3
 
 
 def test_rerun_skips_everything(processed, client):
@@ -51,14 +55,24 @@ def test_rerun_skips_everything(processed, client):
     assert not again.done
 
 
-def test_changed_anat_parameter_recomputes_only_anat(processed, client):
+def test_changed_qsm_parameter_recomputes_only_qsm(processed, client):
     store, spec, subjects, _ = processed
     s = CohortStore(store)
-    before = s.record(f"derived/{subjects[0]}/qsm")
+    before = s.record(f"derived/{subjects[0]}/anat")
+    changed = {**spec, "qsm": {**spec["qsm"], "tv_iterations": 20}}
+    out = pipeline.run_participants(store, changed, client, subjects[:1], progress=False)
+    assert out.skipped["anat"] == subjects[:1] and out.done["qsm"] == subjects[:1]
+    assert s.record(f"derived/{subjects[0]}/anat") == before
+    assert s.record(f"derived/{subjects[0]}/qsm")["params"]["tv_iterations"] == 20
+
+
+def test_changed_anat_parameter_recomputes_anat_and_qsm(processed, client):
+    store, spec, subjects, _ = processed
+    s = CohortStore(store)
     changed = {**spec, "anat": {**spec["anat"], "vbm_fwhm_mm": 6.0}}
     out = pipeline.run_participants(store, changed, client, subjects[:1], progress=False)
-    assert out.skipped["qsm"] == subjects[:1] and out.done["anat"] == subjects[:1]
-    assert s.record(f"derived/{subjects[0]}/qsm") == before
+    # QSM reads the anatomy's brain mask and point map: it follows the anatomy
+    assert out.done["anat"] == subjects[:1] and out.done["qsm"] == subjects[:1]
     assert s.record(f"derived/{subjects[0]}/anat")["params"]["vbm_fwhm_mm"] == 6.0
 
 
@@ -78,7 +92,7 @@ def test_failing_subject_is_recorded_and_isolated(processed, client, monkeypatch
     changed = {**spec, "qsm": {**spec["qsm"], "tkd_threshold": 0.2}}
     out = pipeline.run_participants(store, changed, client, subjects, progress=False)
     assert "simulated scanner artefact" in out.failed["qsm"][bad]
-    assert bad in out.failed["anat"] and subjects[0] in out.done["qsm"]
+    assert subjects[0] in out.done["qsm"] and bad not in out.failed.get("anat", {})
     assert bad in s.failures()["qsm"]
 
 

@@ -2,9 +2,11 @@
 GRE→T1 coregistration, diffeomorphic normalisation to MNI and VBM.
 
 ANTs (antspyx) does the registrations and the N4 and Atropos steps; every
-resampling into MNI space is done here from point maps, so the χ map goes
-from the GRE grid to MNI through coregistration ∘ normalisation with one
-interpolation only.
+resampling into MNI space is done here from point maps.  The anatomy runs
+before QSM: its brain mask, carried to the GRE grid by the coregistration,
+bounds the QSM mask, and χ then goes from the GRE grid to MNI through
+coregistration ∘ normalisation (the stored point map) with one interpolation
+only (:func:`chi_to_mni`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from .antsbridge import (
 from .fov import HeadBox, find_head, working_voxel_size
 
 __all__ = ["AnatParams", "AnatResult", "process_anatomy", "renormalise_on_tissue", "bias_correct", "sample_at",
-           "t1_brain_on_gre",
-           "jacobian_determinant", "smooth_fwhm"]
+           "t1_brain_on_gre", "chi_to_mni", "jacobian_determinant", "smooth_fwhm"]
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,6 @@ class AnatResult:
     brain_mask: np.ndarray
     tiv_ml: float
     gre_to_t1: np.ndarray  # 4x4 RAS: T1 world point -> GRE world point
-    chi_mni: np.ndarray  # (x, y, z) on the MNI grid, NaN outside the chi mask
     gm_mni: np.ndarray  # warped GM (unmodulated)
     wm_mni: np.ndarray  # warped WM (unmodulated)
     gm_mod: np.ndarray  # modulated by the Jacobian determinant
@@ -199,22 +199,22 @@ def bias_correct(t1_img, params: AnatParams = AnatParams()):
 
 
 def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, gre_affine: np.ndarray,
-                    chi: np.ndarray, chi_mask: np.ndarray, template, params: AnatParams = AnatParams(),
-                    targets: dict | None = None) -> AnatResult:
-    """Segment and normalise one subject, and carry χ to MNI.
+                    template, params: AnatParams = AnatParams(), targets: dict | None = None) -> AnatResult:
+    """Segment and normalise one subject, and coregister its GRE to its T1.
 
     Steps: field of view cut below the brain (and very fine images resampled),
     N4, a rough brain mask near the head's brain centre, an affine to the
     template started at that centre, the template's brain mask back to the
     subject (skull strip), SyN, prior-guided Atropos, the tissue SyN, rigid
-    GRE → T1, and one resampling of χ and the tissue maps to MNI.  Native maps
-    are returned on the grid of ``t1`` whatever was cut or resampled.
+    GRE → T1, and one resampling of the tissue maps to MNI.  Native maps are
+    returned on the grid of ``t1`` whatever was cut or resampled; the point
+    map (:attr:`AnatResult.t1_points`) and ``gre_to_t1`` carry χ to MNI later
+    (:func:`chi_to_mni`).
 
     Parameters
     ----------
     t1, t1_affine : T1w image and its RAS affine.
     gre_mag, gre_affine : first-echo GRE magnitude and its affine.
-    chi, chi_mask : χ map (ppm) on the GRE grid and where it is defined.
     template : cohort.templates.Template
         MNI grid, T1 template and tissue priors.
     params : AnatParams
@@ -324,8 +324,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     _, t1_aff_ants = from_ants(t1_img)
     n4_brain = n4_arr * brain
     t1_norm = n4_brain / max(float(n4_brain[brain].mean()), 1e-12)
-    mni = _to_mni(pts_t1, t1_aff_ants, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, template, params,
-                  t1=t1_norm)
+    mni = _to_mni(pts_t1, t1_aff_ants, gm, wm, template, params, t1=t1_norm)
     volumes = {f"{name}_ml": float(np.sum(m) * vox_ml) for name, m in (("gm", gm), ("wm", wm), ("csf", csf))}
     brain_top = _world_top(brain, t1_aff_ants)
     native = _back_to_t1_grid({"gm": gm, "wm": wm, "csf": csf, "brain_mask": brain.astype(np.float32)},
@@ -431,7 +430,6 @@ def _t1_similarity(t1_mni: np.ndarray | None, target: np.ndarray, brain: np.ndar
 
 
 def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray, affine_itk: dict,
-                          gre_to_t1: np.ndarray, chi: np.ndarray, chi_mask: np.ndarray, gre_affine: np.ndarray,
                           template, targets: dict, params: AnatParams = AnatParams(),
                           preparation: dict | None = None) -> dict:
     """The tissue normalisation of a segmented subject again, to new GM and WM targets.
@@ -447,8 +445,6 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
     gm, wm : native GM and WM posteriors of the first pass (T1w grid).
     t1_affine : their RAS affine.
     affine_itk : :attr:`AnatResult.affine_itk` of the first pass.
-    gre_to_t1 : :attr:`AnatResult.gre_to_t1` of the first pass.
-    chi, chi_mask, gre_affine : χ map (ppm), where it is defined, its affine.
     template : cohort.templates.Template (grid, brain mask, QC reference).
     targets : dict with ``"gm"`` and ``"wm"`` on the template grid.
     params : AnatParams
@@ -460,7 +456,7 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
     Returns
     -------
     dict
-        The MNI-space fields of :class:`AnatResult` (``chi_mni``, ``gm_mni``,
+        The MNI-space fields of :class:`AnatResult` (``gm_mni``,
         ``wm_mni``, ``gm_mod``, ``gm_mod_smooth``, ``jacobian``, ``qc_gm_corr``,
         ``qc_dice``, ``t1_mni`` = None) and ``t1_points``, ``seconds``.
     """
@@ -490,7 +486,7 @@ def renormalise_on_tissue(gm: np.ndarray, wm: np.ndarray, t1_affine: np.ndarray,
         reg = _tissue_syn(gm_img, wm_img, targets, grid, mni_mask, [affine_file], params, tmp)
         pts_t1 = points_map(grid.shape, grid.affine, reg["fwdtransforms"], gm_img)
     _, t1_aff_ants = from_ants(gm_img)
-    mni = _to_mni(pts_t1, t1_aff_ants, gm_w, wm_w, gre_to_t1, chi, chi_mask, gre_affine, template, params)
+    mni = _to_mni(pts_t1, t1_aff_ants, gm_w, wm_w, template, params)
     return {**mni, "t1_points": pts_t1, "seconds": {"normalisation on tissue (SyN)": time.perf_counter() - t0}}
 
 
@@ -544,16 +540,40 @@ def _tissue_syn(gm_img, wm_img, targets, grid, mni_mask, initial: list, params: 
                              outprefix=os.path.join(tmp, "tissue_"), random_seed=params.seed)
 
 
-def _to_mni(pts_t1, t1_aff, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, template, params: AnatParams,
-            t1=None) -> dict:
-    """χ, GM, WM (and the T1, if given) sampled once through the point map; modulation, smoothing, QC."""
+def chi_to_mni(chi: np.ndarray, chi_mask: np.ndarray, gre_affine: np.ndarray, gre_to_t1: np.ndarray,
+               t1_points: np.ndarray) -> np.ndarray:
+    """χ on the MNI grid through coregistration ∘ normalisation, in one interpolation.
+
+    Parameters
+    ----------
+    chi, chi_mask : χ (ppm) on the GRE grid and where it is defined.
+    gre_affine : the GRE grid's RAS affine.
+    gre_to_t1 : :attr:`AnatResult.gre_to_t1` (T1 world point -> GRE world point).
+    t1_points : :attr:`AnatResult.t1_points`, (3, x, y, z): the T1 world point of every MNI voxel.
+
+    Returns
+    -------
+    ndarray (x, y, z), float32
+        χ normalised by the interpolated mask coverage (so the mask's edge
+        does not pull values towards 0), NaN where less than half of the
+        interpolation weight falls inside ``chi_mask``.
+    """
+    g = np.asarray(gre_to_t1, float)
+    pts = np.asarray(t1_points, float)
+    if g.shape != (4, 4) or pts.ndim != 4 or pts.shape[0] != 3:
+        raise ValueError(f"gre_to_t1 must be 4x4 and t1_points (3, x, y, z); got {g.shape} and {pts.shape}")
+    pts_gre = np.einsum("ab,b...->a...", g[:3, :3], pts) + g[:3, 3].reshape(3, 1, 1, 1)
+    mask = np.asarray(chi_mask, dtype=bool)
+    values = sample_at(np.where(mask, chi, 0.0), gre_affine, pts_gre, order=1, cval=0.0)
+    cover = sample_at(mask.astype(np.float64), gre_affine, pts_gre, order=1, cval=0.0)
+    return np.where(cover > 0.5, values / np.maximum(cover, 1e-6), np.nan).astype(np.float32)
+
+
+def _to_mni(pts_t1, t1_aff, gm, wm, template, params: AnatParams, t1=None) -> dict:
+    """GM, WM (and the T1, if given) sampled once through the point map; modulation, smoothing, QC."""
     grid = template.grid
     vs = (grid.voxel_size,) * 3
     jac = jacobian_determinant(pts_t1, vs)
-    pts_gre = np.einsum("ab,b...->a...", gre_to_t1[:3, :3], pts_t1) + gre_to_t1[:3, 3].reshape(3, 1, 1, 1)
-    chi_vals = sample_at(np.where(chi_mask, chi, 0.0), gre_affine, pts_gre, order=1, cval=0.0)
-    chi_cov = sample_at(np.asarray(chi_mask, dtype=np.float64), gre_affine, pts_gre, order=1, cval=0.0)
-    chi_mni = np.where(chi_cov > 0.5, chi_vals / np.maximum(chi_cov, 1e-6), np.nan)
     gm_mni = np.nan_to_num(sample_at(gm, t1_aff, pts_t1, order=1, cval=0.0))
     wm_mni = np.nan_to_num(sample_at(wm, t1_aff, pts_t1, order=1, cval=0.0))
     t1_mni = None if t1 is None else np.nan_to_num(sample_at(t1, t1_aff, pts_t1, order=1, cval=0.0)).astype(np.float32)
@@ -565,7 +585,7 @@ def _to_mni(pts_t1, t1_aff, gm, wm, gre_to_t1, chi, chi_mask, gre_affine, templa
     corr = float(np.corrcoef(gm_mni[sel], tgm[sel])[0, 1])
     a, b = gm_mni > 0.5, tgm > 0.5
     dice = float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-    return {"chi_mni": chi_mni.astype(np.float32), "gm_mni": gm_mni.astype(np.float32),
+    return {"gm_mni": gm_mni.astype(np.float32),
             "wm_mni": wm_mni.astype(np.float32), "gm_mod": gm_mod.astype(np.float32),
             "gm_mod_smooth": gm_mod_s.astype(np.float32), "jacobian": jac.astype(np.float32),
             "qc_gm_corr": corr, "qc_dice": dice, "t1_mni": t1_mni}

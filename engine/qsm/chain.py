@@ -60,12 +60,20 @@ class QSMParams:
         "unwrapper": ("path", "laplacian"),
         "inversion": ("tv", "star", "tkd", "ilsqr"),
         "ringing": ("unring", "taper", "none"),
+        "mask_source": ("t1", "magnitude"),
     }
 
     #: Against truncation ringing of the scalp into the brain's phase (see :mod:`.ringing`):
     #: "unring" (local sub-voxel shifts), "taper" (Tukey filter of the outer k-space) or "none".
     ringing: str = "none"
     kspace_taper: float = 0.3  # outer fraction of k-space the "taper" filters
+    #: Where the QSM mask comes from.  "t1": the brain mask of the subject's T1
+    #: (the anatomy stage's, carried to the GRE grid by the coregistration)
+    #: intersected with the magnitude mask; "magnitude": the magnitude mask
+    #: alone.  A magnitude mask of a real head reaches into the scalp, the skull
+    #: base and the sinuses, where the phase is not the brain's: the inversion
+    #: spreads those fields into the brain as rings and stripes.
+    mask_source: str = "t1"
     combine: str = "phase-difference"
     unwrapper: str = "path"
     mask_detach_mm: float = 5.0
@@ -95,17 +103,20 @@ class QSMParams:
 
 
 def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMParams = QSMParams(),
-                    mask: np.ndarray | None = None):
+                    mask: np.ndarray | None = None, brain: np.ndarray | None = None):
     """Magnitude and phase (echo, x, y, z) to chi (ppm) and its mask.
 
-    Steps: brain mask from the magnitude, optional removal of truncation
+    Steps: brain mask from the magnitude (within ``brain``, the anatomical
+    brain mask on this grid, when given), optional removal of truncation
     ringing, Laplacian unwrapping and weighted echo combination, V-SHARP (radii
     from ``vsharp_max_radius_mm`` down to ``vsharp_min_radius_vox`` voxels), an
     estimate of the local field's noise that scales the regularisation, dipole
     inversion with B0 taken from the affine (oblique slabs), chi referenced to
     the mean over the mask.
 
-    A precomputed brain ``mask`` may be given instead of the magnitude-based one.
+    A precomputed ``mask`` may be given instead of the magnitude-based one;
+    ``brain`` (e.g. :func:`ferritin.engine.anat.stages.t1_brain_on_gre`)
+    restricts the magnitude-based one to the brain.
 
     Returns
     -------
@@ -120,6 +131,13 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     if mask is None:
         erode = max(vs) if params.mask_erode_mm is None else params.mask_erode_mm
         mask = brain_mask(magnitude[0], vs, detach_mm=params.mask_detach_mm, erode_mm=erode)
+        if brain is not None:
+            brain = np.asarray(brain, dtype=bool)
+            if brain.shape != mask.shape:
+                raise ValueError(f"brain mask shape {brain.shape} differs from the image shape {mask.shape}")
+            mask = largest_component(mask & brain)
+            if not mask.any():
+                raise ValueError("the brain mask and the magnitude mask do not overlap: check the coregistration")
     else:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != magnitude.shape[1:]:

@@ -1,0 +1,97 @@
+"""One study run: ingest → participant level → group level → report.
+
+The command line (``ferritin run``, ``ferritin demo``) and the benchmarks run
+a study through :func:`run_study`, so the sequence, the store's place in the
+output folder and what each level returns are written once.  Scoring a run
+against the effects planted in a simulated cohort is not part of a study: it
+is :func:`ferritin.engine.recovery.score_planted_effects`, which the demo
+calls and a user may call on any simulated cohort.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ingest import IngestResult, ingest
+from .pipeline import RunSummary, run_group, run_participants
+
+__all__ = ["LEVELS", "StudyResult", "run_study", "store_path", "write_report"]
+
+#: the levels of a study, in the order they run
+LEVELS = ("participant", "group")
+
+
+@dataclass
+class StudyResult:
+    """What one call of :func:`run_study` did."""
+
+    store: Path
+    out: Path
+    ingest: IngestResult | None = None  # participant level: subjects read from BIDS into the store
+    participants: RunSummary | None = None  # participant level: per-subject stages
+    group: dict | None = None  # group level: :func:`~ferritin.engine.pipeline.run_group`'s result
+    report: Path | None = None
+    seconds: dict = field(default_factory=dict)  # wall time per level
+
+
+def store_path(out_dir: str | Path) -> Path:
+    """Where a study's cohort store lives in its output folder."""
+    return Path(out_dir) / "cohort.zarr"
+
+
+def run_study(bids_dir: str | Path, out_dir: str | Path, spec: dict, client=None, *,
+              levels: tuple[str, ...] = LEVELS, participant_label: list[str] | None = None,
+              progress: bool = True, report: bool = True) -> StudyResult:
+    """Run the levels of a study on a BIDS dataset; outputs and the cohort store go to ``out_dir``.
+
+    Parameters
+    ----------
+    bids_dir : the BIDS dataset.
+    out_dir : output folder (a BIDS derivative dataset; the store is ``out_dir/cohort.zarr``).
+    spec : dict
+        The study spec (:func:`ferritin.engine.spec.load_spec`).
+    client : dask.distributed.Client, optional
+        Where the participant level runs; needed only for that level.
+    levels : which of ``"participant"`` and ``"group"`` to run (in that order).
+    participant_label : only these subjects at the participant level (with or without ``sub-``).
+    progress : draw progress bars.
+    report : write ``report.html`` after the group level.
+    """
+    unknown = set(levels) - set(LEVELS)
+    if unknown or not levels:
+        raise ValueError(f"levels must be some of {LEVELS}, got {list(levels)}")
+    if "participant" in levels and client is None:
+        raise ValueError("the participant level needs a Dask client")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = StudyResult(store=store_path(out), out=out)
+    if "participant" in levels:
+        t0 = time.perf_counter()
+        result.ingest = ingest(bids_dir, result.store, client, participant_label, progress=progress)
+        labels = None
+        if participant_label:
+            labels = [lab if lab.startswith("sub-") else f"sub-{lab}" for lab in participant_label]
+        result.participants = run_participants(result.store, spec, client, labels, progress=progress)
+        result.seconds["participant"] = time.perf_counter() - t0
+    if "group" in levels:
+        t0 = time.perf_counter()
+        result.group = run_group(result.store, spec, out)
+        result.seconds["group"] = time.perf_counter() - t0
+        if report:
+            result.report = write_report(out)
+    return result
+
+
+def write_report(out: Path) -> Path | None:
+    """The report, or None when it could not be written: the statistics are on disk either way."""
+    import sys
+
+    from .report import build_report
+
+    try:
+        return build_report(out)
+    except Exception as exc:  # a figure failing must not hide the statistics
+        print(f"ferritin: the report could not be written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
