@@ -20,9 +20,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from ferritin.cohort.simulate import preset, sample_participants, simulate_subject  # noqa: E402
-from ferritin.cohort.templates import load_template  # noqa: E402
-from ferritin.engine.anat.stages import AnatParams, process_anatomy, sample_at  # noqa: E402
+from ferritin.cohort.simulate import preset, sample_participants, simulate_subject
+from ferritin.cohort.templates import load_template
+from ferritin.engine.anat.stages import AnatParams, process_anatomy, sample_at
 
 
 def dice(a, b):

@@ -16,10 +16,10 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from ferritin.cohort.templates import load_template  # noqa: E402
-from ferritin.stats import rft  # noqa: E402
-from ferritin.stats.glm import fit_glm, standardized_residuals, t_contrast  # noqa: E402
-from ferritin.stats.permutation import permutation_max_t  # noqa: E402
+from ferritin.cohort.templates import load_template
+from ferritin.stats import rft
+from ferritin.stats.glm import fit_glm, standardized_residuals, t_contrast
+from ferritin.stats.permutation import permutation_max_t
 
 
 def timed(fn, repeats):

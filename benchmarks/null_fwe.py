@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ferritin.cohort.simulate import preset, simulate_cohort  # noqa: E402
-from ferritin.engine.cluster import dask_client  # noqa: E402
-from ferritin.engine.ingest import ingest  # noqa: E402
-from ferritin.engine.pipeline import group_design, run_group, run_participants  # noqa: E402
-from ferritin.engine.spec import load_spec  # noqa: E402
-from ferritin.stats.analysis import cluster_fwe_p  # noqa: E402
+from ferritin.cohort.simulate import preset, simulate_cohort
+from ferritin.engine.cluster import dask_client
+from ferritin.engine.pipeline import group_design
+from ferritin.engine.spec import load_spec
+from ferritin.engine.study import run_study
+from ferritin.stats.analysis import cluster_fwe_p
 
 
 def svc_permutation_check(store_path, spec, res, n_perm):
@@ -92,9 +92,7 @@ def main():
             spec["mni_voxel_size"] = max(2.0, args.voxel)
             with dask_client(workers=2, quiet=True) as client:
                 simulate_cohort(root / "bids", sim, client=client, progress=False)
-                ingest(root / "bids", root / "cohort.zarr", client, progress=False)
-                run_participants(root / "cohort.zarr", spec, client, progress=False)
-            res = run_group(root / "cohort.zarr", spec, root / "out")
+                res = run_study(root / "bids", root, spec, client, progress=False, report=False).group
             if args.svc_permutations:
                 for line in svc_permutation_check(root / "cohort.zarr", spec, res, args.svc_permutations):
                     print(f"  seed {seed} {line}", flush=True)

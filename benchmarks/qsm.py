@@ -23,11 +23,11 @@ import tracemalloc
 import numpy as np
 from scipy import ndimage
 
-from ferritin.engine.qsm.background import vsharp  # noqa: E402
-from ferritin.engine.qsm.dipole import dipole_kernel, forward_field  # noqa: E402
-from ferritin.engine.qsm.inversion import star_qsm, tkd, tv_admm  # noqa: E402
-from ferritin.engine.qsm.mask import brain_mask  # noqa: E402
-from ferritin.engine.qsm.unwrap import combine_echoes, field_to_ppm  # noqa: E402
+from ferritin.engine.qsm.background import vsharp
+from ferritin.engine.qsm.dipole import dipole_kernel, forward_field
+from ferritin.engine.qsm.inversion import star_qsm, tkd, tv_admm
+from ferritin.engine.qsm.mask import brain_mask
+from ferritin.engine.qsm.unwrap import combine_echoes, field_to_ppm
 
 GAMMA = 42.577478518e6
 

@@ -24,13 +24,13 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from ferritin.cohort.simulate import _world_coords, preset, sample_participants, simulate_subject  # noqa: E402
-from ferritin.cohort.templates import atlas_labels, load_template  # noqa: E402
-from ferritin.engine.anat.stages import process_anatomy, t1_brain_on_gre  # noqa: E402
-from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm  # noqa: E402
-from ferritin.engine.qsm.dipole import b0_direction  # noqa: E402
-from ferritin.engine.qsm.inversion import ilsqr, star_qsm, tkd, tv_admm  # noqa: E402
-from ferritin.engine.qsm.metrics import hfen, nrmse, region_mean_errors  # noqa: E402
+from ferritin.cohort.simulate import preset, sample_participants, simulate_subject
+from ferritin.cohort.templates import atlas_labels, load_template
+from ferritin.engine.anat.stages import process_anatomy, t1_brain_on_gre
+from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
+from ferritin.engine.qsm.dipole import b0_direction
+from ferritin.engine.qsm.inversion import ilsqr, star_qsm, tkd, tv_admm
+from ferritin.engine.qsm.metrics import hfen, nrmse, region_mean_errors
 
 METHODS = {"tkd": tkd, "tv": tv_admm, "star": star_qsm, "ilsqr": ilsqr}
 NUCLEI = ("Caudate", "Putamen", "Pallidum", "Thalamus")
@@ -39,7 +39,9 @@ NUCLEI = ("Caudate", "Putamen", "Pallidum", "Thalamus")
 def nuclei_labels(truth, voxel):
     """Atlas label of every GRE voxel, through the simulator's true placement, and the nuclei's names."""
     tpl = load_template(voxel)
-    pts = truth.placement.to_mni(_world_coords(truth.mag.shape[1:], truth.gre_affine), gre=True)
+    ijk = np.indices(truth.mag.shape[1:], dtype=np.float64)
+    world = np.einsum("ab,b...->a...", truth.gre_affine[:3, :3], ijk) + truth.gre_affine[:3, 3].reshape(3, 1, 1, 1)
+    pts = truth.placement.to_mni(world, gre=True)
     inv = np.linalg.inv(tpl.grid.affine)
     ijk = np.einsum("ab,b...->a...", inv[:3, :3], pts) + inv[:3, 3].reshape(3, 1, 1, 1)
     labels = ndimage.map_coordinates(tpl.atlas, ijk, order=0, mode="constant", cval=0)

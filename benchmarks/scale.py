@@ -22,9 +22,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ferritin.cohort.templates import load_template  # noqa: E402
-from ferritin.stats import rft  # noqa: E402
-from ferritin.stats.glm import fit_glm, standardized_residuals, t_contrast  # noqa: E402
+from ferritin.cohort.templates import load_template
+from ferritin.stats import rft
+from ferritin.stats.glm import fit_glm, standardized_residuals, t_contrast
 
 
 def peak_rss_gib() -> float:

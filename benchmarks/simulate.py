@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ferritin.cohort.simulate import preset, sample_participants, simulate_cohort, simulate_subject, write_bids_subject  # noqa: E402
-from ferritin.cohort.templates import load_template  # noqa: E402
-from ferritin.engine.cluster import dask_client  # noqa: E402
+from ferritin.cohort.simulate import preset, sample_participants, simulate_cohort, simulate_subject, write_bids_subject
+from ferritin.cohort.templates import load_template
+from ferritin.engine.cluster import dask_client
 
 
 def du(path: Path) -> float:
