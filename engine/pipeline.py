@@ -128,13 +128,12 @@ def qsm_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[s
         chi_mni = chi_to_mni(chi, mask, affine, gre_to_t1, anat["t1_points"].values)
     except Exception as exc:  # one subject's failure must not stop the cohort
         return ("failed", subject, f"{subject}: QSM failed: {type(exc).__name__}: {exc}")
-    grid = load_template(float(spec.get("mni_voxel_size", 2.0))).grid
     ds = xr.Dataset(
         {"chi": (("i", "j", "k"), chi, {"units": "ppm", "long_name": "magnetic susceptibility"}),
          "qsm_mask": (("i", "j", "k"), mask.astype(np.uint8)),
          "chi_mni": (("x", "y", "z"), chi_mni, {"units": "ppm", "long_name": "magnetic susceptibility in MNI space"})},
-        coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
-        attrs={"subject": subject, "gre_affine": affine_attr(affine), "mni_affine": affine_attr(grid.affine),
+        coords={ax: (ax, anat[ax].values, {"units": "mm"}) for ax in ("x", "y", "z")},  # the anatomy's MNI grid
+        attrs={"subject": subject, "gre_affine": affine_attr(affine), "mni_affine": anat.attrs["mni_affine"],
                "mask_source": params.mask_source},
     )
     store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict())

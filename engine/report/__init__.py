@@ -104,11 +104,13 @@ def methods_text(spec: dict, qsm_params: dict, anat_params: dict, n_used: int, n
                  "tkd": f"truncated k-space division (threshold {q.get('tkd_threshold', '?')})",
                  "ilsqr": "iLSQR", "star": "STAR-QSM two-level sparse inversion"}.get(
         q.get("inversion", ""), q.get("inversion", "?"))
+    mask = ("a brain mask was computed from the magnitude within the T1's brain mask carried to the GRE grid by "
+            "the rigid coregistration" if q.get("mask_source", "t1") == "t1"
+            else "a brain mask was computed from the magnitude")
     svc = ", ".join(s.get("region") or s["name"] for s in spec.get("svc", []))
     covs = " and ".join(spec["covariates"]) or "no covariates"
     text = [
-        f"Multi-echo GRE phase was combined across echoes by {combine}; a brain mask was computed from the "
-        f"magnitude; background fields were removed with V-SHARP (spheres from {q.get('vsharp_max_radius_mm', '?')} mm, "
+        f"Multi-echo GRE phase was combined across echoes by {combine}; {mask}; background fields were removed with V-SHARP (spheres from {q.get('vsharp_max_radius_mm', '?')} mm, "
         f"truncation {q.get('vsharp_threshold', '?')}); susceptibility was estimated by {inversion} with the B0 "
         f"direction taken from the image affine and referenced to the whole-brain mean.",
         f"T1-weighted images were bias-corrected (N4, shrink {a.get('n4_shrink', '?')}) and segmented into GM, WM "
