@@ -2,18 +2,19 @@
 
 :func:`build_report` reads what the group level wrote — the cohort store
 (``/stats``, ``/roi``, per-subject QC attributes), ``tables/*.csv`` and
-``spec.yaml`` — and writes a self-contained HTML page: every figure is an
-embedded PNG, the style is inline, nothing is fetched from anywhere.  It can
-be rebuilt at any time with ``ferritin report OUTPUT_DIR``.
+``spec.yaml`` — builds one :class:`~.blocks.Section` per part of the study and
+renders them with the Jinja2 template ``templates/report.html.j2`` (as
+nilearn's reports are built): a self-contained page, every figure an embedded
+PNG, the style inline, nothing fetched from anywhere.  It can be rebuilt at any
+time with ``ferritin report OUTPUT_DIR``.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import json
 import platform
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ferritin.cohort.store import CohortStore
 from ferritin.cohort.templates import load_template
 
 from . import figures
+from .blocks import Block, Section, empty, figure, finding, format_value, heading, table, text
 
 __all__ = ["build_report", "software_versions", "methods_text"]
 
@@ -46,45 +48,6 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def _img(png: bytes, alt: str) -> str:
-    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,'
-            f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(alt)}</figcaption></figure>')
-
-
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return "" if np.isnan(v) else ("∞" if v > 0 else "−∞")
-        a = abs(v)
-        if a != 0 and (a < 1e-3 or a >= 1e5):
-            return f"{v:.2e}"
-        return f"{v:.3f}" if a < 10 else f"{v:.1f}"
-    return html.escape(str(v))
-
-
-def _whole(col: pd.Series) -> bool:
-    """A numeric column of counts (whole numbers, NaN allowed) is shown without decimals."""
-    v = pd.to_numeric(col, errors="coerce")
-    v = v[np.isfinite(v)] if v.dtype.kind == "f" else v.dropna()
-    return col.dtype.kind in "if" and len(v) > 0 and bool((v == np.round(v)).all()) and bool((v.abs() < 1e6).all())
-
-
-def _table(df: pd.DataFrame, caption: str = "", max_rows: int | None = None, source: str = "") -> str:
-    if df is None or not len(df):
-        return f"<p class='empty'>{html.escape(caption)}: nothing to show.</p>"
-    more = ""
-    if max_rows is not None and len(df) > max_rows:
-        more = (f"<p class='empty'>{len(df) - max_rows} more rows in <code>{html.escape(source)}</code>.</p>")
-        df = df.iloc[:max_rows]
-    counts = {c for c in df.columns if _whole(df[c])}
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{int(v) if c in counts and np.isfinite(v) else _fmt(v)}</td>"
-                                    for c, v in zip(df.columns, row)) + "</tr>"
-                   for row in df.itertuples(index=False))
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
-
-
 def _read(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
@@ -92,8 +55,8 @@ def _read(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def methods_text(spec: dict, qsm_params: dict, anat_params: dict, n_used: int, n_excluded: int) -> str:
-    """A methods paragraph written from the parameters the results were computed with."""
+def methods_text(spec: dict, qsm_params: dict, anat_params: dict, n_used: int, n_excluded: int) -> list[str]:
+    """The methods, as paragraphs written from the parameters the results were computed with."""
     q, a, inf = qsm_params, anat_params, spec["inference"]
     combine = {"phase-difference": "complex echo differences refined with every echo and one spatial unwrap",
                "laplacian-wls": "weighted least-squares frequency fit after Laplacian unwrapping",
@@ -133,31 +96,7 @@ def methods_text(spec: dict, qsm_params: dict, anat_params: dict, n_used: int, n
         "the hypothesised direction, two-tailed also given, Benjamini–Hochberg FDR across the family), sex by "
         "chi-squared, age by two-sample t, and normality by the Lilliefors test.",
     ]
-    return "".join(f"<p>{html.escape(t)}</p>" for t in text)
-
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
-table{border-collapse:collapse;font-size:.8em;margin:.8em 0}caption{text-align:left;font-weight:600;padding:.3em 0}
-th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}th{background:#f4f4f4}
-td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:.5em;vertical-align:top}
-figure img{max-width:100%}figcaption{font-size:.75em;color:#555}.empty{color:#777;font-style:italic}
-.finding{background:#f7fbff;border-left:3px solid #2471a3;padding:.4em .8em;margin:.3em 0}
-nav a{margin-right:1em}code{font-size:.85em}
-.warning{background:#fdf2e9;border-left:3px solid #d35400;padding:.4em .8em}
-"""
-
-_CHECK = """
-<p id="render-check">figures not checked</p>
-<script>
-window.addEventListener('load', function () {
-  var imgs = document.images, ok = 0;
-  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
-  document.getElementById('render-check').textContent = 'figures rendered: ' + ok + '/' + imgs.length;
-});
-</script>
-"""
+    return text
 
 
 def _subject_qc(store: CohortStore, subjects) -> pd.DataFrame:
@@ -215,8 +154,32 @@ def _qc_panels(store: CohortStore, subjects, template, limit: int = 8):
     return masks, norms
 
 
-def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> Path:
-    """Write ``<out_dir>/report.html`` from the outputs of the group level and return its path."""
+@dataclass
+class _Study:
+    """What every section reads: the output folder, its spec, the store and the template."""
+
+    out: Path
+    tables: Path
+    spec: dict
+    run: dict
+    store: CohortStore
+    template: object
+    excluded: dict
+    used: pd.DataFrame
+    stats: dict  # contrast name -> its /stats node
+
+    def svc_alpha(self) -> float:
+        return float(self.spec["inference"].get("svc_alpha", 0.05))
+
+    def best_svc(self, name: str) -> pd.DataFrame:
+        """The lowest-p peak of each small volume of a contrast."""
+        svc = _read(self.tables / f"{name}_svc.csv")
+        if "p_fwe" not in svc.columns or not len(svc):
+            return pd.DataFrame()
+        return svc.sort_values("p_fwe").groupby("svc", sort=False).head(1)
+
+
+def _open_study(out_dir: str | Path, store_path) -> _Study:
     out = Path(out_dir)
     tables = out / "tables"
     if not (out / "spec.yaml").exists() or not tables.is_dir():
@@ -226,177 +189,189 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     if store_path is None and run:
         store_path = run["store"]
     store = CohortStore(store_path or out / "cohort.zarr")
-    vs = float(spec.get("mni_voxel_size", 2.0))
-    template = load_template(vs)
-    grid = template.grid
-    groups = list(spec["groups"])
     excluded = json.loads((tables / "excluded.json").read_text()) if (tables / "excluded.json").exists() else {}
     used = _read(tables / "subjects.csv")
     used = used.set_index("subject") if len(used) else used
-    parts = []
-    nav = []
+    stats = {c["name"]: store.open_node(f"stats/{c['name']}").load() for c in spec["contrasts"]
+             if store.exists(f"stats/{c['name']}")}
+    return _Study(out, tables, spec, run, store, load_template(float(spec.get("mni_voxel_size", 2.0))), excluded,
+                  used, stats)
 
-    def section(anchor: str, title: str, body: str) -> None:
-        nav.append(f'<a href="#{anchor}">{html.escape(title)}</a>')
-        parts.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>')
 
-    # findings in words, first
-    findings = []
-    stats_nodes = {}
-    for c in spec["contrasts"]:
+def _findings_section(st: _Study) -> Section:
+    """The small-volume results in words, first."""
+    blocks = []
+    for name in st.stats:
+        for _, r in st.best_svc(name).iterrows():
+            verdict = "significant" if r.p_fwe < st.svc_alpha() else "not significant"
+            blocks.append(finding(name, f"in {r.svc}: peak ({r.x:.0f}, {r.y:.0f}, {r.z:.0f}) mm, T = {r['T']:.2f}, "
+                                  f"p(FWE-SVC) = {format_value(r.p_fwe)} — {verdict}"))
+    return Section("findings", "Findings", blocks or [empty("No small-volume result.")])
+
+
+def _table1_section(st: _Study) -> Section:
+    return Section("table1", "Table 1: participants", [
+        table(_read(st.tables / "table1.csv"), "Demographics and clinical scores by group (t test; sex: Pearson "
+                                               "chi-squared)")])
+
+
+def _maps_section(st: _Study) -> Section:
+    """Per contrast: thresholds, the glass brain, the significant SVC peaks, cluster and SVC tables."""
+    grid, inf = st.template.grid, st.spec["inference"]
+    blocks = []
+    for c in st.spec["contrasts"]:
         name = c["name"]
-        if not store.exists(f"stats/{name}"):
+        if name not in st.stats:
             continue
-        stats_nodes[name] = store.open_node(f"stats/{name}").load()
-        svc = _read(tables / f"{name}_svc.csv")
-        if "p_fwe" in svc.columns and len(svc):
-            best = svc.sort_values("p_fwe").groupby("svc", sort=False).head(1)
-            for _, r in best.iterrows():
-                verdict = "significant" if r.p_fwe < float(spec["inference"].get("svc_alpha", 0.05)) else "not significant"
-                findings.append(f"<div class='finding'><b>{html.escape(name)}</b> in {html.escape(r.svc)}: peak "
-                                f"({r.x:.0f}, {r.y:.0f}, {r.z:.0f}) mm, T = {r['T']:.2f}, p(FWE-SVC) = {_fmt(r.p_fwe)} "
-                                f"— {verdict}</div>")
-    n_used = len(used)
-    versions = software_versions()
-    head = (f"<h1>{html.escape(str(spec.get('name', 'study')))}: QSM and VBM group study</h1>"
-            f"<p>{n_used} subjects in the group statistics, {len(excluded)} excluded; generated "
-            f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ferritin {versions['ferritin']}.</p>"
-            + "".join(f"<p class='warning'><b>Warning:</b> {html.escape(w)}</p>" for w in run.get("warnings", [])))
-    section("findings", "Findings", "".join(findings) or "<p class='empty'>No small-volume result.</p>")
-
-    # Table 1
-    t1 = _read(tables / "table1.csv")
-    section("table1", "Table 1: participants", _table(t1, "Demographics and clinical scores by group "
-                                                          "(t test; sex: Pearson chi-squared)"))
-
-    # maps and cluster tables
-    body = []
-    for c in spec["contrasts"]:
-        name = c["name"]
-        if name not in stats_nodes:
-            continue
-        ds = stats_nodes[name]
+        ds = st.stats[name]
         T = np.where(ds["mask"].values > 0, ds["T"].values, np.nan)
         u = float(ds.attrs["u"])
-        body.append(f"<h3>{html.escape(name)}: {html.escape(c['map'])}, {html.escape(str(c['weights']))}</h3>"
-                    f"<p>df = {ds.attrs['df']}, FWHM = {', '.join(f'{v:.1f}' for v in ds.attrs['fwhm_mm'])} mm, "
-                    f"height threshold T ≥ {u:.2f} (P < {spec['inference'].get('height_p')}), whole-brain FWE "
-                    f"threshold T ≥ {float(ds.attrs['fwe_threshold']):.2f}, extent ≥ {ds.attrs['k_voxels']} voxels.</p>")
-        body.append(_img(figures.glass_brain(T, grid.affine, u, name), f"{name}: T map above {u:.2f} (glass brain)"))
-        svc = _read(tables / f"{name}_svc.csv")
-        if "p_fwe" in svc.columns and len(svc):
-            for _, r in svc.sort_values("p_fwe").groupby("svc", sort=False).head(1).iterrows():
-                if r.p_fwe < float(spec["inference"].get("svc_alpha", 0.05)):
-                    body.append(_img(figures.stat_slices(T, grid.affine, template.t1, u, (r.x, r.y, r.z),
-                                                         f"{name} {r.svc}"),
-                                     f"{name}: peak of {r.svc} at ({r.x:.0f}, {r.y:.0f}, {r.z:.0f})"))
-        body.append(_table(_read(tables / f"{name}_clusters.csv"), "Whole-brain clusters (extent rule applied)",
-                           max_rows=15, source=f"tables/{name}_clusters.csv"))
-        body.append(_table(svc, "Small-volume correction"))
-        perm = _read(tables / f"{name}_permutation.csv")
+        blocks.append(heading(f"{name}: {c['map']}, {c['weights']}"))
+        blocks.append(text(f"df = {ds.attrs['df']}, FWHM = {', '.join(f'{v:.1f}' for v in ds.attrs['fwhm_mm'])} mm, "
+                           f"height threshold T ≥ {u:.2f} (P < {inf.get('height_p')}), whole-brain FWE threshold "
+                           f"T ≥ {float(ds.attrs['fwe_threshold']):.2f}, extent ≥ {ds.attrs['k_voxels']} voxels."))
+        blocks.append(figure(figures.glass_brain(T, grid.affine, u, name), f"{name}: T map above {u:.2f} (glass brain)"))
+        for _, r in st.best_svc(name).iterrows():
+            if r.p_fwe < st.svc_alpha():
+                png = figures.stat_slices(T, grid.affine, st.template.t1, u, (r.x, r.y, r.z), f"{name} {r.svc}")
+                blocks.append(figure(png, f"{name}: peak of {r.svc} at ({r.x:.0f}, {r.y:.0f}, {r.z:.0f})"))
+        blocks.append(table(_read(st.tables / f"{name}_clusters.csv"), "Whole-brain clusters (extent rule applied)",
+                            max_rows=15, source=f"tables/{name}_clusters.csv"))
+        blocks.append(table(_read(st.tables / f"{name}_svc.csv"), "Small-volume correction"))
+        perm = _read(st.tables / f"{name}_permutation.csv")
         if len(perm):
-            body.append(_table(perm, f"Permutation inference ({spec['inference'].get('permutations')} Freedman–Lane "
-                                     "permutations): clusters at the same height threshold, FWE p by cluster mass, "
-                                     "max-T and TFCE", max_rows=15, source=f"tables/{name}_permutation.csv"))
-    section("maps", "Statistical maps and tables", "".join(body))
+            blocks.append(table(perm, f"Permutation inference ({inf.get('permutations')} Freedman–Lane permutations): "
+                                      "clusters at the same height threshold, FWE p by cluster mass, max-T and TFCE",
+                                max_rows=15, source=f"tables/{name}_permutation.csv"))
+    return Section("maps", "Statistical maps and tables", blocks)
 
-    # ROIs and the clinical statistics
-    roi_sources = _read(tables / "roi_sources.csv")
-    roi_groups = _read(tables / "roi_groups.csv")
-    corr = _read(tables / "correlations.csv")
-    body = [_table(roi_sources, "ROIs (clusters surviving correction, and spec regions)")]
+
+def _roi_section(st: _Study) -> Section:
+    roi_groups = _read(st.tables / "roi_groups.csv")
+    blocks = [table(_read(st.tables / "roi_sources.csv"), "ROIs (clusters surviving correction, and spec regions)")]
     if len(roi_groups):
         for m in roi_groups["map"].unique():
-            body.append(_img(figures.adjusted_bars(roi_groups, groups, m, _LABELS.get(m, m)),
-                             f"{_LABELS.get(m, m)} by group, adjusted for {roi_groups['covariates'].iloc[0]} (mean ± s.e.)"))
-        body.append(_table(roi_groups, "ROI values by group (ANCOVA)"))
-    section("roi", "Regions of interest", "".join(body))
+            png = figures.adjusted_bars(roi_groups, list(st.spec["groups"]), m, _LABELS.get(m, m))
+            blocks.append(figure(png, f"{_LABELS.get(m, m)} by group, adjusted for "
+                                      f"{roi_groups['covariates'].iloc[0]} (mean ± s.e.)"))
+        blocks.append(table(roi_groups, "ROI values by group (ANCOVA)"))
+    return Section("roi", "Regions of interest", blocks)
 
-    body = []
-    roi_long = _read(tables / "roi_values.csv")
-    if len(roi_long) and len(used):
+
+def _r_text(corr: pd.DataFrame, x: str, y: str) -> dict:
+    """The correlation of x and y per group, as the scatter plot's legend text."""
+    return {r.group: f"R={r.r:.2f}" for r in corr.itertuples() if r.x == x and r.y == y} if len(corr) else {}
+
+
+def _clinical_section(st: _Study) -> Section:
+    """χ against GM in every ROI, ROI values against the clinical scores in the patients, the tables."""
+    corr = _read(st.tables / "correlations.csv")
+    roi_long = _read(st.tables / "roi_values.csv")
+    groups = list(st.spec["groups"])
+    blocks = []
+    if len(roi_long) and len(st.used):
         from ferritin.stats.findings import roi_wide
 
-        frame = used.join(roi_wide(roi_long), how="inner")
-        cl = spec.get("clinical", {}) or {}
-        patients = cl.get("patient_group", groups[0])
+        frame = st.used.join(roi_wide(roi_long), how="inner")
+        patients = (st.spec.get("clinical", {}) or {}).get("patient_group", groups[0])
         for roi in roi_long["roi"].unique():
             x, y = f"chi:{roi}", f"gm_mod_s:{roi}"
             if x in frame and y in frame:
-                txt = {r.group: f"R={r.r:.2f}" for r in corr.itertuples() if r.x == x and r.y == y} if len(corr) else {}
-                body.append(_img(figures.scatter(frame, x, y, "group", groups, f"χ {roi} (ppm)", f"GM {roi}", txt),
-                                 f"χ vs modulated GM in {roi}"))
+                png = figures.scatter(frame, x, y, "group", groups, f"χ {roi} (ppm)", f"GM {roi}", _r_text(corr, x, y))
+                blocks.append(figure(png, f"χ vs modulated GM in {roi}"))
             for score in ("alsfrs_r", "umn"):
-                if score not in frame:
-                    continue
                 for m in ("chi", "gm_mod_s"):
                     col = f"{m}:{roi}"
-                    if col not in frame:
+                    if score not in frame or col not in frame:
                         continue
-                    txt = {r.group: f"R={r.r:.2f}" for r in corr.itertuples() if r.x == col and r.y == score} \
-                        if len(corr) else {}
-                    body.append(_img(figures.scatter(frame, col, score, "group", [patients],
-                                                     f"{_LABELS.get(m, m)} {roi}", _LABELS.get(score, score), txt),
-                                     f"{_LABELS.get(m, m)} in {roi} vs {_LABELS.get(score, score)} ({patients})"))
-    body.append(_table(corr, "Correlations: Pearson R (one-tailed p in the expected direction, two-tailed p), "
-                             "partial R, FDR q over the family"))
-    body.append(_table(_read(tables / "normality.csv"), "Normality (Lilliefors)"))
-    notes = _read(tables / "notes.csv")
+                    label, score_label = _LABELS.get(m, m), _LABELS.get(score, score)
+                    png = figures.scatter(frame, col, score, "group", [patients], f"{label} {roi}", score_label,
+                                          _r_text(corr, col, score))
+                    blocks.append(figure(png, f"{label} in {roi} vs {score_label} ({patients})"))
+    blocks.append(table(corr, "Correlations: Pearson R (one-tailed p in the expected direction, two-tailed p), "
+                              "partial R, FDR q over the family"))
+    blocks.append(table(_read(st.tables / "normality.csv"), "Normality (Lilliefors)"))
+    notes = _read(st.tables / "notes.csv")
     if len(notes):
-        body.append(_table(notes, "Notes on the clinical data"))
-    section("clinical", "Clinical associations", "".join(body))
+        blocks.append(table(notes, "Notes on the clinical data"))
+    return Section("clinical", "Clinical associations", blocks)
 
-    # a simulated cohort knows where its effects were planted
-    planted = _read(tables / "planted_effects.csv")
-    if len(planted):
-        body = [_table(planted, "Each planted effect and contrast: the lowest corrected p within 10 mm of the "
-                                "planted peak (SVC or whole brain); empty where nothing was found",
-                       source="tables/planted_effects.csv")]
-        planted_roi = _read(tables / "planted_effects_roi.csv")
-        if len(planted_roi):
-            body.append(_table(planted_roi, "ROIs near a planted peak: difference of the adjusted group means "
-                                            "and ANCOVA p", source="tables/planted_effects_roi.csv"))
-        section("planted", "Planted effects (simulated cohort)", "".join(body))
 
-    # QC
-    all_subjects = store.children("native") if store.exists("native") else []
-    qc = _subject_qc(store, all_subjects)
-    min_corr = float(spec.get("qc", {}).get("min_gm_correlation", 0.0))
-    body = []
+def _planted_section(st: _Study) -> Section | None:
+    """A simulated cohort scored against its planted effects (tables written by the scoring step)."""
+    planted = _read(st.tables / "planted_effects.csv")
+    if not len(planted):
+        return None
+    blocks = [table(planted, "Each planted effect and contrast: the lowest corrected p within 10 mm of the planted "
+                             "peak (SVC or whole brain); empty where nothing was found",
+                    source="tables/planted_effects.csv")]
+    planted_roi = _read(st.tables / "planted_effects_roi.csv")
+    if len(planted_roi):
+        blocks.append(table(planted_roi, "ROIs near a planted peak: difference of the adjusted group means and "
+                                         "ANCOVA p", source="tables/planted_effects_roi.csv"))
+    return Section("planted", "Planted effects (simulated cohort)", blocks)
+
+
+def _qc_section(st: _Study, all_subjects: list[str]) -> Section:
+    """QC scores, mask and normalisation montages, the excluded subjects and every subject's QC row."""
+    qc = _subject_qc(st.store, all_subjects)
+    min_corr = float(st.spec.get("qc", {}).get("min_gm_correlation", 0.0))
+    blocks = []
     if len(qc):
-        body.append(_img(figures.qc_scores(qc["qc_gm_corr"], min_corr, set(excluded)),
-                         "Normalisation QC: GM correlation with the template (red: excluded)"))
+        blocks.append(figure(figures.qc_scores(qc["qc_gm_corr"], min_corr, set(st.excluded)),
+                             "Normalisation QC: GM correlation with the template (red: excluded)"))
     order = list(qc.sort_values("qc_gm_corr").index) if len(qc) else []
-    masks, norms = _qc_panels(store, order, template)
+    masks, norms = _qc_panels(st.store, order, st.template)
     if masks:
-        body.append(_img(figures.overlay_montage(masks, "QSM brain mask on the first-echo magnitude"),
-                         "QSM masks (lowest QC first)"))
+        blocks.append(figure(figures.overlay_montage(masks, "QSM brain mask on the first-echo magnitude"),
+                             "QSM masks (lowest QC first)"))
     if norms:
-        body.append(_img(figures.overlay_montage(norms, "warped modulated GM, template GM outline (z = 5 mm)"),
-                         "Normalisation overlays (lowest QC first)"))
-    exc = pd.DataFrame(sorted(excluded.items()), columns=["subject", "reason"])
-    body.append(_table(exc, "Excluded subjects"))
-    for sub, png in _subject_qc_figures(store, order, template, excluded):
-        body.append(_img(png, f"{sub}: T1 with GM (red) and WM (blue) outlines; the T1 after normalisation with "
-                              f"the template brain outline (yellow); χ"))
-    body.append(_table(qc.reset_index(), "Per-subject QC"))
-    section("qc", "Quality control", "".join(body))
+        blocks.append(figure(figures.overlay_montage(norms, "warped modulated GM, template GM outline (z = 5 mm)"),
+                             "Normalisation overlays (lowest QC first)"))
+    blocks.append(table(pd.DataFrame(sorted(st.excluded.items()), columns=["subject", "reason"]), "Excluded subjects"))
+    for sub, png in _subject_qc_figures(st.store, order, st.template, st.excluded):
+        blocks.append(figure(png, f"{sub}: T1 with GM (red) and WM (blue) outlines; the T1 after normalisation with "
+                                  f"the template brain outline (yellow); χ"))
+    blocks.append(table(qc.reset_index(), "Per-subject QC"))
+    return Section("qc", "Quality control", blocks)
 
-    # methods and software
-    qrec = next((r for s in all_subjects if (r := store.record(f"derived/{s}/qsm"))), None)
-    arec = next((r for s in all_subjects if (r := store.record(f"derived/{s}/anat"))), None)
-    section("methods", "Methods", methods_text(spec, (qrec or {}).get("params", {}), (arec or {}).get("params", {}),
-                                                n_used, len(excluded)))
-    versions_table = pd.DataFrame(list(versions.items()), columns=["software", "version"])
-    section("software", "Software", _table(versions_table) + "<h3>Study spec</h3><pre>"
-            + html.escape(yaml.safe_dump(spec, sort_keys=False)) + "</pre>")
 
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ferritin report: "
-            f"{html.escape(str(spec.get('name', 'study')))}</title><style>{_STYLE}</style></head><body>"
-            f"{head}<nav>{''.join(nav)}</nav>{''.join(parts)}{_CHECK}</body></html>")
-    path = out / "report.html"
-    tmp = out / ".report.html.part"
+def _methods_section(st: _Study, all_subjects: list[str]) -> Section:
+    """The methods written from the parameters recorded with the results."""
+    qrec = next((r for s in all_subjects if (r := st.store.record(f"derived/{s}/qsm"))), None)
+    arec = next((r for s in all_subjects if (r := st.store.record(f"derived/{s}/anat"))), None)
+    paragraphs = methods_text(st.spec, (qrec or {}).get("params", {}), (arec or {}).get("params", {}),
+                              len(st.used), len(st.excluded))
+    return Section("methods", "Methods", [text(p) for p in paragraphs])
+
+
+def _software_section(st: _Study, versions: dict) -> Section:
+    return Section("software", "Software", [
+        table(pd.DataFrame(list(versions.items()), columns=["software", "version"])),
+        heading("Study spec"), Block("pre", yaml.safe_dump(st.spec, sort_keys=False))])
+
+
+def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> Path:
+    """Write ``<out_dir>/report.html`` from the outputs of the group level and return its path."""
+    st = _open_study(out_dir, store_path)
+    all_subjects = st.store.children("native") if st.store.exists("native") else []
+    versions = software_versions()
+    sections = [_findings_section(st), _table1_section(st), _maps_section(st), _roi_section(st),
+                _clinical_section(st), _planted_section(st), _qc_section(st, all_subjects),
+                _methods_section(st, all_subjects), _software_section(st, versions)]
+    page = _environment().get_template("report.html.j2").render(
+        study=str(st.spec.get("name", "study")), n_used=len(st.used), n_excluded=len(st.excluded),
+        generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), version=versions["ferritin"],
+        warnings=st.run.get("warnings", []), sections=[s for s in sections if s is not None])
+    path = st.out / "report.html"
+    tmp = st.out / ".report.html.part"  # written whole, then renamed: a reader never sees half a page
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
 
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("ferritin.engine.report", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
