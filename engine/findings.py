@@ -47,12 +47,12 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
     masks : dict name -> bool array
     sources : DataFrame (roi, source, contrast, peak x/y/z, T, p, voxels)
     """
-    roi_spec = spec.get("roi", {}) or {}
-    alpha = float(spec["inference"].get("svc_alpha", 0.05))
+    roi_spec = spec["roi"]
+    alpha = float(spec["inference"]["svc_alpha"])
     grid = template.grid
-    svc_by_name = {s["name"]: s for s in spec.get("svc", [])}
+    svc_by_name = {s["name"]: s for s in spec["svc"]}
     masks, rows = {}, []
-    for cname in roi_spec.get("from_contrasts", []):
+    for cname in roi_spec["from_contrasts"] or []:
         if cname not in contrast_results:
             raise ValueError(f"roi.from_contrasts names {cname!r}, which is not a contrast of the spec")
         res = contrast_results[cname]
@@ -83,7 +83,7 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
             rows.append({"roi": roi, "source": "whole brain", "contrast": cname, "x": first.x, "y": first.y,
                          "z": first.z, "T": first["T"], "p_fwe": min(first.p_fwe, first.cluster_p),
                          "voxels": int(m.sum())})
-    for r in roi_spec.get("regions", []) or []:
+    for r in roi_spec["regions"] or []:
         m = np.ones(grid.shape, dtype=bool)
         if r.get("region"):
             m &= template.region(r["region"])
@@ -166,16 +166,16 @@ def clinical_tables(roi_csv: str | Path | pd.DataFrame, participants: pd.DataFra
     """Table 1, ROI ANCOVA, correlations and normality from the ROI CSV and participants."""
     roi_long = pd.read_csv(roi_csv) if not isinstance(roi_csv, pd.DataFrame) else roi_csv
     groups = spec["groups"]
-    cl = spec.get("clinical", {}) or {}
+    cl = spec["clinical"]
     participants, notes = with_progression_rate(participants)
     out = {"table1": findings.table_one(participants, groups), "notes": pd.DataFrame({"note": notes})}
     if len(roi_long):
-        scores = [s for s in cl.get("scores", []) if s in participants.columns]
+        scores = [s for s in cl["scores"] if s in participants.columns]
         out["roi_groups"] = findings.roi_group_table(roi_long, participants, groups,
-                                                     covariates=tuple(cl.get("roi_covariates", ["tiv"])))
+                                                     covariates=tuple(cl["roi_covariates"]))
         out["correlations"] = findings.correlation_table(
-            roi_long, participants, groups, cl.get("patient_group", groups[0]), scores=scores,
-            expected_sign=cl.get("expected_sign", {}), chi_vs_gm=cl.get("chi_vs_gm", "negative"),
-            partial_covariates=tuple(cl.get("partial_covariates", ["age"])))
+            roi_long, participants, groups, cl["patient_group"], scores=scores,
+            expected_sign=cl["expected_sign"], chi_vs_gm=cl["chi_vs_gm"],
+            partial_covariates=tuple(cl["partial_covariates"]))
         out["normality"] = findings.normality_table(roi_long, participants, groups, extra=["age", *scores])
     return out

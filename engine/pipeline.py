@@ -42,7 +42,7 @@ from .progress import peak_worker_memory, track
 from .qc import QCCriteria, qc_failures
 from .qsm.chain import QSMParams, reconstruct_qsm
 from .qsm.mask import largest_component
-from .spec import PIPELINE_KEYS
+from .spec import PIPELINE_KEYS, complete_spec
 from .tables import write_csv
 
 __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "PIPELINE_VERSION"]
@@ -81,12 +81,12 @@ class RunSummary:
 
 
 def _qsm_params(spec: dict) -> QSMParams:
-    return replace(QSMParams(), **spec.get("qsm", {}))
+    return replace(QSMParams(), **spec["qsm"])
 
 
 def _anat_params(spec: dict) -> AnatParams:
     defaults = AnatParams()
-    extra = {k: v for k, v in spec.get("anat", {}).items() if k not in PIPELINE_KEYS["anat"]}
+    extra = {k: v for k, v in spec["anat"].items() if k not in PIPELINE_KEYS["anat"]}
     # YAML gives lists where the parameters are tuples (iterations per level)
     extra = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) else v for k, v in extra.items()}
     return replace(defaults, **extra)
@@ -152,7 +152,7 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
     if _after is not None and _after[0] == "failed":
         return ("failed", subject, _after[2] or f"{subject}: skipped because an earlier stage failed")
     params = _anat_params(spec)
-    vs = float(spec.get("mni_voxel_size", 2.0))
+    vs = float(spec["mni_voxel_size"])
     node = node or f"derived/{subject}/anat"
     nrec = store.record(f"native/{subject}")
     if nrec is None:
@@ -268,7 +268,7 @@ def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) 
         init = store.open_node(f"derived/{s}/anat_init")
         for name, var in names.items():
             total[name] = total[name] + init[var].values.astype(np.float64)
-    vs = float(spec.get("mni_voxel_size", 2.0))
+    vs = float(spec["mni_voxel_size"])
     grid = load_template(vs).grid
     means = {name: (("x", "y", "z"), (total[name] / len(ok)).astype(np.float32)) for name in names}
     ds = xr.Dataset(means, coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
@@ -284,6 +284,7 @@ def run_participants(store_path: str | Path, spec: dict, client, subjects: list[
     Holds the store's lock: a second run on the same store is refused
     (:class:`cohort.store.StoreLocked`) rather than interleaved.
     """
+    spec = complete_spec(spec)
     with CohortStore(store_path).lock("participant level"):
         return _run_participants(store_path, spec, client, subjects, progress)
 
@@ -296,7 +297,7 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
     summary = RunSummary()
     path = str(store.path)
     extra = []
-    if spec.get("anat", {}).get("study_template"):
+    if spec["anat"]["study_template"]:
         # map (normalise to MNI) -> reduce (mean T1 = study template) -> map (normalise to the template)
         init = {s: client.submit(anat_stage, s, path, spec, None, "mni", f"derived/{s}/anat_init",
                                  key=f"anat_init-{s}", pure=False) for s in subjects}
@@ -398,6 +399,7 @@ def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
     Returns a dict with the subjects used, those excluded with reasons, and
     per contrast the whole-brain and SVC tables.  Holds the store's lock.
     """
+    spec = complete_spec(spec)
     with CohortStore(store_path).lock("group level"):
         return _run_group(store_path, spec, out_dir)
 
@@ -415,7 +417,7 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
     subjects, excluded, table = _group_subjects(store, spec)
     if len(subjects) < len(spec["groups"]) + len(spec["covariates"]) + 2:
         raise ValueError(f"only {len(subjects)} usable subjects; excluded: {excluded}")
-    vs = float(spec.get("mni_voxel_size", 2.0))
+    vs = float(spec["mni_voxel_size"])
     template = load_template(vs)
     grid = template.grid
     # Stack: one dask array per map, chunks = one subject, whole volume; the
@@ -458,16 +460,16 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
         else:
             mask = (template.gm > 0.2) & template.brain_mask
         regions = {}
-        for s in spec.get("svc", []):
+        for s in spec["svc"]:
             region = template.region(s["region"]) if s.get("region") else None
             regions[s["name"]] = (region, float(s.get("radius_mm", 20)), s.get("centre_mm"))
         res = analyse_contrast(Y, design.X, design.contrast(c["weights"]), mask, grid.affine,
-                               height_p=float(inf.get("height_p", 0.001)),
-                               extent_mm3=float(inf.get("extent_voxels", 0)),
-                               svc_regions=regions, alpha=float(inf.get("svc_alpha", 0.05)),
+                               height_p=float(inf["height_p"]),
+                               extent_mm3=float(inf["extent_voxels"]),
+                               svc_regions=regions, alpha=float(inf["svc_alpha"]),
                                labels_img=template.atlas, label_names=names)
         perm_vars = {}
-        n_perm = int(inf.get("permutations", 0) or 0)
+        n_perm = int(inf["permutations"] or 0)
         if n_perm > 0:
             perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template)
             write_csv(perm_table, out / "tables" / f"{c['name']}_permutation.csv", index=False)
@@ -521,9 +523,9 @@ def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template
     """Freedman–Lane permutations of one contrast: a cluster table (cluster mass and TFCE FWE p) and maps."""
     from ferritin.stats.permutation import permutation_cluster
 
-    tfce_dh = 0.1 if inf.get("tfce", True) else None
+    tfce_dh = 0.1 if inf["tfce"] else None
     perm = permutation_cluster(Y, design.X, design.contrast(c["weights"]), res.mask, n_perm=n_perm,
-                               seed=int(inf.get("permutation_seed", 0)), cluster_forming_t=res.u, tfce_dh=tfce_dh)
+                               seed=int(inf["permutation_seed"]), cluster_forming_t=res.u, tfce_dh=tfce_dh)
     rows = []
     T = np.where(res.mask, perm.t_obs, -np.inf)
     for label in range(1, len(perm.cluster_mass)):
@@ -566,7 +568,7 @@ def _findings(store, mni, contrast_results, spec, template, participants, out: P
         roi_long = extract_roi_values(mni, masks)
         roi_long.insert(1, "group", participants.loc[roi_long["subject"], "group"].to_numpy())
         store.write_node("roi", roi_dataset(roi_long, masks, sources, template.grid), stage="roi",
-                         digest=digest_params(digest, sorted(masks), spec.get("roi")))
+                         digest=digest_params(digest, sorted(masks), spec["roi"]))
         # one volume per ROI (they may overlap), and a label image for viewers
         save_nifti(np.stack(list(masks.values()), axis=-1), template.grid.affine, out / "group" / "desc-roi_mask.nii.gz")
         save_nifti(label_image(masks)[0], template.grid.affine, out / "group" / "desc-roi_dseg.nii.gz")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["load_spec", "default_spec", "default_spec_text", "SpecError"]
+__all__ = ["load_spec", "complete_spec", "default_spec", "default_spec_text", "SpecError"]
 
 
 class SpecError(ValueError):
@@ -42,16 +42,41 @@ def load_spec(path: str | Path | None = None) -> dict:
     SpecError
         Naming the key and what is wrong.
     """
-    spec = default_spec()
-    if path is not None:
-        try:
-            user = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise SpecError(f"{path}: cannot read the study spec: {exc}") from exc
-        if not isinstance(user, dict):
-            raise SpecError(f"{path}: the study spec must be a mapping of keys to values")
-        _check_known_keys(user, spec)
-        spec = _merge(spec, user)
+    if path is None:
+        return complete_spec({})
+    try:
+        user = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read the study spec: {exc}") from exc
+    if not isinstance(user, dict):
+        raise SpecError(f"{path}: the study spec must be a mapping of keys to values")
+    return complete_spec(user)
+
+
+def complete_spec(spec: dict) -> dict:
+    """A whole or partial spec laid over the default study and validated.
+
+    The shipped ``default_study.yaml`` is the one source of defaults: a Python
+    caller passing a partial dict gets the analysis the command line would run
+    with the same keys, and the pipeline reads every key without a fallback.
+    Completing a complete spec returns an equal one.
+
+    Raises
+    ------
+    SpecError
+        Naming the key and what is wrong.
+    """
+    if not isinstance(spec, dict):
+        raise SpecError(f"the study spec must be a mapping of keys to values, got {type(spec).__name__}")
+    default = default_spec()
+    _check_known_keys(spec, default)
+    spec = _merge(default, spec)
+    _validate(spec)
+    return spec
+
+
+def _validate(spec: dict) -> None:
+    """Every value of a complete spec: kinds, ranges, names that must refer to each other."""
     for key, kind in _REQUIRED.items():
         if not isinstance(spec.get(key), kind):
             raise SpecError(f"spec key {key!r} must be a {kind.__name__}, got {spec.get(key)!r}")
@@ -98,7 +123,6 @@ def load_spec(path: str | Path | None = None) -> dict:
             raise SpecError(f"clinical signs must be 'positive' or 'negative', got {v!r}")
     if cl.get("patient_group", spec["groups"][0]) not in spec["groups"]:
         raise SpecError(f"clinical.patient_group {cl['patient_group']!r} is not one of the groups {spec['groups']}")
-    return spec
 
 
 #: sections whose keys are checked against the default spec's (qsm, anat and qc against their classes)
