@@ -248,35 +248,15 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     lap("field of view")
     with deterministic(params.seed), scratch_dir() as tmp:
         t1_img = to_ants(work, work_affine)
-        n4 = bias_correct(t1_img, params)
+        n4 = _bias_corrected(t1_img, params, tmp)
         lap("n4")
-        # Atropos re-reads its priors from NIfTI files, whose header stores the
-        # orientation in single precision; give the T1 the same precision so
-        # ITK sees one physical space.
-        n4_file = os.path.join(tmp, "t1_n4.nii.gz")
-        ants.image_write(n4, n4_file)
-        n4 = ants.image_read(n4_file)
         mni_t1 = to_ants(np.asarray(targets["t1"], np.float32), grid.affine)
-        # Affine + SyN of the subject to MNI (fixed = template).  The template
-        # is brain only, so the mask restricts the metric to the MNI brain.
+        # The template is brain only, so the mask restricts every metric to the MNI brain.
         mni_mask = _metric_mask(template)
         centre = _centre_transform(box.centre_mm, template, os.path.join(tmp, "centre.mat"))
-        moving = n4
-        initial = [centre]
+        moving, initial = n4, [centre]
         if params.skull_strip:
-            # The template is brain only: the affine is brain against brain,
-            # from a rough intensity mask (threshold, erosion to cut the scalp
-            # off, the largest part near the brain centre, as for the GRE);
-            # it then brings the template's brain mask back to the subject,
-            # which strips the T1 for SyN.
-            rough = _rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
-            aff = ants.registration(fixed=mni_t1, moving=n4 * n4.new_image_like(rough.astype(np.float32)),
-                                    type_of_transform="Affine", mask=mni_mask, initial_transform=[centre],
-                                    outprefix=os.path.join(tmp, "aff_"), random_seed=params.seed)
-            head_mask = ants.apply_transforms(n4, mni_mask, aff["invtransforms"], interpolator="nearestNeighbor",
-                                              whichtoinvert=[True])
-            moving = n4 * ants.copy_image_info(n4, head_mask)
-            initial = aff["fwdtransforms"]
+            moving, initial = _affine_and_skull_strip(n4, mni_t1, mni_mask, centre, box.centre_mm, params, tmp)
             lap("affine + skull strip")
         reg = ants.registration(fixed=mni_t1, moving=moving,
                                 type_of_transform="SyNOnly" if params.skull_strip else "SyN",
@@ -285,14 +265,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                                 reg_iterations=tuple(params.syn_iterations),
                                 outprefix=os.path.join(tmp, "norm_"), random_seed=params.seed)
         lap("normalisation (SyN)")
-        # Priors and brain mask to the subject's T1 grid (inverse transforms).
-        priors = []
-        for prior in (template.csf, template.gm, template.wm):
-            p = ants.apply_transforms(n4, to_ants(prior, grid.affine), reg["invtransforms"],
-                                      interpolator="linear", whichtoinvert=[True, False])
-            priors.append(ants.copy_image_info(n4, p))
-        brain_prob = priors[0] + priors[1] + priors[2]
-        mask_img = ants.copy_image_info(n4, ants.threshold_image(brain_prob, 0.3, 1e9).iMath("FillHoles"))
+        priors, brain_prob, mask_img = _priors_on_subject(n4, template, reg["invtransforms"])
         post = [p.numpy() for p in atropos(n4, mask_img, priors, tmp, mrf=params.seg_mrf,
                                             iterations=params.seg_iterations,
                                             prior_weight=params.seg_prior_weight)]
@@ -303,24 +276,18 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
             reg = _tissue_syn(tissue_img[1], tissue_img[2], targets, grid, mni_mask, [affine_file], params, tmp)
             lap("normalisation on tissue (SyN)")
         affine_itk = _read_affine(affine_file)
-        n4_arr = n4.numpy()
-        csf, gm, wm = post
-        brain = mask_img.numpy() > 0
-        vox_ml = float(np.prod(work_voxel)) / 1000.0
-        # TIV as the soft intracranial mask of the template brought back to the
-        # subject (the "reverse-normalised ICV mask" of Keihaninejad et al.
-        # 2010): partial voxels at the skull count by their fraction, and
-        # atrophy (GM turning into CSF) does not change it.
-        icv = np.clip(brain_prob.numpy(), 0.0, 1.0)
-        tiv = float(icv.sum() * vox_ml)
-        # Rigid GRE -> T1 by mutual information.
-        gre_img = to_ants(np.asarray(gre_mag, dtype=np.float32), gre_affine)
-        rig = ants.registration(fixed=n4, moving=gre_img, type_of_transform="Rigid", aff_metric="mattes",
-                                outprefix=os.path.join(tmp, "coreg_"), random_seed=params.seed)
-        gre_to_t1 = itk_matrix_to_ras(rig["fwdtransforms"][0])  # T1 point -> GRE point
+        gre_to_t1 = _coregister_gre(n4, gre_mag, gre_affine, params, tmp)
         lap("coregistration (rigid)")
         # Point map MNI voxel -> T1 world, then everything sampled once.
         pts_t1 = points_map(grid.shape, grid.affine, reg["fwdtransforms"], n4)
+        n4_arr, brain, icv = n4.numpy(), mask_img.numpy() > 0, np.clip(brain_prob.numpy(), 0.0, 1.0)
+    csf, gm, wm = post
+    vox_ml = float(np.prod(work_voxel)) / 1000.0
+    # TIV as the soft intracranial mask of the template brought back to the
+    # subject (the "reverse-normalised ICV mask" of Keihaninejad et al.
+    # 2010): partial voxels at the skull count by their fraction, and
+    # atrophy (GM turning into CSF) does not change it.
+    tiv = float(icv.sum() * vox_ml)
     _, t1_aff_ants = from_ants(t1_img)
     n4_brain = n4_arr * brain
     t1_norm = n4_brain / max(float(n4_brain[brain].mean()), 1e-12)
@@ -334,6 +301,64 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                       tiv_ml=tiv, gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=seconds, affine_itk=affine_itk,
                       qc_t1_corr=_t1_similarity(mni["t1_mni"], targets["t1"], template.brain_mask),
                       qc_brain_top_gap_mm=box.top_mm - brain_top, preparation=preparation, **volumes, **mni)
+
+
+def _bias_corrected(t1_img, params: AnatParams, tmp: str):
+    """N4 of the working T1, read back from NIfTI.
+
+    Atropos re-reads its priors from NIfTI files, whose header stores the
+    orientation in single precision; the T1 goes through the same precision so
+    that ITK sees one physical space.
+    """
+    import ants
+
+    n4_file = os.path.join(tmp, "t1_n4.nii.gz")
+    ants.image_write(bias_correct(t1_img, params), n4_file)
+    return ants.image_read(n4_file)
+
+
+def _affine_and_skull_strip(n4, mni_t1, mni_mask, centre: str, centre_mm, params: AnatParams, tmp: str):
+    """The affine to the template, brain against brain, and the T1 stripped by the template's brain mask.
+
+    The template is brain only: the affine is computed from a rough intensity
+    mask (threshold, erosion to cut the scalp off, the largest part near the
+    brain centre, as for the GRE); it then brings the template's brain mask
+    back to the subject, which strips the T1 for SyN.  Returns the stripped T1
+    and the affine's transform files (SyN's initial transform).
+    """
+    import ants
+
+    rough = _rough_brain_mask(n4.numpy(), n4, centre_mm, params)
+    aff = ants.registration(fixed=mni_t1, moving=n4 * n4.new_image_like(rough.astype(np.float32)),
+                            type_of_transform="Affine", mask=mni_mask, initial_transform=[centre],
+                            outprefix=os.path.join(tmp, "aff_"), random_seed=params.seed)
+    head_mask = ants.apply_transforms(n4, mni_mask, aff["invtransforms"], interpolator="nearestNeighbor",
+                                      whichtoinvert=[True])
+    return n4 * ants.copy_image_info(n4, head_mask), aff["fwdtransforms"]
+
+
+def _priors_on_subject(n4, template, invtransforms: list):
+    """The template's CSF, GM and WM priors on the subject's T1 grid, their sum, and the brain mask it gives."""
+    import ants
+
+    priors = []
+    for prior in (template.csf, template.gm, template.wm):
+        p = ants.apply_transforms(n4, to_ants(prior, template.grid.affine), invtransforms,
+                                  interpolator="linear", whichtoinvert=[True, False])
+        priors.append(ants.copy_image_info(n4, p))
+    brain_prob = priors[0] + priors[1] + priors[2]
+    mask_img = ants.copy_image_info(n4, ants.threshold_image(brain_prob, 0.3, 1e9).iMath("FillHoles"))
+    return priors, brain_prob, mask_img
+
+
+def _coregister_gre(n4, gre_mag: np.ndarray, gre_affine: np.ndarray, params: AnatParams, tmp: str) -> np.ndarray:
+    """Rigid GRE -> T1 by mutual information: the 4x4 RAS matrix mapping T1 points to GRE points."""
+    import ants
+
+    gre_img = to_ants(np.asarray(gre_mag, dtype=np.float32), gre_affine)
+    rig = ants.registration(fixed=n4, moving=gre_img, type_of_transform="Rigid", aff_metric="mattes",
+                            outprefix=os.path.join(tmp, "coreg_"), random_seed=params.seed)
+    return itk_matrix_to_ras(rig["fwdtransforms"][0])
 
 
 def _prepare_t1(t1: np.ndarray, affine: np.ndarray, params: AnatParams):
