@@ -80,8 +80,13 @@ def participants_dataset(table: pd.DataFrame, descriptions: dict | None = None) 
 
 
 def participants_frame(ds: xr.Dataset) -> pd.DataFrame:
-    """The participants node back as a DataFrame (``""`` → missing)."""
+    """The participants node back as a DataFrame (``""`` → missing), columns in name order.
+
+    The order of a Zarr group's arrays is not fixed, so without sorting the
+    tables written from this frame differ between runs in their column order.
+    """
     df = ds.to_dataframe()
+    df = df[sorted(df.columns)]
     for col in df.columns:
         if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
             df[col] = df[col].replace("", np.nan)

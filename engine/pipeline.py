@@ -405,10 +405,7 @@ def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
 
 
 def _run_group(store_path, spec: dict, out_dir) -> dict:
-    import dask.array as da
     import yaml
-
-    from ferritin.stats.analysis import analyse_contrast
 
     store = CohortStore(store_path)
     out = Path(out_dir)
@@ -419,24 +416,9 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
         raise ValueError(f"only {len(subjects)} usable subjects; excluded: {excluded}")
     vs = float(spec["mni_voxel_size"])
     template = load_template(vs)
-    grid = template.grid
-    # Stack: one dask array per map, chunks = one subject, whole volume; the
-    # GLM re-chunks to voxel blocks with all subjects.
-    maps = {}
-    for name, node, var in (("chi", "qsm", "chi_mni"), ("gm_mod_s", "anat", "gm_mod_s")):
-        parts = [store.open_node(f"derived/{s}/{node}")[var].data for s in subjects]
-        maps[name] = da.stack(parts).rechunk((-1, 32, 32, 32))
-    participants_cols = {c: table[c].to_numpy() for c in table.columns}
-    stack = mni_stack_dataset({k: v for k, v in maps.items()}, subjects, grid, participants_cols)
-    digest = digest_params([store.record(f"derived/{s}/{node}")["digest"] for s in subjects for node in ("anat", "qsm")],
-                           PIPELINE_VERSION)
-    if not store.is_current("mni", digest):
-        store.write_node("mni", stack, stage="stack", digest=digest)
-    mni = store.open_node("mni")
-    names = atlas_labels()["name"].to_dict()
+    mni, digest = _stack_subjects(store, subjects, table, template.grid)
     design_table, design = group_design(table, spec)
     order = [subjects.index(s) for s in design.subjects]
-    inf = spec["inference"]
     results = {"subjects": list(design.subjects), "excluded": excluded, "contrasts": {}, "warnings": []}
     df = len(design.subjects) - np.linalg.matrix_rank(design.X)
     if df < MIN_RELIABLE_DF:
@@ -446,61 +428,8 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
             f"{MIN_RELIABLE_DF}; add subjects or remove covariates")
     contrast_results = {}
     for c in spec["contrasts"]:
-        Y = mni[c["map"]].data[order]
-        if c["map"] == "chi":
-            finite = np.isfinite(Y).all(axis=0).compute()
-            # Largest connected part; holes (voxels some subject's chi does not
-            # cover) stay out: filled, they entered the model as 0 for that
-            # subject and, on null cohorts, made significant "effects" where
-            # coverage differed by chance.  Holes add to the search volume's
-            # Euler characteristic, which only makes the correction more
-            # conservative.
-            mask = largest_component(finite & template.brain_mask)
-            Y = da.where(da.isfinite(Y), Y, 0.0)
-        else:
-            mask = (template.gm > 0.2) & template.brain_mask
-        regions = {}
-        for s in spec["svc"]:
-            region = template.region(s["region"]) if s.get("region") else None
-            regions[s["name"]] = (region, float(s.get("radius_mm", 20)), s.get("centre_mm"))
-        res = analyse_contrast(Y, design.X, design.contrast(c["weights"]), mask, grid.affine,
-                               height_p=float(inf["height_p"]),
-                               extent_mm3=float(inf["extent_voxels"]),
-                               svc_regions=regions, alpha=float(inf["svc_alpha"]),
-                               labels_img=template.atlas, label_names=names)
-        perm_vars = {}
-        n_perm = int(inf["permutations"] or 0)
-        if n_perm > 0:
-            perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template)
-            write_csv(perm_table, out / "tables" / f"{c['name']}_permutation.csv", index=False)
-            # each RFT cluster's permutation p: the clusters are the same (same T, height and
-            # connectivity), so the one holding a row's peak voxel is that row's cluster
-            cluster_p = perm_vars["p_fwe_cluster_mass"][1]
-            res.table["cluster_p_fwe_perm"] = [float(cluster_p[_peak_voxel(grid, r)])
-                                               for _, r in res.table.iterrows()]
-        ds = xr.Dataset(
-            {"T": (("x", "y", "z"), res.T.astype(np.float32)), "effect": (("x", "y", "z"), res.effect.astype(np.float32)),
-             "mask": (("x", "y", "z"), res.mask.astype(np.uint8)), **perm_vars},
-            coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
-            attrs={"df": res.df, "fwhm_vox": res.fwhm_vox.tolist(), "fwhm_mm": (res.fwhm_vox * vs).tolist(),
-                   "resels": res.resels.tolist(), "u": res.u, "k_voxels": res.k_voxels,
-                   "fwe_threshold": res.fwe_threshold, "contrast": str(c["weights"]), "map": c["map"],
-                   "design_columns": list(design.columns), "subjects": list(design.subjects)},
-        )
-        store.write_node(f"stats/{c['name']}", ds, stage="group", digest=digest_params(digest, c, inf))
-        write_csv(res.table, out / "tables" / f"{c['name']}_clusters.csv", index=False)
-        svc_rows = []
-        for name, t in res.svc.items():
-            t = t.copy()
-            t.insert(0, "svc", name)
-            svc_rows.append(t)
-        svc_all = pd.concat(svc_rows, ignore_index=True) if svc_rows else pd.DataFrame()
-        write_csv(svc_all, out / "tables" / f"{c['name']}_svc.csv", index=False)
-        save_nifti(np.where(res.mask, res.T, 0.0), grid.affine, out / "group" / f"contrast-{c['name']}_stat-t_statmap.nii.gz",
-                   {"df": res.df, "height_threshold_T": res.u, "extent_voxels": res.k_voxels,
-                    "fwe_threshold_T": res.fwe_threshold, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
-                    "contrast": str(c["weights"]), "map": c["map"]})
-        save_nifti(res.mask, grid.affine, out / "group" / f"contrast-{c['name']}_mask.nii.gz")
+        res, perm_table, perm_vars = _fit_contrast(mni[c["map"]].data[order], design, c, spec, template)
+        _write_contrast(store, out, c, res, perm_table, perm_vars, design, spec, template.grid, digest)
         contrast_results[c["name"]] = res
         results["contrasts"][c["name"]] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
                                           "u": res.u, "df": res.df}
@@ -517,6 +446,93 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
                                                         "warnings": results["warnings"]}))
     store.consolidate()
     return results
+
+
+def _stack_subjects(store: CohortStore, subjects: list[str], table: pd.DataFrame, grid):
+    """``/mni``: every usable subject's χ and smoothed modulated GM as (subject, x, y, z), with its digest.
+
+    One dask array per map, chunks of one subject's whole volume; the GLM
+    re-chunks to voxel blocks with all subjects.
+    """
+    import dask.array as da
+
+    maps = {}
+    for name, node, var in (("chi", "qsm", "chi_mni"), ("gm_mod_s", "anat", "gm_mod_s")):
+        parts = [store.open_node(f"derived/{s}/{node}")[var].data for s in subjects]
+        maps[name] = da.stack(parts).rechunk((-1, 32, 32, 32))
+    participants_cols = {c: table[c].to_numpy() for c in table.columns}
+    stack = mni_stack_dataset(maps, subjects, grid, participants_cols)
+    digest = digest_params([store.record(f"derived/{s}/{node}")["digest"] for s in subjects for node in ("anat", "qsm")],
+                           PIPELINE_VERSION)
+    if not store.is_current("mni", digest):
+        store.write_node("mni", stack, stage="stack", digest=digest)
+    return store.open_node("mni"), digest
+
+
+def _fit_contrast(Y, design, c: dict, spec: dict, template):
+    """One contrast of the spec: GLM, RFT tables, SVC and (if asked) permutation inference."""
+    import dask.array as da
+
+    from ferritin.stats.analysis import analyse_contrast
+
+    grid, inf = template.grid, spec["inference"]
+    names = atlas_labels()["name"].to_dict()
+    if c["map"] == "chi":
+        finite = np.isfinite(Y).all(axis=0).compute()
+        # Largest connected part; holes (voxels some subject's chi does not
+        # cover) stay out: filled, they entered the model as 0 for that
+        # subject and, on null cohorts, made significant "effects" where
+        # coverage differed by chance.  Holes add to the search volume's
+        # Euler characteristic, which only makes the correction more
+        # conservative.
+        mask = largest_component(finite & template.brain_mask)
+        Y = da.where(da.isfinite(Y), Y, 0.0)
+    else:
+        mask = (template.gm > 0.2) & template.brain_mask
+    regions = {}
+    for s in spec["svc"]:
+        region = template.region(s["region"]) if s.get("region") else None
+        regions[s["name"]] = (region, float(s.get("radius_mm", 20)), s.get("centre_mm"))
+    res = analyse_contrast(Y, design.X, design.contrast(c["weights"]), mask, grid.affine,
+                           height_p=float(inf["height_p"]), extent_mm3=float(inf["extent_voxels"]),
+                           svc_regions=regions, alpha=float(inf["svc_alpha"]),
+                           labels_img=template.atlas, label_names=names)
+    perm_table, perm_vars = None, {}
+    n_perm = int(inf["permutations"] or 0)
+    if n_perm > 0:
+        perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template)
+        # each RFT cluster's permutation p: the clusters are the same (same T, height and
+        # connectivity), so the one holding a row's peak voxel is that row's cluster
+        cluster_p = perm_vars["p_fwe_cluster_mass"][1]
+        res.table["cluster_p_fwe_perm"] = [float(cluster_p[_peak_voxel(grid, r)]) for _, r in res.table.iterrows()]
+    return res, perm_table, perm_vars
+
+
+def _write_contrast(store: CohortStore, out: Path, c: dict, res, perm_table, perm_vars: dict, design, spec: dict,
+                    grid, digest: str) -> None:
+    """A fitted contrast's outputs: ``/stats/<name>``, its tables and its BIDS-derivative maps."""
+    vs = float(spec["mni_voxel_size"])
+    ds = xr.Dataset(
+        {"T": (("x", "y", "z"), res.T.astype(np.float32)), "effect": (("x", "y", "z"), res.effect.astype(np.float32)),
+         "mask": (("x", "y", "z"), res.mask.astype(np.uint8)), **perm_vars},
+        coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
+        attrs={"df": res.df, "fwhm_vox": res.fwhm_vox.tolist(), "fwhm_mm": (res.fwhm_vox * vs).tolist(),
+               "resels": res.resels.tolist(), "u": res.u, "k_voxels": res.k_voxels,
+               "fwe_threshold": res.fwe_threshold, "contrast": str(c["weights"]), "map": c["map"],
+               "design_columns": list(design.columns), "subjects": list(design.subjects)},
+    )
+    store.write_node(f"stats/{c['name']}", ds, stage="group", digest=digest_params(digest, c, spec["inference"]))
+    if perm_table is not None:
+        write_csv(perm_table, out / "tables" / f"{c['name']}_permutation.csv", index=False)
+    write_csv(res.table, out / "tables" / f"{c['name']}_clusters.csv", index=False)
+    svc_rows = [t.copy().assign(svc=name)[["svc", *t.columns]] for name, t in res.svc.items()]
+    svc_all = pd.concat(svc_rows, ignore_index=True) if svc_rows else pd.DataFrame()
+    write_csv(svc_all, out / "tables" / f"{c['name']}_svc.csv", index=False)
+    save_nifti(np.where(res.mask, res.T, 0.0), grid.affine, out / "group" / f"contrast-{c['name']}_stat-t_statmap.nii.gz",
+               {"df": res.df, "height_threshold_T": res.u, "extent_voxels": res.k_voxels,
+                "fwe_threshold_T": res.fwe_threshold, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
+                "contrast": str(c["weights"]), "map": c["map"]})
+    save_nifti(res.mask, grid.affine, out / "group" / f"contrast-{c['name']}_mask.nii.gz")
 
 
 def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template):
