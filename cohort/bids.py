@@ -572,8 +572,23 @@ def _echo_sidecars(e: EchoFiles, files: SubjectFiles, sub: str) -> tuple[dict, s
     return {**metas.get("phase", {}), **metas.get("mag", {})}, units
 
 
+@dataclass
+class _EchoHeader:
+    """One echo file pair, its sidecar facts and NIfTI headers, before any voxel is read."""
+
+    echo: object  # EchoFiles
+    mag_img: object
+    phase_img: object
+    echo_times: list
+    b0: float | None
+    phase_units: str | None
+
+
 def load_subject(files: SubjectFiles) -> SubjectImages:
     """Read one subject's images and check them against each other.
+
+    Every header and sidecar is checked first (units, field strength, echo
+    times, shapes, affines), then the voxels are read.
 
     Raises
     ------
@@ -583,72 +598,10 @@ def load_subject(files: SubjectFiles) -> SubjectImages:
     """
     sub = files.subject
     notes: list[str] = []
-    mags, phases, tes = [], [], []
-    affine = None
-    shape = None
-    b0 = None
-    phase_units = None
-    phase_meta_rel = None
-    for e in files.echoes:
-        mag_rel, ph_rel = files.rel(e.mag), files.rel(e.phase)
-        meta, units = _echo_sidecars(e, files, sub)
-        ph_sc_rel = files.rel(sidecar_of(e.phase))
-        if units is not None or phase_units is not None:
-            if phase_meta_rel is not None and units != phase_units:
-                raise SubjectError(sub, ph_sc_rel, f"phase Units {units!r} differ from {phase_units!r} of "
-                                                   f"{phase_meta_rel}; every echo's phase must have the same units")
-        phase_units, phase_meta_rel = units, ph_sc_rel
-        te = _echo_time(meta, sub, files.rel(sidecar_of(e.mag)), notes)
-        if "MagneticFieldStrength" in meta:
-            field_t = _number(meta["MagneticFieldStrength"], "MagneticFieldStrength", sub,
-                              files.rel(sidecar_of(e.mag)))
-            if b0 is not None and abs(field_t - b0) > 1e-6:
-                raise SubjectError(sub, files.rel(sidecar_of(e.mag)), f"MagneticFieldStrength {field_t} T differs from {b0} T of echo 1")
-            b0 = field_t
-        mag_img = _load_nifti(e.mag, sub, mag_rel)
-        ph_img = _load_nifti(e.phase, sub, ph_rel)
-        if mag_img.shape != ph_img.shape:
-            raise SubjectError(sub, ph_rel, f"phase shape {ph_img.shape} differs from magnitude shape {mag_img.shape}")
-        if not np.allclose(mag_img.affine, ph_img.affine, atol=_AFFINE_ATOL):
-            raise SubjectError(sub, ph_rel, "phase affine differs from the magnitude affine")
-        ndim_expected = 3 if files.layout == "MEGRE" else 4
-        if len(mag_img.shape) != ndim_expected or min(mag_img.shape[:3]) < 2:
-            raise SubjectError(sub, mag_rel, f"expected a {ndim_expected}-D image, got shape {mag_img.shape}")
-        if shape is None:
-            shape, affine = mag_img.shape[:3], mag_img.affine
-        else:
-            if mag_img.shape[:3] != shape:
-                raise SubjectError(sub, mag_rel, f"echo {e.echo} shape {mag_img.shape} differs from echo 1 shape {shape}")
-            if not np.allclose(mag_img.affine, affine, atol=_AFFINE_ATOL):
-                raise SubjectError(sub, mag_rel, f"echo {e.echo} affine differs from echo 1")
-        mag = _read_data(mag_img, sub, mag_rel)
-        ph = _read_data(ph_img, sub, ph_rel)
-        if files.layout == "MEGRE":
-            if len(te) != 1:
-                raise SubjectError(sub, files.rel(sidecar_of(e.mag)), f"EchoTime must be one number for a single echo, got {te}")
-            mags.append(mag)
-            phases.append(ph)
-        else:
-            n_echo = mag.shape[3]
-            if len(te) != n_echo:
-                raise SubjectError(sub, files.rel(sidecar_of(e.mag)), f"{len(te)} EchoTime values for {n_echo} echoes")
-            mags.extend(np.moveaxis(mag, 3, 0))
-            phases.extend(np.moveaxis(ph, 3, 0))
-        tes.extend(te)
-    if b0 is None:
-        raise SubjectError(sub, files.rel(sidecar_of(files.echoes[0].mag)), "sidecar has no MagneticFieldStrength (tesla)")
-    if not 0.1 <= b0 <= 21.1:
-        raise SubjectError(sub, files.rel(sidecar_of(files.echoes[0].mag)), f"MagneticFieldStrength {b0} is not a field in tesla")
-    tes_arr = np.asarray(tes, dtype=np.float64)
-    if len(tes_arr) > 1 and not np.all(np.diff(tes_arr) > 0):
-        raise SubjectError(sub, files.rel(sidecar_of(files.echoes[0].mag)), f"echo times {tes_arr.tolist()} are not strictly increasing")
-    mag_all = np.stack(mags).astype(np.float32, copy=False)
-    if np.all(mag_all == 0):
-        raise SubjectError(sub, files.rel(files.echoes[0].mag), "magnitude is all zeros")
-    phase_all = np.stack(phases)
-    if np.all(phase_all == 0):
-        raise SubjectError(sub, files.rel(files.echoes[0].phase), "phase is all zeros")
-    phase_all = _phase_to_radians(phase_all, phase_units, sub, phase_meta_rel or files.rel(files.echoes[0].phase), notes)
+    headers = [_echo_header(e, files, notes) for e in files.echoes]
+    b0, phase_units, phase_units_file = _check_echoes_agree(headers, files)
+    mag_all, phase_all, tes_arr = _echo_data(headers, files)
+    phase_all = _phase_to_radians(phase_all, phase_units, sub, phase_units_file, notes)
     t1_img = _load_nifti(files.t1w, sub, files.rel(files.t1w))
     if len(t1_img.shape) != 3 or min(t1_img.shape) < 2:
         raise SubjectError(sub, files.rel(files.t1w), f"expected a 3-D T1w image, got shape {t1_img.shape}")
@@ -658,9 +611,91 @@ def load_subject(files: SubjectFiles) -> SubjectImages:
         mag=mag_all,
         phase=phase_all,
         echo_times=tes_arr,
-        gre_affine=np.asarray(affine, dtype=np.float64),
+        gre_affine=np.asarray(headers[0].mag_img.affine, dtype=np.float64),
         b0=float(b0),
         t1w=t1,
         t1w_affine=np.asarray(t1_img.affine, dtype=np.float64),
         notes=notes,
     )
+
+
+def _echo_header(e, files: SubjectFiles, notes: list[str]) -> _EchoHeader:
+    """An echo's sidecars and NIfTI headers, checked on their own (magnitude against phase)."""
+    sub = files.subject
+    mag_rel, ph_rel, sidecar_rel = files.rel(e.mag), files.rel(e.phase), files.rel(sidecar_of(e.mag))
+    meta, units = _echo_sidecars(e, files, sub)
+    te = _echo_time(meta, sub, sidecar_rel, notes)
+    b0 = None
+    if "MagneticFieldStrength" in meta:
+        b0 = _number(meta["MagneticFieldStrength"], "MagneticFieldStrength", sub, sidecar_rel)
+    mag_img = _load_nifti(e.mag, sub, mag_rel)
+    ph_img = _load_nifti(e.phase, sub, ph_rel)
+    if mag_img.shape != ph_img.shape:
+        raise SubjectError(sub, ph_rel, f"phase shape {ph_img.shape} differs from magnitude shape {mag_img.shape}")
+    if not np.allclose(mag_img.affine, ph_img.affine, atol=_AFFINE_ATOL):
+        raise SubjectError(sub, ph_rel, "phase affine differs from the magnitude affine")
+    ndim_expected = 3 if files.layout == "MEGRE" else 4
+    if len(mag_img.shape) != ndim_expected or min(mag_img.shape[:3]) < 2:
+        raise SubjectError(sub, mag_rel, f"expected a {ndim_expected}-D image, got shape {mag_img.shape}")
+    if files.layout == "MEGRE" and len(te) != 1:
+        raise SubjectError(sub, sidecar_rel, f"EchoTime must be one number for a single echo, got {te}")
+    if files.layout != "MEGRE" and len(te) != mag_img.shape[3]:
+        raise SubjectError(sub, sidecar_rel, f"{len(te)} EchoTime values for {mag_img.shape[3]} echoes")
+    return _EchoHeader(e, mag_img, ph_img, list(te), b0, units)
+
+
+def _check_echoes_agree(headers: list[_EchoHeader], files: SubjectFiles):
+    """Every echo has echo 1's grid, field strength and phase units; the echo times increase.
+
+    Returns the field strength (T), the phase units and the sidecar that gave them.
+    """
+    sub = files.subject
+    first = headers[0]
+    first_sidecar = files.rel(sidecar_of(first.echo.mag))
+    b0 = None
+    for h in headers:
+        sidecar_rel, mag_rel = files.rel(sidecar_of(h.echo.mag)), files.rel(h.echo.mag)
+        phase_sidecar = files.rel(sidecar_of(h.echo.phase))
+        if h.phase_units != first.phase_units:
+            raise SubjectError(sub, phase_sidecar, f"phase Units {h.phase_units!r} differ from {first.phase_units!r} "
+                                                   f"of {files.rel(sidecar_of(first.echo.phase))}; every echo's phase "
+                                                   f"must have the same units")
+        if h.b0 is not None:
+            if b0 is not None and abs(h.b0 - b0) > 1e-6:
+                raise SubjectError(sub, sidecar_rel, f"MagneticFieldStrength {h.b0} T differs from {b0} T of echo 1")
+            b0 = h.b0
+        if h.mag_img.shape[:3] != first.mag_img.shape[:3]:
+            raise SubjectError(sub, mag_rel, f"echo {h.echo.echo} shape {h.mag_img.shape} differs from echo 1 shape "
+                                             f"{first.mag_img.shape[:3]}")
+        if not np.allclose(h.mag_img.affine, first.mag_img.affine, atol=_AFFINE_ATOL):
+            raise SubjectError(sub, mag_rel, f"echo {h.echo.echo} affine differs from echo 1")
+    if b0 is None:
+        raise SubjectError(sub, first_sidecar, "sidecar has no MagneticFieldStrength (tesla)")
+    if not 0.1 <= b0 <= 21.1:
+        raise SubjectError(sub, first_sidecar, f"MagneticFieldStrength {b0} is not a field in tesla")
+    tes = np.asarray([t for h in headers for t in h.echo_times], dtype=np.float64)
+    if len(tes) > 1 and not np.all(np.diff(tes) > 0):
+        raise SubjectError(sub, first_sidecar, f"echo times {tes.tolist()} are not strictly increasing")
+    return b0, first.phase_units, files.rel(sidecar_of(headers[-1].echo.phase))
+
+
+def _echo_data(headers: list[_EchoHeader], files: SubjectFiles):
+    """The voxels: magnitude and phase as (echo, x, y, z), and the echo times (s)."""
+    sub = files.subject
+    mags, phases = [], []
+    for h in headers:
+        mag = _read_data(h.mag_img, sub, files.rel(h.echo.mag))
+        ph = _read_data(h.phase_img, sub, files.rel(h.echo.phase))
+        if files.layout == "MEGRE":
+            mags.append(mag)
+            phases.append(ph)
+        else:
+            mags.extend(np.moveaxis(mag, 3, 0))
+            phases.extend(np.moveaxis(ph, 3, 0))
+    mag_all = np.stack(mags).astype(np.float32, copy=False)
+    if np.all(mag_all == 0):
+        raise SubjectError(sub, files.rel(files.echoes[0].mag), "magnitude is all zeros")
+    phase_all = np.stack(phases)
+    if np.all(phase_all == 0):
+        raise SubjectError(sub, files.rel(files.echoes[0].phase), "phase is all zeros")
+    return mag_all, phase_all, np.asarray([t for h in headers for t in h.echo_times], dtype=np.float64)
