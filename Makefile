@@ -1,7 +1,8 @@
 # Two commands set everything up on a fresh machine with Python >= 3.11:
 #   make demo   -- simulate a small cohort, run the whole study, write the report
 #   make test   -- install with test extras, lint, and run the whole test suite
-#   make test-fast -- the tests not marked slow (ANTs, real processes, the real subject are slow)
+#   make test-fast -- the tests not marked slow (under a minute; ANTs, Dask clusters, simulated cohorts, real
+#                     processes, the real subject and the input fuzzing are slow)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -376,6 +376,7 @@ def test_duplicate_column_is_a_dataset_error(bids_factory, client, tmp_path):
 # where the store goes
 
 
+@pytest.mark.slow
 def test_store_paths_that_cannot_be_a_store_are_refused(bids_factory, tmp_path, capsys):
     from ferritin.engine.cli import main
 

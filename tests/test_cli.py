@@ -27,6 +27,7 @@ def test_console_script_installed():
     assert out.returncode == 0 and "ferritin" in out.stdout
 
 
+@pytest.mark.slow
 def test_ingest_cli_end_to_end(tiny_bids, tmp_path, capsys):
     root, table = tiny_bids
     store = tmp_path / "c.zarr"
@@ -45,6 +46,7 @@ def test_simulate_refuses_non_empty_output(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "new"), "--preset", "nope"]) == 2
 
 
+@pytest.mark.slow
 def test_dask_chatter_is_silent_unless_asked_for(tiny_bids, tmp_path):
     """distributed's sub-loggers carry levels of their own: without -vv the
     user sees the command's output, not the scheduler's connection log."""

@@ -90,6 +90,7 @@ def test_svc_sphere_and_mask_use_spm_resels():
         svc_table(stat, mask, info, u=3.0, volume=np.zeros(shape, bool))
 
 
+@pytest.mark.slow
 def test_svc_without_a_prior_centre_keeps_the_nominal_false_positive_rate():
     """A sphere centred on the region's own peak would make the correction circular; the region is used."""
     from scipy import ndimage

@@ -14,6 +14,8 @@ from ferritin.cohort.bids import discover, load_subject
 from ferritin.cohort.dicom import ConversionError, convert_dicom, read_mapping
 from ferritin.engine.cli import main
 
+pytestmark = pytest.mark.slow  # dcm2niix on the real DICOM folder
+
 PHILIPS = Path(__file__).parent / "data" / "real-philips-3t" / "dicom"
 
 

@@ -21,6 +21,8 @@ from ferritin.cohort.errors import FerritinError
 from ferritin.cohort.store import CohortStore
 from ferritin.engine.ingest import ingest
 
+pytestmark = pytest.mark.slow  # 60 mutated datasets, each ingested
+
 N_MUTATIONS = 60
 ODD_VALUES = [None, "", "abc", -1, 0, 1e300, True, [], {}, "NaN", [0.004, "x"], 4000, -0.0, "rad", "arbitrary"]
 

@@ -98,6 +98,7 @@ def test_standardized_residuals_and_mask(cohort):
     assert np.isnan(t_contrast(fit, [1, -1, 0]).compute()[0, 0, 0])
 
 
+@pytest.mark.slow
 def test_chunking_does_not_change_results(cohort):
     table, Y = cohort
     d = design_matrix(table, covariates=["tiv"])

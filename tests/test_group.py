@@ -22,6 +22,8 @@ from ferritin.cohort.templates import load_template
 from ferritin.engine.pipeline import run_group
 from ferritin.engine.spec import load_spec
 
+pytestmark = pytest.mark.slow  # one group level on a synthetic store, with permutations and the report (~2 min)
+
 VS = 3.0
 PLANT_MM = (-14.0, -17.0, 7.0)  # left thalamus
 N_PER_GROUP = 9

@@ -20,6 +20,7 @@ def ingested(tiny_bids, client, tmp_path_factory):
     return root, table, store, result
 
 
+@pytest.mark.slow  # a simulated cohort ingested on a Dask cluster
 def test_round_trip_every_voxel_and_affine(ingested):
     root, table, store, result = ingested
     assert result.written == sorted(table["participant_id"]) and not result.failed
@@ -39,6 +40,7 @@ def test_round_trip_every_voxel_and_affine(ingested):
         np.testing.assert_allclose(ds["echo_time"].values, [0.0021, 0.0045, 0.0069, 0.0093])
 
 
+@pytest.mark.slow  # a simulated cohort ingested on a Dask cluster
 def test_participants_node(ingested):
     root, table, store, _ = ingested
     tree = xr.open_datatree(store, engine="zarr")
@@ -51,6 +53,7 @@ def test_participants_node(ingested):
     assert np.isnan(p["alsfrs_r"].values[nc]).all()
 
 
+@pytest.mark.slow  # a simulated cohort ingested on a Dask cluster
 def test_rerun_is_noop(ingested, client):
     root, table, store, _ = ingested
     s = CohortStore(store)
@@ -69,6 +72,7 @@ class CountingScheduler:
         return dask.get(dsk, keys, **kwargs)
 
 
+@pytest.mark.slow  # a simulated cohort ingested on a Dask cluster
 def test_store_opens_lazily(ingested):
     _, table, store, _ = ingested
     counter = CountingScheduler()
@@ -109,6 +113,7 @@ def test_where_on_stacked_mni_arrays(tmp_path):
     assert mni.chi.groupby("group").mean(...).sel(group="ALS") == 2.0
 
 
+@pytest.mark.slow  # a simulated cohort ingested on a Dask cluster
 def test_failed_subject_isolated_and_nothing_half_written(tiny_bids, client, tmp_path):
     root, table = tiny_bids
     copy = tmp_path / "bids"

@@ -121,6 +121,7 @@ def test_cluster_permutation_is_seeded_batch_free_and_agrees_with_max_t():
     np.testing.assert_array_equal(np.isnan(a.t_obs), ~mask)
 
 
+@pytest.mark.slow
 def test_cluster_and_tfce_find_a_planted_blob_and_nothing_else():
     rng = np.random.default_rng(9)
     n, shape = 20, (14, 14, 12)
@@ -139,6 +140,7 @@ def test_cluster_and_tfce_find_a_planted_blob_and_nothing_else():
     assert (r.tfce_p_fwe[far] > 0.05).all()
 
 
+@pytest.mark.slow
 def test_cluster_fwe_controlled_under_the_null():
     rng = np.random.default_rng(1)
     n, shape = 16, (10, 10, 8)

@@ -32,6 +32,7 @@ def processed(tiny_bids, client, tmp_path_factory):
     return store, spec, subjects, summary
 
 
+@pytest.mark.slow
 def test_stages_write_records(processed):
     store, spec, subjects, summary = processed
     assert sorted(summary.done["qsm"]) == subjects and sorted(summary.done["anat"]) == subjects
@@ -48,6 +49,7 @@ def test_stages_write_records(processed):
         assert anat["brain_mask"].dims == ("t1_i", "t1_j", "t1_k") and anat["t1_points"].shape[0] == 3
 
 
+@pytest.mark.slow
 def test_rerun_skips_everything(processed, client):
     store, spec, subjects, _ = processed
     again = pipeline.run_participants(store, spec, client, subjects, progress=False)
@@ -55,6 +57,7 @@ def test_rerun_skips_everything(processed, client):
     assert not again.done
 
 
+@pytest.mark.slow
 def test_changed_qsm_parameter_recomputes_only_qsm(processed, client):
     store, spec, subjects, _ = processed
     s = CohortStore(store)
@@ -66,6 +69,7 @@ def test_changed_qsm_parameter_recomputes_only_qsm(processed, client):
     assert s.record(f"derived/{subjects[0]}/qsm")["params"]["tv_iterations"] == 20
 
 
+@pytest.mark.slow
 def test_changed_anat_parameter_recomputes_anat_and_qsm(processed, client):
     store, spec, subjects, _ = processed
     s = CohortStore(store)
@@ -76,6 +80,7 @@ def test_changed_anat_parameter_recomputes_anat_and_qsm(processed, client):
     assert s.record(f"derived/{subjects[0]}/anat")["params"]["vbm_fwhm_mm"] == 6.0
 
 
+@pytest.mark.slow
 def test_failing_subject_is_recorded_and_isolated(processed, client, monkeypatch):
     store, spec, subjects, _ = processed
     bad = subjects[1]
@@ -147,6 +152,7 @@ def test_spec_stage_parameters_reach_the_stages(tmp_path):
     assert anat.tissue_iterations == (30, 20, 40)
 
 
+@pytest.mark.slow
 def test_study_template_map_reduce_map(tiny_bids, client, tmp_path):
     root, table = tiny_bids
     store = tmp_path / "cohort.zarr"

@@ -75,6 +75,7 @@ def test_vsharp_removes_outside_source():
     assert np.abs(residual).max() < 0.05 * np.abs(bg[em]).max()
 
 
+@pytest.mark.slow
 def test_tkd_and_tv_on_sphere_phantom():
     x, y, z, r = _grid(64)
     mask = r < 26
@@ -120,6 +121,7 @@ def test_nonlinear_fit_recovers_frequency_and_beats_a_single_difference():
     assert np.median(np.abs(got - omega)[mask]) < 3.0
 
 
+@pytest.mark.slow
 def test_star_and_ilsqr_on_sphere_phantom():
     from ferritin.engine.qsm.inversion import ilsqr, star_qsm
 
@@ -155,6 +157,7 @@ def test_accuracy_metrics():
         nrmse(truth[:-1], truth, mask)
 
 
+@pytest.mark.slow
 def test_tv_fits_the_field_only_inside_the_mask():
     """A tight mask: the dipole field of the sphere goes on outside it and must not be fitted as zero there."""
     x, y, z, r = _grid(64)
@@ -171,6 +174,7 @@ def test_tv_fits_the_field_only_inside_the_mask():
         tv_admm(field, mask, weight=np.ones((3, 3, 3)))
 
 
+@pytest.mark.slow
 def test_chain_keeps_a_strong_deep_source_in_the_mask():
     """The quality step drops local-field outliers only near the mask's edge
     (residual background); an iron-rich nucleus deep inside stays in, with its chi."""

@@ -12,6 +12,8 @@ from ferritin.cohort import open_cohort  # noqa: E402
 from ferritin.cohort.remote import publish  # noqa: E402
 from ferritin.engine.ingest import ingest  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a local S3 server
+
 
 @pytest.fixture(scope="module")
 def s3():

@@ -11,6 +11,8 @@ from ferritin.cohort.bids import discover, load_subject
 from ferritin.cohort.simulate import Effect, effect_maps, preset, sample_participants, simulate_subject
 from ferritin.cohort.templates import load_template
 
+pytestmark = pytest.mark.slow  # simulated subjects at several sizes
+
 
 @pytest.fixture(scope="module")
 def one_subject(tiny_spec):
