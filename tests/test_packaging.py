@@ -37,5 +37,7 @@ def test_wheel_installs_only_the_ferritin_namespace(tmp_path):
     top = {n.split("/", 1)[0] for n in names}
     assert top == {"ferritin", f"ferritin-{ferritin.__version__}.dist-info"}, top
     assert "ferritin/engine/default_study.yaml" in names
+    # the report cannot be written without its template
+    assert {"ferritin/engine/report/templates/report.html.j2", "ferritin/engine/report/templates/style.css"} <= set(names)
     assert "ferritin/cohort/store.py" in names and "ferritin/stats/rft.py" in names
     assert not any(n.startswith(("ferritin/tests/", "ferritin/benchmarks/")) for n in names)
