@@ -102,18 +102,14 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     fp = _pad(f * m, pad)
     W2 = _pad(m * (1.0 if weight is None else weight), pad) ** 2
     shape = fp.shape
-    # χ, the field and the penalties are real and the kernels even, so the
-    # real-to-complex FFT on half of k-space does the work of the complex one;
-    # D χ comes from χ's own spectrum: four half-size FFTs per iteration.
-    half = (*shape[:2], shape[2] // 2 + 1)
-    D = dipole_kernel(shape, vs, b0_dir)[..., : half[2]]
+    D = dipole_kernel(shape, vs, b0_dir)
     rho = 100 * lam if rho is None else rho
     k = [sfft.fftfreq(n) for n in shape]
     # |FFT of forward difference|^2 summed over axes
     E2 = sum(
         np.abs(1 - np.exp(2j * np.pi * kk)) ** 2 / vs[a] ** 2
         for a, kk in enumerate(np.meshgrid(*k, indexing="ij", sparse=True))
-    )[..., : half[2]]
+    )
     denom = mu * D * D + rho * E2
     denom[0, 0, 0] = 1.0
     z = np.zeros((3, *shape))
@@ -123,15 +119,14 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     W2f = W2 * fp
     chi = np.zeros(shape)
     for _ in range(int(iterations)):
-        rhs = mu * D * sfft.rfftn(y - u2, workers=workers) + rho * sfft.rfftn(-_div(z - u, vs), workers=workers)
-        chi_k = rhs / denom
-        new = sfft.irfftn(chi_k, s=shape, workers=workers)
+        rhs = mu * D * sfft.fftn(y - u2, workers=workers) + rho * sfft.fftn(-_div(z - u, vs), workers=workers)
+        new = sfft.ifftn(rhs / denom, workers=workers).real
         change = np.linalg.norm(new - chi) / max(np.linalg.norm(new), 1e-12)
         chi = new
         v = _grad(chi, vs) + u
         z = np.sign(v) * np.maximum(np.abs(v) - lam / rho, 0)
         u = v - z
-        v2 = sfft.irfftn(D * chi_k, s=shape, workers=workers) + u2
+        v2 = _forward(chi, D, workers) + u2
         y = (W2f + mu * v2) / (W2 + mu)  # field where measured, free elsewhere
         u2 = v2 - y
         if change < tol:
