@@ -206,7 +206,7 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
         coords={**{ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()}, "axis": ["x", "y", "z"]},
         attrs={"subject": subject, "tiv_ml": r["tiv_ml"], "qc_gm_corr": r["qc_gm_corr"], "qc_dice": r["qc_dice"],
                **{k: _finite_or_none(r.get(k)) for k in QC_MEASURES},
-               "preparation": r.get("preparation") or init_preparation(store, init_node, second_pass),
+               "preparation": r.get("preparation") or {},
                "gre_to_t1": affine_attr(r["gre_to_t1"]), "mni_affine": affine_attr(grid.affine), "fixed": fixed,
                "affine_itk": r["affine_itk"]},
     )
@@ -223,6 +223,8 @@ def _second_pass(store: CohortStore, init_node: str, nat, template, targets: dic
                                 preparation=init.attrs.get("preparation"))
     return {**mni, "gm": init["gm"].values, "wm": init["wm"].values, "csf": init["csf"].values,
             "brain_mask": init["brain_mask"].values,
+            # the T1 was prepared (cut, resampled) once, by the first pass
+            "preparation": dict(init.attrs.get("preparation") or {}),
             # the T1 is not registered again: its warped image stays the first pass's
             "t1_mni": init["t1_mni"].values, "tiv_ml": float(init.attrs["tiv_ml"]),
             "gre_to_t1": np.asarray(init.attrs["gre_to_t1"]), "affine_itk": init.attrs["affine_itk"],
@@ -240,13 +242,6 @@ QC_MEASURES = ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml")
 
 def _finite_or_none(v):
     return float(v) if v is not None and np.isfinite(v) else None
-
-
-def init_preparation(store: CohortStore, init_node: str, second_pass: bool) -> dict:
-    """The first pass's record of how the T1 was prepared (a second pass does not prepare it again)."""
-    if second_pass and store.record(init_node) is not None:
-        return dict(store.open_node(init_node).attrs.get("preparation") or {})
-    return {}
 
 
 def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) -> tuple[str, str, str | None]:

@@ -179,6 +179,7 @@ def test_study_template_map_reduce_map(tiny_bids, client, tmp_path):
         # (that it follows its targets is tested in test_anat)
         np.testing.assert_array_equal(anat["gm"].values, init["gm"].values)
         assert anat.attrs["affine_itk"] == init.attrs["affine_itk"]
+        assert anat.attrs["preparation"] == init.attrs["preparation"] and init.attrs["preparation"]
         assert np.nanmean(np.abs(anat["jacobian"].values - init["jacobian"].values)[brain]) > 0.01
     again = pipeline.run_participants(store, spec, client, subjects, progress=False)
     assert not again.done and again.skipped["template"] == ["template"]
