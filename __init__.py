@@ -19,6 +19,7 @@ _ENTRY_POINTS = {
     "open_cohort": "ferritin.cohort.access",
     "CohortStore": "ferritin.cohort.store",
     "load_spec": "ferritin.engine.spec",
+    "StudySpec": "ferritin.engine.spec",
     "default_spec": "ferritin.engine.spec",
     "ingest": "ferritin.engine.ingest",
     "run_participants": "ferritin.engine.pipeline",

@@ -54,21 +54,21 @@ def svc_permutation_check(store_path, spec, res, n_perm):
     subjects = res["subjects"]
     table = mni[[v for v in mni.coords if mni.coords[v].dims == ("subject",)]].to_dataframe()
     _, design = group_design(table.loc[subjects], spec)
-    template = load_template(float(spec["mni_voxel_size"]))
+    template = load_template(spec.mni_voxel_size)
     out = []
-    for c in spec["contrasts"]:
-        stats = store.open_node(f"stats/{c['name']}")
+    for c in spec.contrasts:
+        stats = store.open_node(f"stats/{c.name}")
         mask = stats["mask"].values.astype(bool)
         T = stats["T"].values
-        Y = mni[c["map"]].sel(subject=list(design.subjects)).data
+        Y = mni[c.map].sel(subject=list(design.subjects)).data
         Y = np.nan_to_num(np.asarray(Y.compute(), dtype=np.float64))
-        for s in spec.get("svc", []):
-            region = template.region(s["region"]) if s.get("region") else None
-            vol, _ = svc_volume(T, mask, template.grid.affine, region, float(s.get("radius_mm", 20)), s.get("centre_mm"))
-            perm = permutation_max_t(Y, design.X, design.contrast(c["weights"]), vol, n_perm=n_perm, seed=1)
-            rft = res["contrasts"][c["name"]]["svc"][s["name"]]
+        for s in spec.svc:
+            region = template.region(s.region) if s.region else None
+            vol, _ = svc_volume(T, mask, template.grid.affine, region, s.radius_mm, s.centre_mm)
+            perm = permutation_max_t(Y, design.X, design.contrast(c.weights), vol, n_perm=n_perm, seed=1)
+            rft = res["contrasts"][c.name]["svc"][s.name]
             p_rft = float(rft["p_fwe"].min()) if len(rft) and "p_fwe" in rft.columns else float("nan")
-            out.append(f"{c['name']}/{s['name']}: max T {np.nanmax(perm.t_obs):.2f}, p(FWE) RFT {p_rft:.3f}, "
+            out.append(f"{c.name}/{s.name}: max T {np.nanmax(perm.t_obs):.2f}, p(FWE) RFT {p_rft:.3f}, "
                        f"permutation {float(np.nanmin(perm.p_fwe)):.3f} ({int(vol.sum())} voxels)")
     return out
 
@@ -88,8 +88,7 @@ def main():
         try:
             sim = replace(preset("null", voxel_size=args.voxel, n_echoes=6, seed=seed),
                           n_per_group={"ALS": args.subjects, "NC": args.subjects})
-            spec = load_spec()
-            spec["mni_voxel_size"] = max(2.0, args.voxel)
+            spec = replace(load_spec(), mni_voxel_size=max(2.0, args.voxel))
             with dask_client(workers=2, quiet=True) as client:
                 simulate_cohort(root / "bids", sim, client=client, progress=False)
                 res = run_study(root / "bids", root, spec, client, progress=False, report=False).group

@@ -21,8 +21,7 @@ from ferritin.cohort.simulate import preset, simulate_cohort
 
 
 def run_once(bids: Path, workdir: Path, workers: int, voxel: float) -> dict:
-    spec = load_spec()
-    spec["mni_voxel_size"] = max(2.0, voxel)
+    spec = replace(load_spec(), mni_voxel_size=max(2.0, voxel))
     with dask_client(workers=workers, quiet=True) as client:
         res = run_study(bids, workdir / "out", spec, client, progress=False, report=False)
     t = dict(res.seconds)

@@ -109,6 +109,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("spec", help="print the study spec (the reference study by default)")
     p.add_argument("--default", action="store_true", help="print the built-in default spec")
     p.add_argument("--check", type=Path, metavar="FILE", help="validate a spec file and print it merged with the default")
+    p.add_argument("--reference", action="store_true", help="print every key of a spec, its default and meaning (Markdown)")
 
     p = sub.add_parser("publish", help="upload a cohort store to object storage (S3, GCS, ... via fsspec)",
                        description="Copy a finished cohort store to a URL, root metadata last, so that readers "
@@ -202,13 +203,16 @@ def _cmd_ingest(args) -> int:
 
 
 def _cmd_spec(args) -> int:
-    import yaml
-
     from .spec import SpecError, default_spec_text, load_spec
 
+    if args.reference:
+        from .spec_reference import spec_reference
+
+        print(spec_reference())
+        return 0
     if args.check:
         try:
-            print(yaml.safe_dump(load_spec(args.check), sort_keys=False))
+            print(load_spec(args.check).to_yaml())
         except SpecError as exc:
             print(f"ferritin spec: {exc}", file=sys.stderr)
             return 2
@@ -332,8 +336,7 @@ def _cmd_demo(args) -> int:
     out = args.out
     bids = out / "bids"
     t0 = time.perf_counter()
-    study = load_spec()
-    study["mni_voxel_size"] = max(2.0, spec.voxel_size)
+    study = replace(load_spec(), mni_voxel_size=max(2.0, spec.voxel_size))
     with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
         print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         if not (bids / "participants.tsv").exists():

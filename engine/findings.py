@@ -2,10 +2,10 @@
 ROI values, and the post-hoc clinical tables.
 
 ROIs are, as in the reference study, the clusters of the contrasts named in
-``spec["roi"]["from_contrasts"]`` that survive correction — a small-volume
+``spec.roi.from_contrasts`` that survive correction — a small-volume
 correction (peak p(FWE-SVC) < alpha: the cluster inside that small volume) or
 the whole brain (peak or cluster p(FWE) < alpha) — plus any atlas region or
-sphere listed in ``spec["roi"]["regions"]``.  Their mean χ and mean modulated
+sphere listed in ``spec.roi.regions``.  Their mean χ and mean modulated
 GM per subject go to the store (``/roi``) and to ``tables/roi_values.csv``;
 the clinical tables are computed from exactly that CSV content.
 """
@@ -22,6 +22,8 @@ from ferritin.stats import findings
 from ferritin.stats.analysis import cluster_fwe_p, svc_volume
 from ferritin.stats.clusters import sphere_mask
 from ferritin.stats.roi import cluster_roi, label_image, roi_means
+
+from .spec import StudySpec
 
 __all__ = ["define_rois", "extract_roi_values", "clinical_tables", "DEFAULT_ROI_MAPS"]
 
@@ -47,12 +49,11 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
     masks : dict name -> bool array
     sources : DataFrame (roi, source, contrast, peak x/y/z, T, p, voxels)
     """
-    roi_spec = spec["roi"]
-    alpha = float(spec["inference"]["svc_alpha"])
+    alpha = spec.inference.svc_alpha
     grid = template.grid
-    svc_by_name = {s["name"]: s for s in spec["svc"]}
+    svc_by_name = {s.name: s for s in spec.svc}
     masks, rows = {}, []
-    for cname in roi_spec["from_contrasts"] or []:
+    for cname in spec.roi.from_contrasts:
         if cname not in contrast_results:
             raise ValueError(f"roi.from_contrasts names {cname!r}, which is not a contrast of the spec")
         res = contrast_results[cname]
@@ -60,9 +61,9 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
             if "p_fwe" not in table.columns or not len(table) or not table["p_fwe"].iloc[0] < alpha:
                 continue
             s = svc_by_name[name]
-            region = template.region(s["region"]) if s.get("region") else None
-            vol, _ = svc_volume(res.T, res.mask, grid.affine, region, float(s.get("radius_mm", 20)),
-                                table.attrs.get("centre_mm", s.get("centre_mm")))
+            region = template.region(s.region) if s.region else None
+            vol, _ = svc_volume(res.T, res.mask, grid.affine, region, s.radius_mm,
+                                table.attrs.get("centre_mm", s.centre_mm))
             peak = table.iloc[0]
             m = cluster_roi(np.where(res.mask, res.T, np.nan), res.u, _peak_voxel(grid, peak), within=vol)
             roi = f"{cname}_{name}"
@@ -83,17 +84,17 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
             rows.append({"roi": roi, "source": "whole brain", "contrast": cname, "x": first.x, "y": first.y,
                          "z": first.z, "T": first["T"], "p_fwe": min(first.p_fwe, first.cluster_p),
                          "voxels": int(m.sum())})
-    for r in roi_spec["regions"] or []:
+    for r in spec.roi.regions:
         m = np.ones(grid.shape, dtype=bool)
-        if r.get("region"):
-            m &= template.region(r["region"])
-        if r.get("centre_mm") is not None:
-            m &= sphere_mask(grid.shape, grid.affine, r["centre_mm"], float(r.get("radius_mm", 10)))
+        if r.region:
+            m &= template.region(r.region)
+        if r.centre_mm is not None:
+            m &= sphere_mask(grid.shape, grid.affine, r.centre_mm, r.radius_mm)
         if not m.any():
-            raise ValueError(f"roi.regions {r['name']!r} has no voxel on the {grid.voxel_size} mm grid")
-        masks[r["name"]] = m
-        c = r.get("centre_mm") or [np.nan] * 3
-        rows.append({"roi": r["name"], "source": "spec", "contrast": "", "x": c[0], "y": c[1], "z": c[2],
+            raise ValueError(f"roi.regions {r.name!r} has no voxel on the {grid.voxel_size} mm grid")
+        masks[r.name] = m
+        c = r.centre_mm or [np.nan] * 3
+        rows.append({"roi": r.name, "source": "spec", "contrast": "", "x": c[0], "y": c[1], "z": c[2],
                      "T": np.nan, "p_fwe": np.nan, "voxels": int(m.sum())})
     cols = ["roi", "source", "contrast", "x", "y", "z", "T", "p_fwe", "voxels"]
     return masks, pd.DataFrame(rows, columns=cols)
@@ -162,20 +163,20 @@ def with_progression_rate(participants: pd.DataFrame) -> tuple[pd.DataFrame, lis
     return p, notes
 
 
-def clinical_tables(roi_csv: str | Path | pd.DataFrame, participants: pd.DataFrame, spec: dict) -> dict:
+def clinical_tables(roi_csv: str | Path | pd.DataFrame, participants: pd.DataFrame, spec: StudySpec) -> dict:
     """Table 1, ROI ANCOVA, correlations and normality from the ROI CSV and participants."""
     roi_long = pd.read_csv(roi_csv) if not isinstance(roi_csv, pd.DataFrame) else roi_csv
-    groups = spec["groups"]
-    cl = spec["clinical"]
+    groups = list(spec.groups)
+    cl = spec.clinical
     participants, notes = with_progression_rate(participants)
     out = {"table1": findings.table_one(participants, groups), "notes": pd.DataFrame({"note": notes})}
     if len(roi_long):
-        scores = [s for s in cl["scores"] if s in participants.columns]
+        scores = [s for s in cl.scores if s in participants.columns]
         out["roi_groups"] = findings.roi_group_table(roi_long, participants, groups,
-                                                     covariates=tuple(cl["roi_covariates"]))
+                                                     covariates=cl.roi_covariates)
         out["correlations"] = findings.correlation_table(
-            roi_long, participants, groups, cl["patient_group"], scores=scores,
-            expected_sign=cl["expected_sign"], chi_vs_gm=cl["chi_vs_gm"],
-            partial_covariates=tuple(cl["partial_covariates"]))
+            roi_long, participants, groups, cl.patient_group, scores=scores,
+            expected_sign=cl.expected_sign, chi_vs_gm=cl.chi_vs_gm,
+            partial_covariates=cl.partial_covariates)
         out["normality"] = findings.normality_table(roi_long, participants, groups, extra=["age", *scores])
     return out

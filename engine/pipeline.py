@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +39,10 @@ from .anat.stages import AnatParams, chi_to_mni, process_anatomy, renormalise_on
 from .derivatives import export_subject, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .progress import peak_worker_memory, track
-from .qc import QCCriteria, qc_failures
-from .qsm.chain import QSMParams, reconstruct_qsm
+from .qc import qc_failures
+from .qsm.chain import reconstruct_qsm
 from .qsm.mask import largest_component
-from .spec import PIPELINE_KEYS, complete_spec
+from .spec import Contrast, StudySpec, complete_spec
 from .tables import write_csv
 
 __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "PIPELINE_VERSION"]
@@ -80,19 +80,7 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _qsm_params(spec: dict) -> QSMParams:
-    return replace(QSMParams(), **spec["qsm"])
-
-
-def _anat_params(spec: dict) -> AnatParams:
-    defaults = AnatParams()
-    extra = {k: v for k, v in spec["anat"].items() if k not in PIPELINE_KEYS["anat"]}
-    # YAML gives lists where the parameters are tuples (iterations per level)
-    extra = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) else v for k, v in extra.items()}
-    return replace(defaults, **extra)
-
-
-def qsm_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[str, str, str | None]:
+def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tuple[str, str, str | None]:
     """QSM of one subject: ``native/<sub>`` + ``derived/<sub>/anat`` → ``derived/<sub>/qsm``.
 
     Runs after the anatomy: the T1's brain mask, carried to the GRE grid by
@@ -102,7 +90,7 @@ def qsm_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[s
     store = CohortStore(store_path)
     if _after is not None and _after[0] == "failed":
         return ("failed", subject, _after[2] or f"{subject}: skipped because an earlier stage failed")
-    params = _qsm_params(spec)
+    params = spec.qsm
     src = store.record(f"native/{subject}")
     arec = store.record(f"derived/{subject}/anat")
     if src is None:
@@ -140,7 +128,7 @@ def qsm_stage(subject: str, store_path: str, spec: dict, _after=None) -> tuple[s
     return ("written", subject, None)
 
 
-def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: str = "mni",
+def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixed: str = "mni",
                node: str | None = None) -> tuple[str, str, str | None]:
     """Anatomy and normalisation: ``native/<sub>`` → ``derived/<sub>/anat``.
 
@@ -151,8 +139,8 @@ def anat_stage(subject: str, store_path: str, spec: dict, _after=None, fixed: st
     store = CohortStore(store_path)
     if _after is not None and _after[0] == "failed":
         return ("failed", subject, _after[2] or f"{subject}: skipped because an earlier stage failed")
-    params = _anat_params(spec)
-    vs = float(spec["mni_voxel_size"])
+    params = spec.anat
+    vs = spec.mni_voxel_size
     node = node or f"derived/{subject}/anat"
     nrec = store.record(f"native/{subject}")
     if nrec is None:
@@ -244,7 +232,7 @@ def _finite_or_none(v):
     return float(v) if v is not None and np.isfinite(v) else None
 
 
-def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) -> tuple[str, str, str | None]:
+def template_stage(store_path: str, spec: StudySpec, subjects: list[str], _after=()) -> tuple[str, str, str | None]:
     """The study template (DARTEL's idea, on ANTs): the mean of every subject's
     bias-corrected T1 brain (intensity-normalised per subject) and of its GM
     and WM posteriors after its first normalisation to MNI.  It lives on the
@@ -263,7 +251,7 @@ def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) 
         init = store.open_node(f"derived/{s}/anat_init")
         for name, var in names.items():
             total[name] = total[name] + init[var].values.astype(np.float64)
-    vs = float(spec["mni_voxel_size"])
+    vs = spec.mni_voxel_size
     grid = load_template(vs).grid
     means = {name: (("x", "y", "z"), (total[name] / len(ok)).astype(np.float32)) for name in names}
     ds = xr.Dataset(means, coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
@@ -272,7 +260,7 @@ def template_stage(store_path: str, spec: dict, subjects: list[str], _after=()) 
     return ("written", "template", None)
 
 
-def run_participants(store_path: str | Path, spec: dict, client, subjects: list[str] | None = None,
+def run_participants(store_path: str | Path, spec: StudySpec, client, subjects: list[str] | None = None,
                      progress: bool = True) -> RunSummary:
     """QSM then anatomy for every ingested subject, one task per subject per stage.
 
@@ -292,7 +280,7 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
     summary = RunSummary()
     path = str(store.path)
     extra = []
-    if spec["anat"]["study_template"]:
+    if spec.study_template:
         # map (normalise to MNI) -> reduce (mean T1 = study template) -> map (normalise to the template)
         init = {s: client.submit(anat_stage, s, path, spec, None, "mni", f"derived/{s}/anat_init",
                                  key=f"anat_init-{s}", pure=False) for s in subjects}
@@ -334,12 +322,12 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
     return summary
 
 
-def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str, str], pd.DataFrame]:
+def _group_subjects(store: CohortStore, spec: StudySpec) -> tuple[list[str], dict[str, str], pd.DataFrame]:
     """Subjects usable for group statistics, and why the others are not."""
     participants = participants_frame(store.open_node("participants").load())
     excluded: dict[str, str] = {}
     rows = []
-    criteria = QCCriteria.from_spec(spec)
+    criteria = spec.qc
     failures = store.failures()
     for sub in store.children("native"):
         for stage in ("ingest", "anat", "qsm"):
@@ -359,8 +347,8 @@ def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str
                 excluded[sub] = "no row in participants"
                 continue
             group = participants.loc[sub, "group"]
-            if group not in spec["groups"]:
-                excluded[sub] = f"group {group!r} is not in the spec's groups {spec['groups']}"
+            if group not in spec.groups:
+                excluded[sub] = f"group {group!r} is not in the spec's groups {list(spec.groups)}"
                 continue
             rows.append({"subject": sub, "tiv": attrs["tiv_ml"], "qc_gm_corr": attrs["qc_gm_corr"]})
     table = pd.DataFrame(rows).set_index("subject") if rows else pd.DataFrame(columns=["tiv", "qc_gm_corr"])
@@ -369,7 +357,7 @@ def _group_subjects(store: CohortStore, spec: dict) -> tuple[list[str], dict[str
     return list(table.index), excluded, table
 
 
-def group_design(table: pd.DataFrame, spec: dict):
+def group_design(table: pd.DataFrame, spec: StudySpec):
     """The participants table the group model uses and its design matrix.
 
     TIV is the one measured by the anatomy stage when the store has it
@@ -383,12 +371,12 @@ def group_design(table: pd.DataFrame, spec: dict):
     from ferritin.stats.design import design_matrix
 
     design_table = table.copy()
-    if "tiv" in spec["covariates"] and "tiv_measured" in design_table.columns:
+    if "tiv" in spec.covariates and "tiv_measured" in design_table.columns:
         design_table["tiv"] = design_table["tiv_measured"]
-    return design_table, design_matrix(design_table, groups=spec["groups"], covariates=spec["covariates"])
+    return design_table, design_matrix(design_table, groups=list(spec.groups), covariates=list(spec.covariates))
 
 
-def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
+def run_group(store_path: str | Path, spec: StudySpec, out_dir: str | Path) -> dict:
     """Stack, fit every contrast of the spec, write maps, tables, ROI values and derivatives.
 
     Returns a dict with the subjects used, those excluded with reasons, and
@@ -399,17 +387,16 @@ def run_group(store_path: str | Path, spec: dict, out_dir: str | Path) -> dict:
         return _run_group(store_path, spec, out_dir)
 
 
-def _run_group(store_path, spec: dict, out_dir) -> dict:
-    import yaml
+def _run_group(store_path, spec: StudySpec, out_dir) -> dict:
 
     store = CohortStore(store_path)
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "group").mkdir(parents=True, exist_ok=True)
     subjects, excluded, table = _group_subjects(store, spec)
-    if len(subjects) < len(spec["groups"]) + len(spec["covariates"]) + 2:
+    if len(subjects) < len(spec.groups) + len(spec.covariates) + 2:
         raise ValueError(f"only {len(subjects)} usable subjects; excluded: {excluded}")
-    vs = float(spec["mni_voxel_size"])
+    vs = spec.mni_voxel_size
     template = load_template(vs)
     mni, digest = _stack_subjects(store, subjects, table, template.grid)
     design_table, design = group_design(table, spec)
@@ -422,11 +409,11 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
             f"columns): the smoothness estimate and every RFT and permutation p-value are unreliable below "
             f"{MIN_RELIABLE_DF}; add subjects or remove covariates")
     contrast_results = {}
-    for c in spec["contrasts"]:
-        res, perm_table, perm_vars = _fit_contrast(mni[c["map"]].data[order], design, c, spec, template)
+    for c in spec.contrasts:
+        res, perm_table, perm_vars = _fit_contrast(mni[c.map].data[order], design, c, spec, template)
         _write_contrast(store, out, c, res, perm_table, perm_vars, design, spec, template.grid, digest)
-        contrast_results[c["name"]] = res
-        results["contrasts"][c["name"]] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
+        contrast_results[c.name] = res
+        results["contrasts"][c.name] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
                                           "u": res.u, "df": res.df}
     (out / "tables" / "excluded.json").write_text(json.dumps(excluded, indent=2))
     used = design_table.loc[list(design.subjects)]
@@ -436,7 +423,7 @@ def _run_group(store_path, spec: dict, out_dir) -> dict:
     write_dataset_description(out)
     for sub in store.children("derived"):
         export_subject(store, sub, out, vs)
-    (out / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (out / "spec.yaml").write_text(spec.to_yaml())
     (out / "group" / "run.json").write_text(json.dumps({"store": str(store.path), "pipeline_version": PIPELINE_VERSION,
                                                         "warnings": results["warnings"]}))
     store.consolidate()
@@ -464,15 +451,15 @@ def _stack_subjects(store: CohortStore, subjects: list[str], table: pd.DataFrame
     return store.open_node("mni"), digest
 
 
-def _fit_contrast(Y, design, c: dict, spec: dict, template):
+def _fit_contrast(Y, design, c: Contrast, spec: StudySpec, template):
     """One contrast of the spec: GLM, RFT tables, SVC and (if asked) permutation inference."""
     import dask.array as da
 
     from ferritin.stats.analysis import analyse_contrast
 
-    grid, inf = template.grid, spec["inference"]
+    grid, inf = template.grid, spec.inference
     names = atlas_labels()["name"].to_dict()
-    if c["map"] == "chi":
+    if c.map == "chi":
         finite = np.isfinite(Y).all(axis=0).compute()
         # Largest connected part; holes (voxels some subject's chi does not
         # cover) stay out: filled, they entered the model as 0 for that
@@ -485,15 +472,15 @@ def _fit_contrast(Y, design, c: dict, spec: dict, template):
     else:
         mask = (template.gm > 0.2) & template.brain_mask
     regions = {}
-    for s in spec["svc"]:
-        region = template.region(s["region"]) if s.get("region") else None
-        regions[s["name"]] = (region, float(s.get("radius_mm", 20)), s.get("centre_mm"))
-    res = analyse_contrast(Y, design.X, design.contrast(c["weights"]), mask, grid.affine,
-                           height_p=float(inf["height_p"]), extent_mm3=float(inf["extent_voxels"]),
-                           svc_regions=regions, alpha=float(inf["svc_alpha"]),
+    for s in spec.svc:
+        region = template.region(s.region) if s.region else None
+        regions[s.name] = (region, s.radius_mm, s.centre_mm)
+    res = analyse_contrast(Y, design.X, design.contrast(c.weights), mask, grid.affine,
+                           height_p=inf.height_p, extent_mm3=inf.extent_voxels,
+                           svc_regions=regions, alpha=inf.svc_alpha,
                            labels_img=template.atlas, label_names=names)
     perm_table, perm_vars = None, {}
-    n_perm = int(inf["permutations"] or 0)
+    n_perm = inf.permutations
     if n_perm > 0:
         perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template)
         # each RFT cluster's permutation p: the clusters are the same (same T, height and
@@ -503,40 +490,40 @@ def _fit_contrast(Y, design, c: dict, spec: dict, template):
     return res, perm_table, perm_vars
 
 
-def _write_contrast(store: CohortStore, out: Path, c: dict, res, perm_table, perm_vars: dict, design, spec: dict,
+def _write_contrast(store: CohortStore, out: Path, c: Contrast, res, perm_table, perm_vars: dict, design, spec: StudySpec,
                     grid, digest: str) -> None:
     """A fitted contrast's outputs: ``/stats/<name>``, its tables and its BIDS-derivative maps."""
-    vs = float(spec["mni_voxel_size"])
+    vs = spec.mni_voxel_size
     ds = xr.Dataset(
         {"T": (("x", "y", "z"), res.T.astype(np.float32)), "effect": (("x", "y", "z"), res.effect.astype(np.float32)),
          "mask": (("x", "y", "z"), res.mask.astype(np.uint8)), **perm_vars},
         coords={ax: (ax, v, {"units": "mm"}) for ax, v in grid.coords().items()},
         attrs={"df": res.df, "fwhm_vox": res.fwhm_vox.tolist(), "fwhm_mm": (res.fwhm_vox * vs).tolist(),
                "resels": res.resels.tolist(), "u": res.u, "k_voxels": res.k_voxels,
-               "fwe_threshold": res.fwe_threshold, "contrast": str(c["weights"]), "map": c["map"],
+               "fwe_threshold": res.fwe_threshold, "contrast": str(c.weights), "map": c.map,
                "design_columns": list(design.columns), "subjects": list(design.subjects)},
     )
-    store.write_node(f"stats/{c['name']}", ds, stage="group", digest=digest_params(digest, c, spec["inference"]))
+    store.write_node(f"stats/{c.name}", ds, stage="group", digest=digest_params(digest, asdict(c), asdict(spec.inference)))
     if perm_table is not None:
-        write_csv(perm_table, out / "tables" / f"{c['name']}_permutation.csv", index=False)
-    write_csv(res.table, out / "tables" / f"{c['name']}_clusters.csv", index=False)
+        write_csv(perm_table, out / "tables" / f"{c.name}_permutation.csv", index=False)
+    write_csv(res.table, out / "tables" / f"{c.name}_clusters.csv", index=False)
     svc_rows = [t.copy().assign(svc=name)[["svc", *t.columns]] for name, t in res.svc.items()]
     svc_all = pd.concat(svc_rows, ignore_index=True) if svc_rows else pd.DataFrame()
-    write_csv(svc_all, out / "tables" / f"{c['name']}_svc.csv", index=False)
-    save_nifti(np.where(res.mask, res.T, 0.0), grid.affine, out / "group" / f"contrast-{c['name']}_stat-t_statmap.nii.gz",
+    write_csv(svc_all, out / "tables" / f"{c.name}_svc.csv", index=False)
+    save_nifti(np.where(res.mask, res.T, 0.0), grid.affine, out / "group" / f"contrast-{c.name}_stat-t_statmap.nii.gz",
                {"df": res.df, "height_threshold_T": res.u, "extent_voxels": res.k_voxels,
                 "fwe_threshold_T": res.fwe_threshold, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
-                "contrast": str(c["weights"]), "map": c["map"]})
-    save_nifti(res.mask, grid.affine, out / "group" / f"contrast-{c['name']}_mask.nii.gz")
+                "contrast": str(c.weights), "map": c.map})
+    save_nifti(res.mask, grid.affine, out / "group" / f"contrast-{c.name}_mask.nii.gz")
 
 
 def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template):
     """Freedman–Lane permutations of one contrast: a cluster table (cluster mass and TFCE FWE p) and maps."""
     from ferritin.stats.permutation import permutation_cluster
 
-    tfce_dh = 0.1 if inf["tfce"] else None
-    perm = permutation_cluster(Y, design.X, design.contrast(c["weights"]), res.mask, n_perm=n_perm,
-                               seed=int(inf["permutation_seed"]), cluster_forming_t=res.u, tfce_dh=tfce_dh)
+    tfce_dh = 0.1 if inf.tfce else None
+    perm = permutation_cluster(Y, design.X, design.contrast(c.weights), res.mask, n_perm=n_perm,
+                               seed=inf.permutation_seed, cluster_forming_t=res.u, tfce_dh=tfce_dh)
     rows = []
     T = np.where(res.mask, perm.t_obs, -np.inf)
     for label in range(1, len(perm.cluster_mass)):
@@ -579,7 +566,7 @@ def _findings(store, mni, contrast_results, spec, template, participants, out: P
         roi_long = extract_roi_values(mni, masks)
         roi_long.insert(1, "group", participants.loc[roi_long["subject"], "group"].to_numpy())
         store.write_node("roi", roi_dataset(roi_long, masks, sources, template.grid), stage="roi",
-                         digest=digest_params(digest, sorted(masks), spec["roi"]))
+                         digest=digest_params(digest, sorted(masks), asdict(spec.roi)))
         # one volume per ROI (they may overlap), and a label image for viewers
         save_nifti(np.stack(list(masks.values()), axis=-1), template.grid.affine, out / "group" / "desc-roi_mask.nii.gz")
         save_nifti(label_image(masks)[0], template.grid.affine, out / "group" / "desc-roi_dseg.nii.gz")

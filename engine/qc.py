@@ -13,7 +13,7 @@ wrong result cannot fake:
   centimetres of the top of the head (scalp, skull and CSF), not in the face or neck.
 
 The defaults are :class:`QCCriteria`'s; a study spec overrides them in its
-``qc`` section.
+``qc`` section (:class:`ferritin.engine.spec.StudySpec.qc`).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ class QCCriteria:
     min_gm_correlation: float = 0.6
     #: correlation of the warped, bias-corrected T1 with the template T1 in the brain
     min_t1_correlation: float = 0.6
-    #: total intracranial volume (ml): adult heads lie well inside 1.0-2.0 l
+    #: smallest total intracranial volume (ml): adult heads lie well inside 1.0-2.0 l
     min_tiv_ml: float = 950.0
-    max_tiv_ml: float = 2100.0
-    #: grey matter as a share of TIV: adults (including atrophy) lie about 0.33-0.50
+    max_tiv_ml: float = 2100.0  # largest total intracranial volume (ml)
+    #: smallest grey-matter share of TIV: adults (including atrophy) lie about 0.33-0.50
     min_gm_fraction: float = 0.28
-    max_gm_fraction: float = 0.54
+    max_gm_fraction: float = 0.54  # largest grey-matter share of TIV
     #: top of the head to the top of the brain mask (mm): scalp, skull and CSF
     max_brain_top_gap_mm: float = 40.0
 
@@ -47,21 +47,11 @@ class QCCriteria:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-                raise ValueError(f"qc.{f.name} must be a finite number, got {value!r}")
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         if not self.min_tiv_ml < self.max_tiv_ml:
-            raise ValueError(f"qc.min_tiv_ml ({self.min_tiv_ml}) must be below qc.max_tiv_ml ({self.max_tiv_ml})")
+            raise ValueError(f"min_tiv_ml ({self.min_tiv_ml}) must be below max_tiv_ml ({self.max_tiv_ml})")
         if not 0 <= self.min_gm_fraction < self.max_gm_fraction <= 1:
-            raise ValueError("qc.min_gm_fraction and qc.max_gm_fraction must satisfy 0 <= min < max <= 1")
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> QCCriteria:
-        """The criteria of a study spec's ``qc`` section (unknown keys refused, naming the valid ones)."""
-        section = spec.get("qc") or {}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            raise ValueError(f"qc.{unknown[0]} is not a QC criterion; the criteria are {', '.join(sorted(names))}")
-        return cls(**section)
+            raise ValueError("min_gm_fraction and max_gm_fraction must satisfy 0 <= min < max <= 1")
 
 
 def qc_failures(measures: dict, criteria: QCCriteria) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .ingest import IngestResult, ingest
 from .pipeline import RunSummary, run_group, run_participants
+from .spec import StudySpec
 
 __all__ = ["LEVELS", "StudyResult", "run_study", "store_path", "write_report"]
 
@@ -41,7 +42,7 @@ def store_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / "cohort.zarr"
 
 
-def run_study(bids_dir: str | Path, out_dir: str | Path, spec: dict, client=None, *,
+def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict, client=None, *,
               levels: tuple[str, ...] = LEVELS, participant_label: list[str] | None = None,
               progress: bool = True, report: bool = True) -> StudyResult:
     """Run the levels of a study on a BIDS dataset; outputs and the cohort store go to ``out_dir``.
@@ -50,8 +51,8 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: dict, client=None
     ----------
     bids_dir : the BIDS dataset.
     out_dir : output folder (a BIDS derivative dataset; the store is ``out_dir/cohort.zarr``).
-    spec : dict
-        The study spec (:func:`ferritin.engine.spec.load_spec`).
+    spec : StudySpec or dict
+        The study spec (:func:`ferritin.engine.spec.load_spec`), or a partial dict laid over the default.
     client : dask.distributed.Client, optional
         Where the participant level runs; needed only for that level.
     levels : which of ``"participant"`` and ``"group"`` to run (in that order).

@@ -80,7 +80,7 @@ def loopback(tmp_path_factory):
 
 
 def _spec():
-    spec = load_spec()
+    spec = load_spec().to_dict()
     for k, v in FAST.items():
         spec[k] = v
     return spec

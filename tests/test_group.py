@@ -90,7 +90,7 @@ def group_out(tmp_path_factory):
         store.write_node(f"derived/{sub}/anat", a, stage="anat", digest=f"a{n}", params={"syn_metric": "mattes"})
     table = pd.DataFrame(rows).set_index("participant_id")
     store.write_node("participants", participants_dataset(table), stage="ingest", digest="p")
-    spec = load_spec()
+    spec = load_spec().to_dict()
     spec["mni_voxel_size"] = VS
     spec["svc"] = [{"name": "thalamus_L", "region": "Thalamus_L", "radius_mm": 20},
                    {"name": "precentral_R", "region": "Precentral_R", "radius_mm": 20}]

@@ -13,7 +13,7 @@ from ferritin.engine.spec import SpecError, load_spec  # noqa: E402
 
 
 def _fast_spec():
-    spec = load_spec()
+    spec = load_spec().to_dict()
     spec["mni_voxel_size"] = 3.0
     # orchestration is under test here, not accuracy: short registrations
     spec["anat"] = {"syn_iterations": [10, 5, 0], "tissue_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1}
@@ -115,7 +115,7 @@ def test_spec_validation(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("anat:\n  syn_metrc: CC\n", r"anat.syn_metrc is not one of the anat parameters.*syn_metric"),
+    ("anat:\n  syn_metrc: CC\n", r"anat.syn_metrc is not a spec key; the keys of anat are .*syn_metric"),
     ("qsm:\n  inversion: medi\n", r"qsm.inversion must be one of tv, star, tkd, ilsqr; got 'medi'"),
     ("anat:\n  normalise_on: t2\n", r"anat.normalise_on must be one of t1, tissue"),
     ("anat:\n  vbm_fwhm_mm: wide\n", r"anat.vbm_fwhm_mm must be a number"),
@@ -125,12 +125,12 @@ def test_spec_validation(tmp_path):
     ("qsm: [tv]\n", r"spec key 'qsm' must be a mapping"),
     ("grups: [ALS, NC]\n", r"grups is not a spec key; the keys are .*groups"),
     ("inference:\n  heigth_p: 0.01\n", r"inference.heigth_p is not a spec key; the keys of inference are .*height_p"),
-    ("qc:\n  min_gm_corelation: 0.5\n", r"qc.min_gm_corelation is not a QC criterion.*min_gm_correlation"),
+    ("qc:\n  min_gm_corelation: 0.5\n", r"qc.min_gm_corelation is not a spec key; the keys of qc are .*min_gm_correlation"),
     ("svc:\n  - {name: a, regoin: Thalamus_L}\n", r"svc\[0\].regoin is not a spec key"),
-    ("mni_voxel_size: three\n", r"mni_voxel_size must be a number of mm between 0.5 and 8, got 'three'"),
+    ("mni_voxel_size: three\n", r"mni_voxel_size must be a number, got 'three'"),
     ("mni_voxel_size: -2\n", r"mni_voxel_size must be a number of mm between 0.5 and 8, got -2"),
     ("mni_voxel_size: 0\n", r"mni_voxel_size must be a number"),
-    ("qc:\n  min_tiv_ml: 2500\n", r"qc.min_tiv_ml \(2500\) must be below qc.max_tiv_ml"),
+    ("qc:\n  min_tiv_ml: 2500\n", r"qc.min_tiv_ml \(2500.0\) must be below max_tiv_ml"),
     ("qsm:\n  ringing: gibbs\n", r"qsm.ringing must be one of unring, taper, none"),
 ])
 def test_spec_rejects_unknown_or_mistyped_stage_parameters(tmp_path, text, message):
@@ -146,8 +146,8 @@ def test_spec_stage_parameters_reach_the_stages(tmp_path):
     p.write_text("qsm:\n  inversion: star\n  mask_erode_mm: 2\nanat:\n  normalise_on: tissue\n"
                  "  syn_iterations: [20, 10, 0]\n  tissue_iterations: [30, 20, 40]\n  study_template: true\n")
     spec = load_spec(p)
-    assert pipeline._qsm_params(spec).inversion == "star"
-    anat = pipeline._anat_params(spec)
+    assert spec.qsm.inversion == "star" and spec.study_template is True
+    anat = spec.anat
     assert anat.normalise_on == "tissue" and anat.syn_iterations == (20, 10, 0)
     assert anat.tissue_iterations == (30, 20, 40)
 

@@ -1,32 +1,114 @@
-"""The study spec has one source of defaults: the shipped YAML, for files and Python dicts alike."""
+"""The study spec: a typed tree of frozen dataclasses, one source of defaults, checked when read."""
+
+import dataclasses
 
 import pytest
 import yaml
 
-from ferritin.engine.spec import SpecError, complete_spec, default_spec, load_spec
+from ferritin.engine.anat.stages import AnatParams
+from ferritin.engine.qc import QCCriteria
+from ferritin.engine.qsm.chain import QSMParams
+from ferritin.engine.spec import (
+    Contrast,
+    Inference,
+    SmallVolume,
+    SpecError,
+    StudySpec,
+    complete_spec,
+    default_spec,
+    load_spec,
+)
 
 
 def test_a_partial_dict_gets_the_shipped_defaults():
     """A Python caller's partial spec runs the analysis the command line runs (no code-level fallbacks)."""
     spec = complete_spec({"inference": {"height_p": 0.01}})
     shipped = default_spec()
-    assert spec["inference"]["height_p"] == 0.01
+    assert isinstance(spec, StudySpec) and spec.inference.height_p == 0.01
     for key in ("extent_voxels", "tfce", "permutations", "svc_alpha"):
-        assert spec["inference"][key] == shipped["inference"][key]
-    assert spec["qsm"]["mask_source"] == "t1" and spec["anat"]["study_template"] is False
+        assert getattr(spec.inference, key) == shipped["inference"][key]
+    assert spec.qsm.mask_source == "t1" and spec.study_template is False
 
 
 def test_completing_is_idempotent_and_matches_the_file_route(tmp_path):
     user = {"groups": ["PD", "HC"], "clinical": {"patient_group": "PD"}, "mni_voxel_size": 3}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(user))
     once = complete_spec(user)
-    assert complete_spec(once) == once == load_spec(tmp_path / "s.yaml")
+    assert complete_spec(once) is once
+    assert once == load_spec(tmp_path / "s.yaml") == complete_spec(once.to_dict())
+    assert once.groups == ("PD", "HC") and once.mni_voxel_size == 3.0
 
 
-def test_a_partial_dict_is_checked_like_a_file():
-    with pytest.raises(SpecError, match=r"inference.heigth_p is not a spec key"):
-        complete_spec({"inference": {"heigth_p": 0.01}})
-    with pytest.raises(SpecError, match="patient_group 'ALS' is not one of the groups"):
-        complete_spec({"groups": ["PD", "HC"]})
+def test_the_tree_is_typed_and_frozen():
+    spec = load_spec()
+    assert isinstance(spec.qsm, QSMParams) and isinstance(spec.anat, AnatParams) and isinstance(spec.qc, QCCriteria)
+    assert isinstance(spec.inference, Inference) and all(isinstance(c, Contrast) for c in spec.contrasts)
+    assert all(isinstance(s, SmallVolume) for s in spec.svc)
+    assert isinstance(spec.anat.syn_iterations, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.mni_voxel_size = 3.0
+    # a changed copy is checked again
+    assert dataclasses.replace(spec, mni_voxel_size=3.0).mni_voxel_size == 3.0
+    with pytest.raises(ValueError, match="mni_voxel_size"):
+        dataclasses.replace(spec, mni_voxel_size=-1.0)
+
+
+def test_the_yaml_is_the_only_source_of_the_values_it_shows():
+    """Where the shipped YAML restates a stage class's default, the two agree: one value per key."""
+    shipped = default_spec()
+    classes = {"qsm": QSMParams(), "anat": AnatParams(), "qc": QCCriteria()}
+    for section, defaults in classes.items():
+        for key, value in shipped[section].items():
+            if key == "study_template":
+                continue
+            expected = getattr(defaults, key)
+            assert (list(expected) if isinstance(expected, tuple) else expected) == value, f"{section}.{key}"
+
+
+def test_parameter_classes_check_their_own_choices():
+    with pytest.raises(ValueError, match="inversion must be one of"):
+        QSMParams(inversion="medi")
+    with pytest.raises(ValueError, match="normalise_on must be one of"):
+        AnatParams(normalise_on="t2")
+    with pytest.raises(ValueError, match="map must be one of chi, gm_mod_s"):
+        Contrast("x", "t2", "A - B")
+    with pytest.raises(ValueError, match="permutations"):
+        Inference(0.005, 100, 0.05, 1, 0, False)
+    with pytest.raises(ValueError, match="region"):
+        SmallVolume("nowhere")
+
+
+@pytest.mark.parametrize("user, message", [
+    ({"inference": {"heigth_p": 0.01}}, r"inference.heigth_p is not a spec key; the keys of inference are .*height_p"),
+    ({"groups": ["PD", "HC"]}, "patient_group 'ALS' is not one of the groups"),
+    ({"roi": {"from_contrasts": ["chi_up"]}}, r"roi.from_contrasts names 'chi_up'"),
+    ({"roi": {"regions": [{"name": "r", "centre": [0, 0, 0]}]}}, r"roi.regions\[0\].centre is not a spec key"),
+    ({"clinical": {"chi_vs_gm": "down"}}, r"clinical.chi_vs_gm must be one of positive, negative"),
+    ({"clinical": {"expected_sign": {"chi": {"umn": "up"}}}}, r"expected_sign.chi.umn must be one of"),
+    ({"clinical": {"scores": "alsfrs_r"}}, r"clinical.scores must be a list of strings"),
+    ({"inference": {"tfce": "yes"}}, r"inference.tfce must be true or false"),
+    ({"inference": {"permutations": 10.5}}, r"inference.permutations must be an integer"),
+    ({"svc": [{"name": "s", "region": "Thalamus_L", "centre_mm": [1, 2]}]}, r"svc\[0\].centre_mm must be three"),
+    ({"contrasts": [{"name": "c", "map": "chi"}]}, r"contrasts\[0\].weights is missing"),
+    ({"groups": ["ALS", "ALS"]}, "each named once"),
+])
+def test_a_partial_dict_is_checked_like_a_file(user, message):
+    with pytest.raises(SpecError, match=message):
+        complete_spec(user)
+
+
+def test_a_spec_that_is_not_a_mapping_is_refused():
     with pytest.raises(SpecError, match="must be a mapping"):
         complete_spec(["groups"])
+
+
+def test_the_spec_reference_in_docs_is_the_generated_one():
+    """docs/spec-reference.md is written by ``ferritin spec --reference``: regenerate it when a key changes."""
+    from pathlib import Path
+
+    from ferritin.engine.spec_reference import spec_reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "spec-reference.md"
+    assert doc.read_text().rstrip("\n") == spec_reference().rstrip("\n"), "run: ferritin spec --reference > " + str(doc)
+    for key in ("height_p", "mask_source", "normalise_on", "min_tiv_ml", "centre_mm", "expected_sign"):
+        assert f"`{key}`" in doc.read_text()

@@ -20,6 +20,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
+from ..params import check_choices
 from ..qsm.mask import ball, brain_mask
 from .antsbridge import (
     LPS,
@@ -48,42 +49,32 @@ class AnatParams:
         "tissue_metric": ("meansquares", "CC", "mattes"),
     }
 
-    n4_shrink: int = 4  # ANTs default; 2 costs 8x the time for a smooth field
-    #: B-spline fitting levels of N4 (each doubles the mesh).  ANTs' default 4
-    #: bends the field into the image's own low-frequency contrast: on
-    #: simulated T1s at 3 mm it moved the thalamus by up to 7 % against the
-    #: rest of the brain, differently per subject (residual sd 0.08-0.10 vs
-    #: 0.04 uncorrected), and the GM/WM call of deep grey matter with it.
+    n4_shrink: int = 4  # N4 works on the image shrunk by this factor (ANTs' default; the field is smooth)
+    #: B-spline fitting levels of N4 (each doubles the mesh).  Fewer than ANTs'
+    #: default 4: a fine mesh bends the field into the image's own low-frequency
+    #: contrast and moves deep grey matter's intensity against the rest of the brain.
     n4_levels: int = 2
-    syn_iterations: tuple = (40, 20, 10)  # full-resolution iterations: normalisation Dice 0.83 -> 0.86 at 2 mm
-    syn_metric: str = "mattes"
+    syn_iterations: tuple = (40, 20, 10)  # T1 SyN iterations per level (shrink 4, 2, 1)
+    syn_metric: str = "mattes"  # similarity of the T1 SyN: mutual information (mattes), CC or mean squares
     syn_sampling: int = 32  # histogram bins for mattes, radius for CC
     #: What drives the normalisation whose deformation VBM and χ use:
     #: "tissue" (after segmentation, a second SyN of the subject's GM and WM
     #: posteriors against the template's GM and WM maps, as DARTEL registers
     #: tissue maps) or "t1" (the bias-corrected T1 against the MNI T1 only).
-    #: Tissue maps have no intensity contrast to match: on the simulated demo
-    #: cohort the right-thalamus GM decrease kept t -1.39 of the truth's
-    #: -4.25 instead of +0.07, for 11 s more per subject at 3 mm
-    #: (benchmarks/vbm_fidelity.py).
+    #: Tissue maps have no intensity contrast to match, so local volume changes
+    #: are followed more faithfully (``docs/vbm-contraction``).
     normalise_on: str = "tissue"
-    tissue_metric: str = "meansquares"
+    tissue_metric: str = "meansquares"  # similarity of the tissue SyN
     tissue_sampling: int = 0  # metric parameter (radius for CC)
-    #: Iterations of the tissue SyN per level (shrink 4, 2, 1), apart from
-    #: the T1 SyN's.  40 at full resolution instead of 10 (twice the time)
-    #: took the normalisation's own volume t in the right-thalamus core from
-    #: -2.34 to -2.74 on the demo cohort (truth -4.14) but from +0.19 to +0.02
-    #: on a 34 + 34 cohort with the reference study's smaller effects (truth
-    #: -4.04): no gain where it matters, so the default stays.
-    tissue_iterations: tuple = (40, 20, 10)
+    tissue_iterations: tuple = (40, 20, 10)  # tissue SyN iterations per level (shrink 4, 2, 1)
     #: Weight of the template priors against the intensities in Atropos.  The priors
     #: are smooth population maps: a strong weight pulls GM into the sulcal CSF of a
-    #: real T1 (docs/validation.md); a weak one keeps them as the classes' start and guide.
+    #: real T1; a weak one keeps them as the classes' start and guide.
     seg_prior_weight: float = 0.05
-    seg_iterations: int = 5
-    seg_mrf: float = 0.1
-    vbm_fwhm_mm: float = 4.0
-    seed: int = 1
+    seg_iterations: int = 5  # Atropos EM iterations
+    seg_mrf: float = 0.1  # Atropos Markov random field smoothing weight
+    vbm_fwhm_mm: float = 4.0  # Gaussian smoothing of the modulated GM (FWHM)
+    seed: int = 1  # random seed of the registrations and Atropos (results are repeatable)
     skull_strip: bool = True  # affine to MNI, template brain mask back to the T1, SyN on the brain only
     strip_detach_mm: float = 5.0  # erosion that cuts the scalp off the first, intensity-based brain mask
     strip_margin_mm: float = 4.0  # margin kept around that mask for the affine
@@ -104,6 +95,9 @@ class AnatParams:
     #: (None: only images finer than ``finest_voxel_mm``, to 1 mm).  Coarser is
     #: faster and less precise: for quick looks and tests, not for a study.
     working_voxel_mm: float | None = None
+
+    def __post_init__(self):
+        check_choices(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,6 +9,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
+from ..params import check_choices
 from .background import vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
@@ -74,29 +75,37 @@ class QSMParams:
     #: base and the sinuses, where the phase is not the brain's: the inversion
     #: spreads those fields into the brain as rings and stripes.
     mask_source: str = "t1"
+    #: How the echoes' phases become one field map: "phase-difference" (complex
+    #: differences of successive echoes, refined with every echo, one spatial
+    #: unwrap), a nonlinear complex fit, or weighted fits after unwrapping each echo.
     combine: str = "phase-difference"
-    unwrapper: str = "path"
-    mask_detach_mm: float = 5.0
-    mask_erode_mm: float | None = None  # None: one voxel (the bright CSF rim is unreliable)
-    vsharp_max_radius_mm: float = 12.0
-    vsharp_min_radius_vox: float = 2.0
-    vsharp_threshold: float = 0.05
+    unwrapper: str = "path"  # spatial unwrapping: exact path following, or Laplacian (fast, approximate)
+    mask_detach_mm: float = 5.0  # erosion that detaches the scalp from the brain in the magnitude mask
+    mask_erode_mm: float | None = None  # final erosion of the mask; None: one voxel (the bright CSF rim is unreliable)
+    vsharp_max_radius_mm: float = 12.0  # largest V-SHARP sphere
+    vsharp_min_radius_vox: float = 2.0  # smallest V-SHARP sphere, in voxels
+    vsharp_threshold: float = 0.05  # truncation of V-SHARP's deconvolution
+    #: Passes that drop local-field outliers near the mask's edge (background
+    #: V-SHARP could not remove) and remove the background again.
     quality_iterations: int = 2
-    quality_mad: float = 12.0
-    quality_margin_mm: float = 6.0
-    inversion: str = "tv"
-    tkd_threshold: float = 0.15
-    tv_lambda: float = 1e-4  # 3e-4 over-smoothed: true-local NRMSE 28.8 -> 21.2 % at 3 mm, chain 55.3 -> 53.7 %
-    tv_iterations: int = 50
-    star_lambda_large: float = 3e-3
-    star_lambda_small: float = 1e-4
+    quality_mad: float = 12.0  # an outlier lies this many median absolute deviations from the median
+    quality_margin_mm: float = 6.0  # margin cut around each outlier
+    inversion: str = "tv"  # dipole inversion: total variation (ADMM), STAR-QSM, TKD or iLSQR
+    tkd_threshold: float = 0.15  # truncation of the dipole kernel for TKD
+    tv_lambda: float = 1e-4  # weight of the total variation (before the noise scaling below)
+    tv_iterations: int = 50  # ADMM iterations (TV and STAR)
+    star_lambda_large: float = 3e-3  # STAR-QSM's weight for the large-susceptibility stage
+    star_lambda_small: float = 1e-4  # STAR-QSM's weight for the small-susceptibility stage
     #: The regularisation weights above hold for a local field whose noise is at most
     #: this (ppm; robust estimate, :func:`field_noise_ppm`): the level of the simulated
     #: cohorts they were chosen on.  Noisier fields (few or short echoes, coarse voxels,
     #: low SNR) get the weights multiplied by (noise / reference)^2, as the optimal
     #: weight of a Gaussian likelihood grows with its variance; None keeps them fixed.
     reference_noise_ppm: float | None = 0.0025
-    ilsqr_tol: float = 0.01
+    ilsqr_tol: float = 0.01  # relative residual at which iLSQR stops
+
+    def __post_init__(self):
+        check_choices(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

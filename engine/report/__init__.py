@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ferritin.cohort.store import CohortStore
 from ferritin.cohort.templates import load_template
 
+from ..spec import StudySpec, load_spec
 from . import figures
 from .blocks import Block, Section, empty, figure, finding, format_value, heading, table, text
 
@@ -55,9 +55,9 @@ def _read(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def methods_text(spec: dict, qsm_params: dict, anat_params: dict, n_used: int, n_excluded: int) -> list[str]:
+def methods_text(spec: StudySpec, qsm_params: dict, anat_params: dict, n_used: int, n_excluded: int) -> list[str]:
     """The methods, as paragraphs written from the parameters the results were computed with."""
-    q, a, inf = qsm_params, anat_params, spec["inference"]
+    q, a, inf = qsm_params, anat_params, spec.inference
     combine = {"phase-difference": "complex echo differences refined with every echo and one spatial unwrap",
                "laplacian-wls": "weighted least-squares frequency fit after Laplacian unwrapping",
                "laplacian-te": "TE-weighted Laplacian combination", "path-wls": "weighted least-squares fit "
@@ -70,8 +70,8 @@ def methods_text(spec: dict, qsm_params: dict, anat_params: dict, n_used: int, n
     mask = ("a brain mask was computed from the magnitude within the T1's brain mask carried to the GRE grid by "
             "the rigid coregistration" if q.get("mask_source", "t1") == "t1"
             else "a brain mask was computed from the magnitude")
-    svc = ", ".join(s.get("region") or s["name"] for s in spec.get("svc", []))
-    covs = " and ".join(spec["covariates"]) or "no covariates"
+    svc = ", ".join(s.region or s.name for s in spec.svc)
+    covs = " and ".join(spec.covariates) or "no covariates"
     text = [
         f"Multi-echo GRE phase was combined across echoes by {combine}; {mask}; background fields were removed with V-SHARP (spheres from {q.get('vsharp_max_radius_mm', '?')} mm, "
         f"truncation {q.get('vsharp_threshold', '?')}); susceptibility was estimated by {inversion} with the B0 "
@@ -81,16 +81,16 @@ def methods_text(spec: dict, qsm_params: dict, anat_params: dict, n_used: int, n
         f"reverse-normalised intracranial mask. The first-echo magnitude was rigidly registered to the T1 "
         f"(mutual information) and each T1 normalised to MNI space with SyN ({a.get('syn_metric', '?')}, "
         f"iterations {a.get('syn_iterations', '?')}); χ maps were carried to MNI through the composed transforms "
-        f"with one interpolation, at {spec.get('mni_voxel_size', 2)} mm. Warped GM was modulated by the Jacobian "
+        f"with one interpolation, at {spec.mni_voxel_size:g} mm. Warped GM was modulated by the Jacobian "
         f"determinant and smoothed with a {a.get('vbm_fwhm_mm', '?')} mm FWHM Gaussian. Subjects were excluded "
         f"whose warped GM or T1 correlated poorly with the template's, whose TIV or GM share of TIV lay outside "
         f"adult ranges, or whose brain mask did not reach the top of the head (criteria in the study spec).",
-        f"Group differences were tested voxelwise with a general linear model ({' vs '.join(spec['groups'])}) with "
+        f"Group differences were tested voxelwise with a general linear model ({' vs '.join(spec.groups)}) with "
         f"{covs} as covariates of no interest, on {n_used} subjects ({n_excluded} excluded). Smoothness was "
         f"estimated from standardised residuals and p-values corrected with random field theory as in SPM12; "
-        f"small-volume correction used {spec['svc'][0].get('radius_mm', 20) if spec.get('svc') else 20} mm spheres "
+        f"small-volume correction used {spec.svc[0].radius_mm if spec.svc else 20:g} mm spheres "
         f"around the regional peak intersected with the AAL regions ({svc}); the cluster-forming threshold was "
-        f"P < {inf.get('height_p')} uncorrected with an extent of {inf.get('extent_voxels')} mm³.",
+        f"P < {inf.height_p} uncorrected with an extent of {inf.extent_voxels:g} mm³.",
         "Mean χ and modulated GM were extracted per subject from the significant clusters; group differences of the "
         "ROI values were tested by ANCOVA with TIV, associations by Pearson and partial correlation (one-tailed in "
         "the hypothesised direction, two-tailed also given, Benjamini–Hochberg FDR across the family), sex by "
@@ -160,7 +160,7 @@ class _Study:
 
     out: Path
     tables: Path
-    spec: dict
+    spec: StudySpec
     run: dict
     store: CohortStore
     template: object
@@ -169,7 +169,7 @@ class _Study:
     stats: dict  # contrast name -> its /stats node
 
     def svc_alpha(self) -> float:
-        return float(self.spec["inference"].get("svc_alpha", 0.05))
+        return self.spec.inference.svc_alpha
 
     def best_svc(self, name: str) -> pd.DataFrame:
         """The lowest-p peak of each small volume of a contrast."""
@@ -184,7 +184,7 @@ def _open_study(out_dir: str | Path, store_path) -> _Study:
     tables = out / "tables"
     if not (out / "spec.yaml").exists() or not tables.is_dir():
         raise FileNotFoundError(f"{out} has no group-level results (spec.yaml, tables/): run the group level first")
-    spec = yaml.safe_load((out / "spec.yaml").read_text())
+    spec = load_spec(out / "spec.yaml")
     run = json.loads((out / "group" / "run.json").read_text()) if (out / "group" / "run.json").exists() else {}
     if store_path is None and run:
         store_path = run["store"]
@@ -192,9 +192,9 @@ def _open_study(out_dir: str | Path, store_path) -> _Study:
     excluded = json.loads((tables / "excluded.json").read_text()) if (tables / "excluded.json").exists() else {}
     used = _read(tables / "subjects.csv")
     used = used.set_index("subject") if len(used) else used
-    stats = {c["name"]: store.open_node(f"stats/{c['name']}").load() for c in spec["contrasts"]
-             if store.exists(f"stats/{c['name']}")}
-    return _Study(out, tables, spec, run, store, load_template(float(spec.get("mni_voxel_size", 2.0))), excluded,
+    stats = {c.name: store.open_node(f"stats/{c.name}").load() for c in spec.contrasts
+             if store.exists(f"stats/{c.name}")}
+    return _Study(out, tables, spec, run, store, load_template(spec.mni_voxel_size), excluded,
                   used, stats)
 
 
@@ -217,18 +217,18 @@ def _table1_section(st: _Study) -> Section:
 
 def _maps_section(st: _Study) -> Section:
     """Per contrast: thresholds, the glass brain, the significant SVC peaks, cluster and SVC tables."""
-    grid, inf = st.template.grid, st.spec["inference"]
+    grid, inf = st.template.grid, st.spec.inference
     blocks = []
-    for c in st.spec["contrasts"]:
-        name = c["name"]
+    for c in st.spec.contrasts:
+        name = c.name
         if name not in st.stats:
             continue
         ds = st.stats[name]
         T = np.where(ds["mask"].values > 0, ds["T"].values, np.nan)
         u = float(ds.attrs["u"])
-        blocks.append(heading(f"{name}: {c['map']}, {c['weights']}"))
+        blocks.append(heading(f"{name}: {c.map}, {c.weights}"))
         blocks.append(text(f"df = {ds.attrs['df']}, FWHM = {', '.join(f'{v:.1f}' for v in ds.attrs['fwhm_mm'])} mm, "
-                           f"height threshold T ≥ {u:.2f} (P < {inf.get('height_p')}), whole-brain FWE threshold "
+                           f"height threshold T ≥ {u:.2f} (P < {inf.height_p}), whole-brain FWE threshold "
                            f"T ≥ {float(ds.attrs['fwe_threshold']):.2f}, extent ≥ {ds.attrs['k_voxels']} voxels."))
         blocks.append(figure(figures.glass_brain(T, grid.affine, u, name), f"{name}: T map above {u:.2f} (glass brain)"))
         for _, r in st.best_svc(name).iterrows():
@@ -240,7 +240,7 @@ def _maps_section(st: _Study) -> Section:
         blocks.append(table(_read(st.tables / f"{name}_svc.csv"), "Small-volume correction"))
         perm = _read(st.tables / f"{name}_permutation.csv")
         if len(perm):
-            blocks.append(table(perm, f"Permutation inference ({inf.get('permutations')} Freedman–Lane permutations): "
+            blocks.append(table(perm, f"Permutation inference ({inf.permutations} Freedman–Lane permutations): "
                                       "clusters at the same height threshold, FWE p by cluster mass, max-T and TFCE",
                                 max_rows=15, source=f"tables/{name}_permutation.csv"))
     return Section("maps", "Statistical maps and tables", blocks)
@@ -251,7 +251,7 @@ def _roi_section(st: _Study) -> Section:
     blocks = [table(_read(st.tables / "roi_sources.csv"), "ROIs (clusters surviving correction, and spec regions)")]
     if len(roi_groups):
         for m in roi_groups["map"].unique():
-            png = figures.adjusted_bars(roi_groups, list(st.spec["groups"]), m, _LABELS.get(m, m))
+            png = figures.adjusted_bars(roi_groups, list(st.spec.groups), m, _LABELS.get(m, m))
             blocks.append(figure(png, f"{_LABELS.get(m, m)} by group, adjusted for "
                                       f"{roi_groups['covariates'].iloc[0]} (mean ± s.e.)"))
         blocks.append(table(roi_groups, "ROI values by group (ANCOVA)"))
@@ -267,13 +267,13 @@ def _clinical_section(st: _Study) -> Section:
     """χ against GM in every ROI, ROI values against the clinical scores in the patients, the tables."""
     corr = _read(st.tables / "correlations.csv")
     roi_long = _read(st.tables / "roi_values.csv")
-    groups = list(st.spec["groups"])
+    groups = list(st.spec.groups)
     blocks = []
     if len(roi_long) and len(st.used):
         from ferritin.stats.findings import roi_wide
 
         frame = st.used.join(roi_wide(roi_long), how="inner")
-        patients = (st.spec.get("clinical", {}) or {}).get("patient_group", groups[0])
+        patients = st.spec.clinical.patient_group
         for roi in roi_long["roi"].unique():
             x, y = f"chi:{roi}", f"gm_mod_s:{roi}"
             if x in frame and y in frame:
@@ -315,7 +315,7 @@ def _planted_section(st: _Study) -> Section | None:
 def _qc_section(st: _Study, all_subjects: list[str]) -> Section:
     """QC scores, mask and normalisation montages, the excluded subjects and every subject's QC row."""
     qc = _subject_qc(st.store, all_subjects)
-    min_corr = float(st.spec.get("qc", {}).get("min_gm_correlation", 0.0))
+    min_corr = st.spec.qc.min_gm_correlation
     blocks = []
     if len(qc):
         blocks.append(figure(figures.qc_scores(qc["qc_gm_corr"], min_corr, set(st.excluded)),
@@ -348,7 +348,7 @@ def _methods_section(st: _Study, all_subjects: list[str]) -> Section:
 def _software_section(st: _Study, versions: dict) -> Section:
     return Section("software", "Software", [
         table(pd.DataFrame(list(versions.items()), columns=["software", "version"])),
-        heading("Study spec"), Block("pre", yaml.safe_dump(st.spec, sort_keys=False))])
+        heading("Study spec"), Block("pre", st.spec.to_yaml())])
 
 
 def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> Path:
@@ -360,7 +360,7 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
                 _clinical_section(st), _planted_section(st), _qc_section(st, all_subjects),
                 _methods_section(st, all_subjects), _software_section(st, versions)]
     page = _environment().get_template("report.html.j2").render(
-        study=str(st.spec.get("name", "study")), n_used=len(st.used), n_excluded=len(st.excluded),
+        study=st.spec.name, n_used=len(st.used), n_excluded=len(st.excluded),
         generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), version=versions["ferritin"],
         warnings=st.run.get("warnings", []), sections=[s for s in sections if s is not None])
     path = st.out / "report.html"
