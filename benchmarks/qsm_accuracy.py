@@ -1,7 +1,7 @@
 """QSM accuracy on simulated subjects: each inversion from the true local field and through the full chain.
 
 Run by hand:  .venv/bin/python benchmarks/qsm_accuracy.py [--voxel 3] [--subjects 0 1] [--echoes 6]
-                  [--methods tv star] [--set vsharp_min_radius_vox=1 ...] [--brain anatomy]
+                  [--methods tv star] [--set vsharp_min_radius_vox=1 ...] [--brain anatomy] [--truncation 3]
 
 ``--brain anatomy`` bounds the full chain's mask by the subject's T1 brain mask from the anatomy
 stage (ANTs, ~40 s per subject at 3 mm), as the pipeline does; the default uses the magnitude mask
@@ -64,6 +64,9 @@ def main():
     ap.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="chain parameters (engine.qsm.chain.QSMParams fields) for the full-chain runs")
+    ap.add_argument("--truncation", type=int, default=1,
+                    help="simulate the scanner's k-space truncation: object built this many times finer "
+                         "(cohort.simulate.SimulationSpec.kspace_truncation; 1 = none)")
     ap.add_argument("--brain", choices=("magnitude", "anatomy"), default="magnitude",
                     help="what bounds the full chain's mask: the magnitude alone, or the T1 brain mask as well")
     args = ap.parse_args()
@@ -73,7 +76,7 @@ def main():
         if key not in QSMParams.__dataclass_fields__:
             ap.error(f"--set {item}: {key!r} is not a QSMParams field")
         overrides[key] = type(getattr(QSMParams(), key) or 0.0)(value)
-    spec = preset("tiny", voxel_size=args.voxel, n_echoes=args.echoes)
+    spec = preset("tiny", voxel_size=args.voxel, n_echoes=args.echoes, kspace_truncation=args.truncation)
     table = sample_participants(spec)
     vs = (args.voxel,) * 3
     rows = []

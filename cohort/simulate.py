@@ -33,6 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import scipy.fft as sfft
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
@@ -140,6 +141,12 @@ class SimulationSpec:
     t1_snr: float = 40.0  # at the simulated resolution
     fov_mm: tuple[float, float, float] = (240.0, 240.0, 192.0)
     oblique_deg: float = 10.0
+    #: A scanner measures a finite part of k-space, so every sharp edge of the
+    #: object rings (Gibbs), most of all the bright scalp against air.  With a
+    #: factor ``f > 1`` the GRE object is built on a grid ``f`` times finer,
+    #: with a sharp head-air edge, and only the acquired matrix's k-space is
+    #: kept; 1 samples the object at the voxel centres (no truncation).
+    kspace_truncation: int = 1
 
     def __post_init__(self):
         if self.voxel_size <= 0:
@@ -150,6 +157,8 @@ class SimulationSpec:
             raise ValueError(f"patient_group {self.patient_group!r} is not one of {list(self.n_per_group)}")
         if self.snr <= 0:
             raise ValueError("snr must be positive")
+        if int(self.kspace_truncation) != self.kspace_truncation or self.kspace_truncation < 1:
+            raise ValueError(f"kspace_truncation must be a whole number >= 1, got {self.kspace_truncation}")
 
     @property
     def echo_times(self) -> np.ndarray:
@@ -665,6 +674,36 @@ def _bias_field(shape, rng, amplitude=0.15) -> np.ndarray:
     return (1 + amplitude * f).astype(np.float32)
 
 
+def _tissue_relaxation(g: dict, air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Proton density and R2* (1/s) of every GRE voxel from its tissue shares."""
+    pd_map = (PD["gm"] * g["gm"] + PD["wm"] * g["wm"] + PD["csf"] * (g["csf"] + g["rim"]) + PD["scalp"] * g["scalp"]
+              + PD["skull"] * g["skull"]) * (1 - air) * (1 - g["sinus"])
+    denom = np.maximum(g["gm"] + g["wm"] + g["csf"] + g["rim"] + g["scalp"] + g["skull"], 1e-3)
+    r2s = (R2S["gm"] * g["gm"] + R2S["wm"] * g["wm"] + R2S["csf"] * (g["csf"] + g["rim"]) + R2S["scalp"] * g["scalp"]
+           + R2S["skull"] * g["skull"]) / denom
+    return pd_map, r2s + R2S_PER_PPM * np.clip(g["chi_brain"], 0, None)
+
+
+def _gre_echoes(g: dict, air, coil, phi0, omega, tes):
+    """Noise-free complex GRE signal of each echo time."""
+    pd_map, r2s = _tissue_relaxation(g, air)
+    for te in tes:
+        yield coil * pd_map * np.exp(-r2s * te) * np.exp(1j * (phi0 + omega * te))
+
+
+def _upsample(x: np.ndarray, f: int) -> np.ndarray:
+    """A smooth map on the grid ``f`` times finer whose voxel ``f*i`` lies on voxel ``i``."""
+    ijk = np.indices(tuple(n * f for n in x.shape), dtype=np.float32) / np.float32(f)
+    return ndimage.map_coordinates(x, ijk, order=1, mode="nearest").astype(x.dtype)
+
+
+def _acquired_matrix(s_fine: np.ndarray, shape, f: int) -> np.ndarray:
+    """The image a scanner reconstructs: the fine object's k-space cropped to the acquired matrix."""
+    k = sfft.fftshift(sfft.fftn(s_fine))
+    kept = tuple(slice(n * f // 2 - n // 2, n * f // 2 - n // 2 + n) for n in shape)
+    return sfft.ifftn(sfft.ifftshift(k[kept])) / f**3
+
+
 def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTruth:
     """Simulate one subject (deterministic for ``spec.seed`` and ``index``)."""
     rng = np.random.default_rng([spec.seed, 1, index])
@@ -713,13 +752,6 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     total = forward_field(source, voxel, b0dir).astype(np.float32)
     local = forward_field(chi_brain, voxel, b0dir).astype(np.float32)
     tes = spec.echo_times
-    # proton density / R2* maps
-    pd_map = (PD["gm"] * g["gm"] + PD["wm"] * g["wm"] + PD["csf"] * (g["csf"] + g["rim"]) + PD["scalp"] * g["scalp"]
-              + PD["skull"] * g["skull"]) * (1 - air) * (1 - g["sinus"])
-    denom = np.maximum(g["gm"] + g["wm"] + g["csf"] + g["rim"] + g["scalp"] + g["skull"], 1e-3)
-    r2s = (R2S["gm"] * g["gm"] + R2S["wm"] * g["wm"] + R2S["csf"] * (g["csf"] + g["rim"]) + R2S["scalp"] * g["scalp"]
-           + R2S["skull"] * g["skull"]) / denom
-    r2s = r2s + R2S_PER_PPM * np.clip(g["chi_brain"], 0, None)
     # Receiver phase offset: smooth, echo-independent.
     lat = [np.linspace(-1, 1, n) for n in gre_shape]
     x, y, z = np.meshgrid(*lat, indexing="ij", sparse=True)
@@ -728,12 +760,24 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     coil = _bias_field(gre_shape, rng, amplitude=0.2)
     omega = 2 * np.pi * GAMMA_HZ_PER_T * spec.b0 * 1e-6 * total  # rad/s
     sigma = float(PD["wm"] * np.exp(-R2S["wm"] * tes[0])) / (spec.snr * vs**3)
+    f = int(spec.kspace_truncation)
+    if f == 1:
+        echoes = _gre_echoes(g, air, coil, phi0, omega, tes)
+    else:
+        fine_shape = tuple(n * f for n in gre_shape)
+        fine_aff = gre_aff.copy()
+        fine_aff[:3, :3] /= f  # fine voxel f*i lies on acquired voxel i
+        fine_mni = place.to_mni(_world_coords(fine_shape, fine_aff), gre=True)
+        g_fine = _pull(maps, ("gm", "wm", "csf", "skull", "scalp", "rim", "sinus", "chi_brain"), template, fine_mni)
+        air_fine = (_pull_air(maps, template, fine_mni) > 0.5).astype(np.float32)  # skin is a sharp edge
+        del fine_mni
+        fine = _gre_echoes(g_fine, air_fine, _upsample(coil, f), _upsample(phi0, f), _upsample(omega, f), tes)
+        echoes = (_acquired_matrix(s_fine, gre_shape, f) for s_fine in fine)
     mags, phases = [], []
-    for te in tes:
-        s = coil * pd_map * np.exp(-r2s * te) * np.exp(1j * (phi0 + omega * te))
-        s = s + sigma * (rng.standard_normal(gre_shape) + 1j * rng.standard_normal(gre_shape))
-        mags.append(np.abs(s).astype(np.float32))
-        ph = np.angle(s).astype(np.float32)
+    for s_te in echoes:
+        s_te = s_te + sigma * (rng.standard_normal(gre_shape) + 1j * rng.standard_normal(gre_shape))
+        mags.append(np.abs(s_te).astype(np.float32))
+        ph = np.angle(s_te).astype(np.float32)
         ph[ph >= np.pi] -= np.float32(2 * np.pi)
         phases.append(ph)
     mag = np.stack(mags) * np.float32(1000)

@@ -205,3 +205,27 @@ def test_anatomical_warp_keeps_volume_and_volume_sd_sets_regional_spread():
         vfs.append(volume_fraction(place, template) * abs(np.linalg.det(place.affine[:3, :3])))
     sd = np.mean([v[brain].std() for v in vfs])
     assert 0.07 < sd < 0.13
+
+
+def test_acquired_matrix_keeps_what_the_scanner_samples_and_rings_at_edges():
+    """k-space truncation: a band-limited object comes back sampled at the voxel centres; a sharp edge rings
+    with the Gibbs overshoot (~9 % of the step) a finite k-space gives."""
+    from ferritin.cohort.simulate import _acquired_matrix
+
+    f, n = 3, 48
+    x = np.arange(n * f) / f  # fine positions in acquired voxels; fine voxel f*i lies on voxel i
+    smooth = np.exp(-0.5 * ((x - n / 2) / 4.0) ** 2)
+    fine = smooth[:, None, None] * np.ones((1, 6, 6))
+    acquired = _acquired_matrix(fine, (n, 2, 2), f)
+    assert np.allclose(acquired.real[:, 0, 0], smooth[::f], atol=1e-6)
+    step = ((x > n / 4 + 0.3) & (x < 3 * n / 4 + 0.3)).astype(float)[:, None, None] * np.ones((1, 6, 6))
+    edge = _acquired_matrix(step, (n, 2, 2), f).real[:, 0, 0]
+    overshoot = edge.max() - 1.0
+    assert 0.04 < overshoot < 0.2
+    assert edge[: n // 4 - 2].min() < -0.02  # ripples outside the object, where the untruncated one is 0
+
+
+def test_kspace_truncation_one_is_the_plain_simulation():
+    with pytest.raises(ValueError, match="kspace_truncation"):
+        preset("tiny", kspace_truncation=0)
+    assert preset("tiny").kspace_truncation == 1
