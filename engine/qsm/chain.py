@@ -14,7 +14,7 @@ from .background import vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
 from .mask import ball, brain_mask, largest_component
-from .ringing import taper_kspace, unring
+from .ringing import taper_kspace, taper_noise_gain, unring
 from .unwrap import combine_echoes, field_to_ppm
 
 __all__ = ["QSMParams", "reconstruct_qsm", "outlier_voxels", "field_noise_ppm", "regularisation_scale"]
@@ -44,11 +44,16 @@ def field_noise_ppm(local_field: np.ndarray, mask: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(lap - np.median(lap))) / np.sqrt(42.0))
 
 
-def regularisation_scale(local_field: np.ndarray, mask: np.ndarray, reference_ppm: float | None) -> float:
-    """Factor on the regularisation weights for this field's noise: max(1, (noise / reference)^2)."""
+def regularisation_scale(local_field: np.ndarray, mask: np.ndarray, reference_ppm: float | None,
+                         noise_gain: float = 1.0) -> float:
+    """Factor on the regularisation weights for this field's noise: max(1, (noise / reference)^2).
+
+    ``noise_gain`` is how much a filter applied before (the k-space taper) lowered
+    the noise estimate (:func:`.ringing.taper_noise_gain`); the estimate is divided by it.
+    """
     if reference_ppm is None:
         return 1.0
-    return max(1.0, (field_noise_ppm(local_field, mask) / reference_ppm) ** 2)
+    return max(1.0, (field_noise_ppm(local_field, mask) / noise_gain / reference_ppm) ** 2)
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,11 @@ class QSMParams:
         "mask_source": ("t1", "magnitude"),
     }
 
-    #: Against truncation ringing of the scalp into the brain's phase (see :mod:`.ringing`):
-    #: "unring" (local sub-voxel shifts), "taper" (Tukey filter of the outer k-space) or "none".
-    ringing: str = "none"
+    #: Against truncation (Gibbs) ringing of the scalp into the brain's phase, which
+    #: every scanner's finite k-space causes (see :mod:`.ringing`): "taper" (Tukey
+    #: filter of the outer k-space), "unring" (local sub-voxel shifts) or "none"
+    #: (for images that were filtered already, or never truncated, as simulated ones).
+    ringing: str = "taper"
     kspace_taper: float = 0.3  # outer fraction of k-space the "taper" filters
     #: Where the QSM mask comes from.  "t1": the brain mask of the subject's T1
     #: (the anatomy stage's, carried to the GRE grid by the coregistration)
@@ -183,7 +190,8 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         mask = largest_component(mask & ~grow)
         local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold)
     b = b0_direction(affine)
-    scale = regularisation_scale(local, lmask, params.reference_noise_ppm)
+    gain = taper_noise_gain(magnitude.shape[1:], params.kspace_taper) if params.ringing == "taper" else 1.0
+    scale = regularisation_scale(local, lmask, params.reference_noise_ppm, gain)
     if params.inversion == "tkd":
         chi = tkd(local, lmask, vs, b, threshold=params.tkd_threshold)
     elif params.inversion == "tv":

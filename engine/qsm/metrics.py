@@ -1,4 +1,5 @@
-"""Accuracy metrics of susceptibility maps against a known truth (QSM challenge definitions)."""
+"""Accuracy metrics of susceptibility maps against a known truth (QSM challenge definitions),
+and a truth-free measure of stripes and rings."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from scipy import ndimage
 
 from .inversion import reference_to_mean
 
-__all__ = ["nrmse", "hfen", "region_mean_errors"]
+__all__ = ["nrmse", "hfen", "region_mean_errors", "high_frequency_share"]
 
 
 def _pair(chi, truth, mask):
@@ -49,3 +50,27 @@ def region_mean_errors(chi, truth, mask, labels, names: dict) -> dict[str, tuple
         if sel.sum() >= 5:
             out[name] = (float(c[sel].mean()), float(t[sel].mean()))
     return out
+
+
+def high_frequency_share(chi, mask, erode_vox: int = 2, cutoff: float = 0.7) -> float:
+    """Share of χ's variance in the brain's core at the highest spatial frequencies.
+
+    Stripes and rings (truncation ringing, amplified noise) live near the
+    Nyquist frequency, anatomy mostly below it, so a clean map has a small
+    share; no truth is needed, so it applies to real scans.  The core is the
+    mask eroded by ``erode_vox`` voxels (6-connected), so the mask's own edge
+    does not count; frequencies above ``cutoff`` times Nyquist (radially) are high.
+    """
+    chi = np.asarray(chi, dtype=np.float64)
+    core = np.asarray(mask, dtype=bool)
+    if chi.shape != core.shape or chi.ndim != 3:
+        raise ValueError(f"chi {chi.shape} and mask {core.shape} must be one 3-D shape")
+    for _ in range(erode_vox):
+        core = core & np.roll(core, 1, 0) & np.roll(core, -1, 0) & np.roll(core, 1, 1) & np.roll(core, -1, 1) \
+               & np.roll(core, 1, 2) & np.roll(core, -1, 2)
+    if not core.any():
+        raise ValueError("the mask has no core left after erosion")
+    x = np.where(core, chi - chi[core].mean(), 0.0)
+    power = np.abs(np.fft.fftn(x)) ** 2
+    f = np.sqrt(sum(g**2 for g in np.meshgrid(*[np.fft.fftfreq(n) * 2 for n in x.shape], indexing="ij")))
+    return float(power[f > cutoff].sum() / power.sum())
