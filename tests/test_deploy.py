@@ -73,6 +73,91 @@ def test_every_container_is_sized_and_workers_are_single_threaded():
                     assert v["persistentVolumeClaim"]["claimName"] == "ferritin-cohort"
 
 
+CRDS = Path(__file__).resolve().parent / "data" / "dask-operator-crds"  # from the dask-kubernetes 2026.3.0 wheel
+KUBERNETES_VERSION = "1.33.0"
+ENVELOPE = ("apiVersion", "kind", "metadata")
+
+
+def _no_unknown_fields(schema):
+    """An OpenAPI schema that refuses fields it does not name, as ``kubectl apply --validate=strict`` does
+    (the API server would otherwise drop a misspelt field silently)."""
+    if isinstance(schema, dict):
+        out = {k: _no_unknown_fields(v) for k, v in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [_no_unknown_fields(v) for v in schema]
+    return schema
+
+
+def _operator_schemas() -> dict:
+    import gzip
+
+    out = {}
+    for path in sorted(CRDS.glob("*.yaml.gz")):
+        crd = yaml.safe_load(gzip.decompress(path.read_bytes()))
+        served = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+        out[crd["spec"]["names"]["kind"]] = _no_unknown_fields(served["schema"]["openAPIV3Schema"])
+    return out
+
+
+def test_manifests_validate_against_the_kubernetes_and_dask_operator_schemas():
+    """Every manifest against the schema the API server would apply: the Dask operator's CRDs for its
+    resources (pod specs included), the Kubernetes OpenAPI schemas (strict) for built-in kinds."""
+    jsonschema = pytest.importorskip("jsonschema")
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    schemas = _operator_schemas()
+    assert set(schemas) == CRD_KINDS
+    for name, doc in _docs():
+        if doc["kind"] in CRD_KINDS:
+            # the CRD's schema covers spec and status; the API server checks the envelope itself
+            jsonschema.validate({k: v for k, v in doc.items() if k not in ENVELOPE}, schemas[doc["kind"]])
+            _validate_as(doc["metadata"], "objectmeta-meta")
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_schema_validation_catches_a_misspelt_field():
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = _operator_schemas()
+    doc = next(d for _, d in _docs() if d["kind"] == "DaskCluster")
+    container = doc["spec"]["worker"]["spec"]["containers"][0]
+    bad = yaml.safe_load(yaml.safe_dump({"spec": doc["spec"]}))
+    bad["spec"]["worker"]["spec"]["containers"][0] = {**container, "resource": container["resources"]}
+    with pytest.raises(jsonschema.ValidationError, match="resource"):
+        jsonschema.validate(bad, schemas["DaskCluster"])
+
+
+def _validate_as(instance, definition: str) -> None:
+    """``instance`` against a Kubernetes definition's strict JSON schema, as kubernetes-validate ships it."""
+    import json
+    from importlib import resources
+
+    import jsonschema
+    from referencing import Registry, Resource
+
+    root = resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{KUBERNETES_VERSION}-local-strict"
+    schema = json.loads((root / f"{definition}-v1.json").read_text())
+    registry = Resource.from_contents(json.loads((root / "_definitions.json").read_text())) @ Registry()
+    jsonschema.Draft202012Validator(schema, registry=registry).validate(instance)
+
+
+def test_helm_values_hold_valid_kubernetes_objects():
+    """The dask/dask chart's own values schema is not available offline; the Kubernetes objects its
+    values carry (resources, env, volumes, mounts) are checked against the Kubernetes schemas."""
+    pytest.importorskip("kubernetes_validate")
+    values = yaml.safe_load((K8S / "helm-values.yaml").read_text())
+    for role in ("scheduler", "worker"):
+        _validate_as(values[role]["resources"], "resourcerequirements")
+    for env in values["worker"]["env"]:
+        _validate_as(env, "envvar")
+    for volume in values["worker"]["mounts"]["volumes"]:
+        _validate_as(volume, "volume")
+    for mount in values["worker"]["mounts"]["volumeMounts"]:
+        _validate_as(mount, "volumemount")
+
+
 def test_helm_values_and_jobqueue_config_parse_with_the_expected_keys():
     values = yaml.safe_load((K8S / "helm-values.yaml").read_text())
     assert values["worker"]["threads_per_worker"] == 1 and "memory" in values["worker"]["resources"]["limits"]
