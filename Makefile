@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast lint install clean bench browser
+.PHONY: demo test test-fast lint install clean bench browser slurm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,18 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium not installed: the browser check of the report will be skipped"
 
+# A real single-node Slurm (slurmctld + slurmd on localhost, munge) for the HPC test; the test
+# configures and starts a throw-away cluster itself.  Installed where we may, as Chromium is.
+slurm:
+	@command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } || \
+	  echo "slurm-wlm/munge not installed: the Slurm end-to-end test will be skipped"
+
 lint: install
 	$(BIN)/ruff check .
 
-test: install browser lint
+test: install browser slurm lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
