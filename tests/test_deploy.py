@@ -110,12 +110,15 @@ def test_manifests_validate_against_the_kubernetes_and_dask_operator_schemas():
     schemas = _operator_schemas()
     assert set(schemas) == CRD_KINDS
     for name, doc in _docs():
-        if doc["kind"] in CRD_KINDS:
-            # the CRD's schema covers spec and status; the API server checks the envelope itself
-            jsonschema.validate({k: v for k, v in doc.items() if k not in ENVELOPE}, schemas[doc["kind"]])
-            _validate_as(doc["metadata"], "objectmeta-meta")
-        else:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        try:
+            if doc["kind"] in CRD_KINDS:
+                # the CRD's schema covers spec and status; the API server checks the envelope itself
+                jsonschema.validate({k: v for k, v in doc.items() if k not in ENVELOPE}, schemas[doc["kind"]])
+                _validate_as(doc["metadata"], "objectmeta-meta")
+            else:
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as exc:
+            raise AssertionError(f"{name}, {doc['kind']} {doc['metadata']['name']}: {exc}") from None
 
 
 def test_schema_validation_catches_a_misspelt_field():
