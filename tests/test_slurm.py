@@ -151,7 +151,8 @@ def test_run_on_slurm_survives_a_cancelled_worker_job(slurm, tiny_bids, client, 
            "DASK_FERRITIN__CLUSTER__JOBQUEUE__LOCAL_DIRECTORY": str(tmp_path / "worker-space")}
     cmd = [str(BIN / "ferritin"), "run", str(root), str(out), "participant", "--participant-label", *subjects,
            "--cluster", "slurm", "--workers", "2", "--spec", str(spec_file), "--no-progress"]
-    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # from the temporary folder: Slurm writes each job's slurm-<id>.out where it was submitted
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     cancelled = None
     for _ in range(3000):  # both worker jobs running and a stage node written: cancel one job mid-run
         running = [job for job, state in slurm.jobs() if state == "R"]
