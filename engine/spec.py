@@ -300,7 +300,11 @@ def _build(cls, data, where: str):
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         message = str(exc)
-        raise SpecError(f"{where}.{message}" if where and not message.startswith(where) else message) from None
+        if where and not message.startswith(where):
+            # "radius_mm must be ..." names a key of this entry; other messages are about the entry
+            names_a_key = message.split(" ", 1)[0].split(".", 1)[0] in fields
+            message = f"{where}.{message}" if names_a_key else f"{where}: {message}"
+        raise SpecError(message) from None
 
 
 def _refuse_unknown(data: dict, valid, where: str) -> None:

@@ -112,3 +112,10 @@ def test_the_spec_reference_in_docs_is_the_generated_one():
     assert doc.read_text().rstrip("\n") == spec_reference().rstrip("\n"), "run: ferritin spec --reference > " + str(doc)
     for key in ("height_p", "mask_source", "normalise_on", "min_tiv_ml", "centre_mm", "expected_sign"):
         assert f"`{key}`" in doc.read_text()
+
+
+def test_a_message_about_a_whole_entry_names_the_entry():
+    with pytest.raises(SpecError, match=r"^svc\[0\]: needs a 'region'"):
+        complete_spec({"svc": [{"name": "s"}]})
+    with pytest.raises(SpecError, match=r"^svc\[0\]\.radius_mm must be positive"):
+        complete_spec({"svc": [{"name": "s", "region": "Thalamus_L", "radius_mm": -1}]})
