@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import types
 import typing
 
 from .anat.stages import AnatParams
@@ -43,7 +44,7 @@ def field_comments(cls) -> dict[str, str]:
 
 def _kind(tp) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _kind(a) for a in args)
     if dataclasses.is_dataclass(tp):
         return "mapping"
@@ -65,10 +66,11 @@ def _value(v) -> str:
 
 
 def _table(cls, section: str, defaults=None, extra_rows=()) -> list[str]:
+    """A section's heading, its class's summary line and one row per key."""
     hints = typing.get_type_hints(cls)
     notes = field_comments(cls)
-    rows = [f"### `{section}`" if section else "### top level", "", "| key | kind | default | meaning |",
-            "|---|---|---|---|"]
+    summary = inspect.getdoc(cls).split("\n\n")[0].replace("\n", " ")
+    rows = [f"### `{section}`", "", summary, "", "| key | kind | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         if defaults is not None:
             default = _value(getattr(defaults, f.name))
@@ -77,9 +79,7 @@ def _table(cls, section: str, defaults=None, extra_rows=()) -> list[str]:
         else:
             default = "required"
         rows.append(f"| `{f.name}` | {_kind(hints[f.name])} | {default} | {notes.get(f.name, '')} |")
-    rows.extend(extra_rows)
-    doc = inspect.getdoc(cls).split("\n\n")[0].replace("\n", " ")
-    return [rows[0], "", doc, "", *rows[1:], ""]
+    return [*rows, *extra_rows, ""]
 
 
 def spec_reference() -> str:
