@@ -1,4 +1,5 @@
-"""Shared fixtures: a Dask client, a simulated cohort, a tiny BIDS factory."""
+"""Shared fixtures: a Dask client, a simulated cohort, a tiny BIDS factory; a fast study spec and the
+per-subject outputs that runs are compared by."""
 
 from __future__ import annotations
 
@@ -11,6 +12,33 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+#: A study spec for tests of orchestration, not accuracy: short registrations, TKD, Laplacian unwrapping
+#: (a partial spec, laid over the shipped defaults).
+FAST_STUDY = {"mni_voxel_size": 3.0,
+              "anat": {"syn_iterations": [10, 5, 0], "tissue_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1},
+              "qsm": {"inversion": "tkd", "unwrapper": "laplacian"}}
+
+
+def stage_outputs(store_path, subjects) -> dict:
+    """χ, χ in MNI, smoothed modulated GM and TIV of each subject: what two runs must agree on bit for bit."""
+    from ferritin.cohort.store import CohortStore
+
+    store = CohortStore(store_path)
+    out = {}
+    for sub in subjects:
+        qsm = store.open_node(f"derived/{sub}/qsm")
+        anat = store.open_node(f"derived/{sub}/anat")
+        out[sub, "chi"], out[sub, "chi_mni"] = qsm["chi"].values, qsm["chi_mni"].values
+        out[sub, "gm_mod_s"], out[sub, "tiv"] = anat["gm_mod_s"].values, np.array(anat.attrs["tiv_ml"])
+    return out
+
+
+def assert_same_outputs(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
 
 
 @pytest.fixture(scope="session")

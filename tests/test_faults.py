@@ -4,6 +4,7 @@ results to both and to the number of workers."""
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -12,27 +13,23 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 pytest.importorskip("ants")
 
+from conftest import FAST_STUDY, assert_same_outputs, stage_outputs  # noqa: E402
 from distributed import Client  # noqa: E402
 
 from ferritin.cohort.store import CohortStore  # noqa: E402
 from ferritin.engine import pipeline  # noqa: E402
 from ferritin.engine.cluster import SINGLE_THREAD_ENV  # noqa: E402
 from ferritin.engine.ingest import ingest  # noqa: E402
-from ferritin.engine.spec import load_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow  # real scheduler and worker processes
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FAST = {"mni_voxel_size": 3.0,
-        "anat": {"syn_iterations": [10, 5, 0], "tissue_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1},
-        "qsm": {"inversion": "tkd", "unwrapper": "laplacian"}}
 
 
 class LoopbackCluster:
@@ -80,23 +77,7 @@ def loopback(tmp_path_factory):
 
 
 def _spec():
-    spec = load_spec().to_dict()
-    for k, v in FAST.items():
-        spec[k] = v
-    return spec
-
-
-def _outputs(store_path, subjects):
-    s = CohortStore(store_path)
-    out = {}
-    for sub in subjects:
-        qsm = s.open_node(f"derived/{sub}/qsm")
-        out[sub, "chi"] = qsm["chi"].values
-        out[sub, "chi_mni"] = qsm["chi_mni"].values
-        anat = s.open_node(f"derived/{sub}/anat")
-        out[sub, "gm_mod_s"] = anat["gm_mod_s"].values
-        out[sub, "tiv"] = np.array(anat.attrs["tiv_ml"])
-    return out
+    return copy.deepcopy(FAST_STUDY)
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +91,7 @@ def reference(loopback, tiny_bids, tmp_path_factory):
         ingest(root, store, client, progress=False)
         summary = pipeline.run_participants(store, _spec(), client, subjects, progress=False)
     assert not summary.failed
-    return subjects, _outputs(store, subjects)
-
-
-def _assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
+    return subjects, stage_outputs(store, subjects)
 
 
 def test_worker_killed_mid_run_gives_identical_results_with_two_workers(loopback, reference, tiny_bids, tmp_path):
@@ -146,14 +121,14 @@ def test_worker_killed_mid_run_gives_identical_results_with_two_workers(loopback
     assert killed, "w2 never ran a task"
     summary = result["s"]
     assert not summary.failed, summary.text()
-    _assert_same(_outputs(store, subjects), ref)
+    assert_same_outputs(stage_outputs(store, subjects), ref)
 
 
 def test_killed_client_resumes_and_matches(loopback, reference, tiny_bids, tmp_path):
     subjects, ref = reference
     root, _ = tiny_bids
     spec_file = tmp_path / "fast.yaml"
-    spec_file.write_text(yaml.safe_dump(FAST))
+    spec_file.write_text(yaml.safe_dump(FAST_STUDY))
     out = tmp_path / "out"
     cmd = [str(BIN / "ferritin"), "run", str(root), str(out), "participant", "--participant-label", *subjects,
            "--scheduler", str(loopback.file), "--spec", str(spec_file), "--no-progress"]
@@ -174,5 +149,5 @@ def test_killed_client_resumes_and_matches(loopback, reference, tiny_bids, tmp_p
     assert "unchanged" in second.stdout and "failed 0" in second.stdout
     # nothing computed twice that was complete: at least one stage node was reused
     assert any(f"unchanged {n}" in second.stdout for n in (1, 2))
-    _assert_same(_outputs(store, subjects), ref)
+    assert_same_outputs(stage_outputs(store, subjects), ref)
     assert not CohortStore(store).lock_path.exists()

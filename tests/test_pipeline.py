@@ -1,9 +1,13 @@
 """Pipeline orchestration: stage records, resume, downstream-only recompute, failure isolation."""
 
+import copy
+
 import numpy as np
 import pytest
 
 pytest.importorskip("ants")
+
+from conftest import FAST_STUDY  # noqa: E402
 
 from ferritin.cohort.store import CohortStore  # noqa: E402
 from ferritin.cohort.templates import load_template  # noqa: E402
@@ -13,12 +17,7 @@ from ferritin.engine.spec import SpecError, load_spec  # noqa: E402
 
 
 def _fast_spec():
-    spec = load_spec().to_dict()
-    spec["mni_voxel_size"] = 3.0
-    # orchestration is under test here, not accuracy: short registrations
-    spec["anat"] = {"syn_iterations": [10, 5, 0], "tissue_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1}
-    spec["qsm"] = {"inversion": "tkd", "unwrapper": "laplacian"}
-    return spec
+    return copy.deepcopy(FAST_STUDY)
 
 
 @pytest.fixture(scope="module")

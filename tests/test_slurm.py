@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 pytest.importorskip("ants")
 pytest.importorskip("dask_jobqueue")
+
+from conftest import FAST_STUDY, assert_same_outputs, stage_outputs  # noqa: E402
 
 from ferritin.cohort.store import CohortStore  # noqa: E402
 from ferritin.engine import pipeline  # noqa: E402
@@ -30,9 +31,6 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
-FAST = {"mni_voxel_size": 3.0,
-        "anat": {"syn_iterations": [10, 5, 0], "tissue_iterations": [10, 5, 0], "seg_iterations": 2, "seed": 1},
-        "qsm": {"inversion": "tkd", "unwrapper": "laplacian"}}
 
 
 def _free_port() -> int:
@@ -124,26 +122,15 @@ def slurm(tmp_path_factory):
     cluster.close()
 
 
-def _outputs(store_path, subjects) -> dict:
-    s = CohortStore(store_path)
-    out = {}
-    for sub in subjects:
-        qsm = s.open_node(f"derived/{sub}/qsm")
-        anat = s.open_node(f"derived/{sub}/anat")
-        out[sub, "chi"], out[sub, "chi_mni"] = qsm["chi"].values, qsm["chi_mni"].values
-        out[sub, "gm_mod_s"], out[sub, "tiv"] = anat["gm_mod_s"].values, np.array(anat.attrs["tiv_ml"])
-    return out
-
-
 def test_run_on_slurm_survives_a_cancelled_worker_job(slurm, tiny_bids, client, tmp_path):
     root, table = tiny_bids
     subjects = sorted(table["participant_id"])[:2]
     reference = tmp_path / "local" / "cohort.zarr"
     ingest(root, reference, client, progress=False)
-    assert not pipeline.run_participants(reference, FAST, client, subjects, progress=False).failed
+    assert not pipeline.run_participants(reference, FAST_STUDY, client, subjects, progress=False).failed
 
     spec_file = tmp_path / "fast.yaml"
-    spec_file.write_text(yaml.safe_dump(FAST))
+    spec_file.write_text(yaml.safe_dump(FAST_STUDY))
     out = tmp_path / "slurm-out"
     store = out / "cohort.zarr"
     env = {**slurm.env, "DASK_FERRITIN__CLUSTER__JOBQUEUE__MEMORY": "2GiB",
@@ -168,10 +155,7 @@ def test_run_on_slurm_survives_a_cancelled_worker_job(slurm, tiny_bids, client, 
     assert run.returncode == 0, text
     assert cancelled is not None, "never saw two running worker jobs:\n" + text
     assert "failed 0" in text, text
-    ours, theirs = _outputs(store, subjects), _outputs(reference, subjects)
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=str(key))
+    assert_same_outputs(stage_outputs(store, subjects), stage_outputs(reference, subjects))
     for _ in range(300):  # the client's close cancels its jobs: nothing is left in the queue
         if not slurm.jobs():
             break
