@@ -98,6 +98,16 @@ def tukey_taper(n: int, fraction: float) -> np.ndarray:
     return np.where(f <= edge, 1.0, 0.5 * (1.0 + np.cos(np.pi * (f - edge) / fraction)))
 
 
+def _separable_taper(shape, fraction: float) -> np.ndarray:
+    """The product of :func:`tukey_taper` along each axis, on the FFT grid of ``shape``."""
+    window = np.ones(())
+    for axis, n in enumerate(shape):
+        along = [1] * len(shape)
+        along[axis] = int(n)
+        window = window * tukey_taper(int(n), fraction).reshape(along)
+    return window
+
+
 def taper_kspace(magnitude: np.ndarray, phase: np.ndarray, fraction: float = 0.3,
                  workers=None) -> tuple[np.ndarray, np.ndarray]:
     """Magnitude and phase (echo, x, y, z) with the outer ``fraction`` of k-space tapered.
@@ -112,11 +122,7 @@ def taper_kspace(magnitude: np.ndarray, phase: np.ndarray, fraction: float = 0.3
         raise ValueError(f"magnitude and phase must both be (echo, x, y, z); got {magnitude.shape}, {phase.shape}")
     if fraction == 0:
         return magnitude, phase
-    window = np.ones(magnitude.shape[1:])
-    for axis, n in enumerate(magnitude.shape[1:]):
-        shape = [1, 1, 1]
-        shape[axis] = n
-        window = window * tukey_taper(n, fraction).reshape(shape)
+    window = _separable_taper(magnitude.shape[1:], fraction)
     mags, phases = [], []
     for m, p in zip(magnitude, phase):
         z = sfft.ifftn(sfft.fftn(m * np.exp(1j * p), workers=workers) * window, workers=workers)
@@ -137,10 +143,7 @@ def taper_noise_gain(shape, fraction: float) -> float:
     """
     if fraction == 0:
         return 1.0
-    axes = [sfft.fftfreq(int(n)) for n in shape]
-    grids = np.meshgrid(*axes, indexing="ij", sparse=True)
+    grids = np.meshgrid(*[sfft.fftfreq(int(n)) for n in shape], indexing="ij", sparse=True)
     lap = sum(2.0 * np.cos(2.0 * np.pi * g) - 2.0 for g in grids)
-    window = np.ones(())
-    for g, n in zip(grids, shape):
-        window = window * tukey_taper(int(n), fraction).reshape(g.shape)
+    window = _separable_taper(shape, fraction)
     return float(np.sqrt(np.sum((lap * window) ** 2) / np.sum(lap**2)))
