@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .store import CohortStore, is_url
+
 __all__ = ["open_cohort", "CohortAccessor"]
 
 
@@ -24,24 +26,41 @@ def _load_subject_coords(ds: xr.Dataset) -> xr.Dataset:
     return ds.assign_coords({name: ds.coords[name].compute() for name in small})
 
 
-def open_cohort(path: str | Path, chunks: dict | None = None, storage_options: dict | None = None) -> xr.DataTree:
+def open_cohort(path: str | Path, chunks: dict | None = None, storage_options: dict | None = None,
+                snapshot: str | None = None) -> xr.DataTree:
     """Open a cohort store lazily, with per-subject coordinates in memory.
 
     Parameters
     ----------
     path : path or URL
-        The cohort store (``cohort.zarr``, or a published copy such as
-        ``s3://bucket/cohort.zarr``, see :func:`cohort.remote.publish`).
+        The cohort store: ``cohort.zarr``, a transactional store a study ran
+        on (``s3://bucket/study/cohort.zarr``), or a published copy of a local
+        store (see :func:`cohort.remote.publish`).
     chunks : dict, optional
         Dask chunks (default: the store's own chunks).
     storage_options : dict, optional
-        fsspec options for URLs (credentials, ``endpoint_url``, ...).
+        fsspec options for a published copy (credentials, ``endpoint_url``, ...);
+        a transactional store takes them from the AWS environment variables.
+    snapshot : str, optional
+        For a transactional store: read it as it was at this snapshot
+        (``CohortStore(url).history()`` lists them); default the latest.
     """
-    remote = "://" in str(path)
-    tree = xr.open_datatree(str(path), engine="zarr", consolidated=True if remote else False,
-                            chunks={} if chunks is None else chunks,
-                            **({"storage_options": storage_options or {}} if remote else {}))
+    if is_url(path) and (snapshot is not None or not _is_published(str(path), storage_options)):
+        tree = CohortStore(str(path)).open_tree(chunks, snapshot=snapshot)
+    else:
+        remote = is_url(path)
+        tree = xr.open_datatree(str(path), engine="zarr", consolidated=True if remote else False,
+                                chunks={} if chunks is None else chunks,
+                                **({"storage_options": storage_options or {}} if remote else {}))
     return tree.map_over_datasets(_load_subject_coords)
+
+
+def _is_published(url: str, storage_options: dict | None) -> bool:
+    """A plain Zarr copy has root metadata; a transactional store keeps its metadata in snapshots."""
+    from .remote import _fs
+
+    fs, root = _fs(url, storage_options)
+    return fs.exists(f"{root}/zarr.json")
 
 
 @xr.register_dataset_accessor("cohort")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["publish"]
+__all__ = ["publish", "upload_folder"]
 
 
 def _fs(url: str, storage_options: dict | None):
@@ -53,3 +53,18 @@ def publish(store_path: str | Path, url: str, storage_options: dict | None = Non
     if stale:
         fs.rm([f"{root}/{k}" for k in stale])
     return len(ordered)
+
+
+def upload_folder(folder: str | Path, url: str, storage_options: dict | None = None) -> int:
+    """Upload every file under ``folder`` to ``url`` (same relative keys); returns how many.
+
+    Used for a study's group-level files (tables, maps, report) when its output
+    is on object storage.  The S3 endpoint and credentials come from
+    ``storage_options`` or the standard AWS environment variables.
+    """
+    folder = Path(folder)
+    fs, root = _fs(url, storage_options)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for p in files:
+        fs.put_file(str(p), f"{root}/{p.relative_to(folder).as_posix()}")
+    return len(files)

@@ -39,7 +39,7 @@ import zarr
 
 from .errors import FerritinError
 
-__all__ = ["CohortStore", "StoreLocked", "digest_files", "digest_params", "RECORD_KEY", "LAYOUT_VERSION"]
+__all__ = ["CohortStore", "StoreError", "StoreLocked", "is_url", "digest_files", "digest_params", "RECORD_KEY", "LAYOUT_VERSION"]
 
 # Text coordinates (group, sex, subject) are stored as Zarr v3 fixed-width
 # strings, which zarr-python flags on every write and read as not yet in the
@@ -69,17 +69,30 @@ def digest_params(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def is_url(location) -> bool:
+    """Whether a store location is an object-store URL (``s3://...``) rather than a local path."""
+    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+
+
 class CohortStore:
-    """A cohort store on the local file system.
+    """A cohort store: a local ``.zarr`` folder, or a transactional store at an ``s3://`` URL.
 
     Parameters
     ----------
-    path : path
-        The ``.zarr`` folder.  Created (with its top-level groups) when
-        ``create=True`` and missing.
+    path : path or str
+        The ``.zarr`` folder, or an object-store URL (then the store is a
+        :class:`~ferritin.cohort.transactional.TransactionalCohortStore`).
+        Created (with its top-level groups) when ``create=True`` and missing.
     """
 
     GROUPS = ("native", "derived", "mni", "stats", "log")
+
+    def __new__(cls, path=None, create: bool = False):
+        if cls is CohortStore and is_url(path):
+            from .transactional import TransactionalCohortStore
+
+            return super().__new__(TransactionalCohortStore)
+        return super().__new__(cls)
 
     def __init__(self, path: str | Path, create: bool = False):
         self.path = Path(path).absolute()
@@ -209,18 +222,16 @@ class CohortStore:
     def lock(self, purpose: str):
         """Hold the store for one run; a second run is refused with :class:`StoreLocked`.
 
-        The lock is a file beside the store, created atomically (``O_EXCL``) and
-        naming the holder.  A lock left by a process that no longer exists on
-        this host (a killed client) is taken over, so a killed run resumes
-        with a plain re-run.  Nested use within one process is allowed.
+        The lock names its holder (purpose, process, host, start time).  A lock
+        left by a process that no longer exists on this host (a killed client)
+        is taken over, so a killed run resumes with a plain re-run.  Nested use
+        within one process is allowed.
         """
-        key = str(self.lock_path)
+        key = self.lock_key
         with _HELD_GUARD:
-            if _HELD.get(key):
+            nested = bool(_HELD.get(key))
+            if nested:
                 _HELD[key] += 1
-                nested = True
-            else:
-                nested = False
         if nested:
             try:
                 yield
@@ -230,6 +241,23 @@ class CohortStore:
             return
         info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
                 "started": datetime.now(UTC).isoformat(timespec="seconds")}
+        self._acquire_lock(info)
+        with _HELD_GUARD:
+            _HELD[key] = 1
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(key, None)
+            self._release_lock()
+
+    @property
+    def lock_key(self) -> str:
+        """What identifies this store's lock within one process."""
+        return str(self.lock_path)
+
+    def _acquire_lock(self, info: dict) -> None:
+        # A file beside the store, created atomically (O_EXCL).
         for attempt in range(2):
             try:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -238,27 +266,29 @@ class CohortStore:
                     held = json.loads(self.lock_path.read_text())
                 except (OSError, ValueError):
                     held = {}
-                stale = held.get("host") == info["host"] and not _pid_alive(int(held.get("pid", -1)))
-                if stale and attempt == 0:
+                if is_stale_lock(held) and attempt == 0:
                     self.lock_path.unlink(missing_ok=True)
                     continue
-                raise StoreLocked(
-                    f"{self.path} is in use by another run ({held.get('purpose', '?')}, pid {held.get('pid', '?')} "
-                    f"on {held.get('host', '?')} since {held.get('started', '?')}); wait for it to finish, or if "
-                    f"that run no longer exists, delete {self.lock_path}") from None
+                raise StoreLocked(locked_message(self.path, held, f"delete {self.lock_path}")) from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(info, fh)
-            break
-        with _HELD_GUARD:
-            _HELD[key] = 1
+            return
+
+    def _release_lock(self) -> None:
+        with contextlib.suppress(OSError):  # an empty staging folder is debris, not state
+            self.staging.rmdir()
+        self.lock_path.unlink(missing_ok=True)
+
+    def break_lock(self) -> dict | None:
+        """Remove the lock of a run that no longer exists; returns what it said, or None if there was none."""
         try:
-            yield
-        finally:
-            with _HELD_GUARD:
-                _HELD.pop(key, None)
-            with contextlib.suppress(OSError):  # an empty staging folder is debris, not state
-                self.staging.rmdir()
-            self.lock_path.unlink(missing_ok=True)
+            held = json.loads(self.lock_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            held = {}
+        self.lock_path.unlink(missing_ok=True)
+        return held
 
     # -- log -----------------------------------------------------------------
     def failures(self) -> dict[str, dict[str, str]]:
@@ -311,6 +341,17 @@ class StoreLocked(RuntimeError):
 
 _HELD: dict[str, int] = {}  # lock path -> hold count, for nested locks of this process
 _HELD_GUARD = threading.Lock()
+
+
+def is_stale_lock(held: dict) -> bool:
+    """Whether a lock was left by a process of this host that no longer exists."""
+    return held.get("host") == socket.gethostname() and not _pid_alive(int(held.get("pid", -1)))
+
+
+def locked_message(where, held: dict, how_to_release: str) -> str:
+    return (f"{where} is in use by another run ({held.get('purpose', '?')}, pid {held.get('pid', '?')} "
+            f"on {held.get('host', '?')} since {held.get('started', '?')}); wait for it to finish, or if "
+            f"that run no longer exists, {how_to_release}")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -28,6 +28,11 @@ Typical use:
 """
 
 
+def _location(text: str) -> Path | str:
+    """A local path, or an object-store URL kept as text (a Path would fold its ``//``)."""
+    return text if "://" in text and not text.startswith("file://") else Path(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -92,7 +97,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "subject.  Subjects with problems are reported and skipped; re-running only "
                                    "converts subjects whose files changed.")
     p.add_argument("bids_dir", type=Path, help="BIDS dataset root")
-    p.add_argument("store", type=Path, help="cohort store to create or update (e.g. cohort.zarr)")
+    p.add_argument("store", type=_location, help="cohort store to create or update (cohort.zarr, or "
+                                                 "s3://bucket/cohort.zarr)")
     p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="only these subjects (01 or sub-01)")
     _add_cluster_args(p)
 
@@ -100,7 +106,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="BIDS-App entry point: per-subject QSM and anatomy (participant), then "
                                    "stacking, statistics and the report (group).")
     p.add_argument("bids_dir", type=Path, help="BIDS dataset root")
-    p.add_argument("output_dir", type=Path, help="where the cohort store, tables and report go")
+    p.add_argument("output_dir", type=_location, help="where the cohort store, tables and report go (a folder, or "
+                                                      "s3://bucket/study)")
     p.add_argument("analysis_level", choices=["participant", "group"], help="which level to run")
     p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="only these subjects")
     p.add_argument("--spec", type=Path, help="study spec (YAML); default: the reference study")
@@ -117,6 +124,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path, help="local cohort store (cohort.zarr)")
     p.add_argument("url", help="destination, e.g. s3://bucket/study/cohort.zarr")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph, ...)")
+
+    p = sub.add_parser("unlock", help="release the lock a killed run left on a cohort store",
+                       description="A run holds its store's lock; a run killed on another machine cannot release "
+                                   "it.  Only use this when that run no longer exists.")
+    p.add_argument("store", type=_location, help="cohort store (cohort.zarr, or s3://bucket/cohort.zarr)")
 
     p = sub.add_parser("report", help="write report.html from a finished output folder")
     p.add_argument("output_dir", type=Path)
@@ -273,6 +285,22 @@ def _cmd_publish(args) -> int:
     return 0
 
 
+def _cmd_unlock(args) -> int:
+    from ferritin.cohort.store import CohortStore, StoreError
+
+    try:
+        held = CohortStore(args.store).break_lock()
+    except (FileNotFoundError, StoreError) as exc:
+        print(f"ferritin unlock: {exc}", file=sys.stderr)
+        return 2
+    if held is None:
+        print(f"{args.store} was not locked")
+    else:
+        print(f"released the lock of {held.get('purpose', '?')} (pid {held.get('pid', '?')} on "
+              f"{held.get('host', '?')} since {held.get('started', '?')})")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report import build_report
 
@@ -367,6 +395,7 @@ COMMANDS = {
     "spec": _cmd_spec,
     "report": _cmd_report,
     "publish": _cmd_publish,
+    "unlock": _cmd_unlock,
     "demo": _cmd_demo,
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from ferritin.cohort.bids import SubjectFiles, discover, load_subject
 from ferritin.cohort.errors import DatasetError, SubjectError
 from ferritin.cohort.layout import native_dataset, participants_dataset
-from ferritin.cohort.store import CohortStore, digest_files, digest_params
+from ferritin.cohort.store import CohortStore, digest_files, digest_params, is_url
 
 from .progress import track
 
@@ -73,8 +73,8 @@ def ingest(bids_dir: str | Path, store_path: str | Path, client, participant_lab
     ----------
     bids_dir : path
         BIDS dataset root.
-    store_path : path
-        Cohort store (``.zarr`` folder); created if missing.
+    store_path : path or str
+        Cohort store (``.zarr`` folder, or an ``s3://`` URL); created if missing.
     client : distributed.Client
         Where the per-subject tasks run.
     participant_label : list of str, optional
@@ -88,8 +88,10 @@ def ingest(bids_dir: str | Path, store_path: str | Path, client, participant_lab
         Subjects written, skipped (unchanged) and failed with reasons.
         Failures are also recorded in the store's ``/log`` node.
     """
-    bids, store_abs = Path(bids_dir).absolute(), Path(store_path).absolute()
-    if store_abs == bids or (bids in store_abs.parents and (bids / "derivatives") not in store_abs.parents):
+    bids = Path(bids_dir).absolute()
+    store_abs = None if is_url(store_path) else Path(store_path).absolute()
+    if store_abs is not None and (store_abs == bids or (bids in store_abs.parents
+                                                        and (bids / "derivatives") not in store_abs.parents)):
         raise DatasetError(f"{store_path}: the cohort store must not be the BIDS dataset {bids_dir} or sit among "
                            "its raw data; put it outside, or under its derivatives/ folder")
     dataset = discover(bids_dir, participant_label)

@@ -10,9 +10,13 @@ calls and a user may call on any simulated cohort.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ferritin.cohort.remote import upload_folder
+from ferritin.cohort.store import is_url
 
 from .ingest import IngestResult, ingest
 from .pipeline import RunSummary, run_group, run_participants
@@ -28,17 +32,19 @@ LEVELS = ("participant", "group")
 class StudyResult:
     """What one call of :func:`run_study` did."""
 
-    store: Path
-    out: Path
+    store: Path | str  # a URL when the study's output is on object storage
+    out: Path | str
     ingest: IngestResult | None = None  # participant level: subjects read from BIDS into the store
     participants: RunSummary | None = None  # participant level: per-subject stages
     group: dict | None = None  # group level: :func:`~ferritin.engine.pipeline.run_group`'s result
-    report: Path | None = None
+    report: Path | str | None = None
     seconds: dict = field(default_factory=dict)  # wall time per level
 
 
-def store_path(out_dir: str | Path) -> Path:
-    """Where a study's cohort store lives in its output folder."""
+def store_path(out_dir: str | Path) -> Path | str:
+    """Where a study's cohort store lives in its output folder (or under its ``s3://`` URL)."""
+    if is_url(out_dir):
+        return f"{str(out_dir).rstrip('/')}/cohort.zarr"
     return Path(out_dir) / "cohort.zarr"
 
 
@@ -50,7 +56,9 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict,
     Parameters
     ----------
     bids_dir : the BIDS dataset.
-    out_dir : output folder (a BIDS derivative dataset; the store is ``out_dir/cohort.zarr``).
+    out_dir : output folder (a BIDS derivative dataset; the store is ``out_dir/cohort.zarr``), or an
+        ``s3://`` URL: the store is then a transactional store there, and the group level's files are
+        written in a temporary folder and uploaded once complete.
     spec : StudySpec or dict
         The study spec (:func:`ferritin.engine.spec.load_spec`), or a partial dict laid over the default.
     client : dask.distributed.Client, optional
@@ -65,8 +73,10 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict,
         raise ValueError(f"levels must be some of {LEVELS}, got {list(levels)}")
     if "participant" in levels and client is None:
         raise ValueError("the participant level needs a Dask client")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    remote = is_url(out_dir)
+    out = str(out_dir).rstrip("/") if remote else Path(out_dir)
+    if not remote:
+        out.mkdir(parents=True, exist_ok=True)
     result = StudyResult(store=store_path(out), out=out)
     if "participant" in levels:
         t0 = time.perf_counter()
@@ -78,11 +88,23 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict,
         result.seconds["participant"] = time.perf_counter() - t0
     if "group" in levels:
         t0 = time.perf_counter()
-        result.group = run_group(result.store, spec, out)
+        if remote:
+            result.group, result.report = _group_to_object_store(result.store, spec, out, report)
+        else:
+            result.group = run_group(result.store, spec, out)
+            if report:
+                result.report = write_report(out)
         result.seconds["group"] = time.perf_counter() - t0
-        if report:
-            result.report = write_report(out)
     return result
+
+
+def _group_to_object_store(store: str, spec, out_url: str, report: bool) -> tuple[dict, str | None]:
+    """The group level with its files written locally, then uploaded beside the store."""
+    with tempfile.TemporaryDirectory(prefix="ferritin-group-") as tmp:
+        group = run_group(store, spec, tmp)
+        written = write_report(Path(tmp)) if report else None
+        upload_folder(tmp, out_url)
+    return group, (f"{out_url}/{written.relative_to(tmp).as_posix()}" if written else None)
 
 
 def write_report(out: Path) -> Path | None:

@@ -67,6 +67,21 @@ def tiny_bids(tmp_path_factory, tiny_spec, client):
     return root, table
 
 
+@pytest.fixture(scope="session")
+def local_reference(tiny_bids, client, tmp_path_factory):
+    """Two subjects of the tiny cohort through the participant level with FAST_STUDY, on a local store:
+    ``(subjects, stage_outputs)``, what runs on other engines and stores are compared with."""
+    from ferritin.engine import pipeline
+    from ferritin.engine.ingest import ingest
+
+    root, table = tiny_bids
+    subjects = sorted(table["participant_id"])[:2]
+    store = tmp_path_factory.mktemp("local-reference") / "cohort.zarr"
+    ingest(root, store, client, progress=False)
+    assert not pipeline.run_participants(store, FAST_STUDY, client, subjects, progress=False).failed
+    return subjects, stage_outputs(store, subjects)
+
+
 class BIDSFactory:
     """Write small, valid BIDS subjects that tests then break on purpose."""
 
