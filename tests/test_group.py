@@ -13,88 +13,23 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
-from scipy import ndimage, stats
+from scipy import stats
+from synthetic_group import PLANT_MM, VS, uncovered_patch, write_group_store
 
-from ferritin.cohort.layout import participants_dataset
-from ferritin.cohort.store import CohortStore, affine_attr
+from ferritin.cohort.store import CohortStore
 from ferritin.cohort.templates import load_template
 from ferritin.engine.pipeline import run_group
-from ferritin.engine.spec import load_spec
 
 pytestmark = pytest.mark.slow  # one group level on a synthetic store, with permutations and the report (~2 min)
 
-VS = 3.0
-PLANT_MM = (-14.0, -17.0, 7.0)  # left thalamus
 N_PER_GROUP = 9
-
-
-def _smooth_noise(rng, shape, fwhm_vox=2.5):
-    sigma = fwhm_vox / np.sqrt(8 * np.log(2))
-    x = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
-    return x / x.std()
-
-
-def _hole(grid):
-    ijk = np.round(grid.world_to_voxel([[30.0, -60.0, 20.0]])[0]).astype(int)
-    return tuple(slice(c - 2, c + 3) for c in ijk)
 
 
 @pytest.fixture(scope="module")
 def group_out(tmp_path_factory):
-    """A store with per-subject MNI maps made here: χ rises with severity in a
-    sphere around PLANT_MM in patients, GM falls there; nothing elsewhere."""
-    rng = np.random.default_rng(5)
-    tpl = load_template(VS)
-    grid = tpl.grid
     root = tmp_path_factory.mktemp("group")
     store = CohortStore(root / "cohort.zarr", create=True)
-    subjects = [f"sub-{n:02d}" for n in range(1, 2 * N_PER_GROUP + 2)]  # one extra: fails QC
-    rows = []
-    ijk = np.indices(grid.shape).reshape(3, -1).T @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-    dist = np.linalg.norm(ijk - np.array(PLANT_MM), axis=1).reshape(grid.shape)
-    blob = np.exp(-0.5 * (dist / 6.0) ** 2)
-    for n, sub in enumerate(subjects):
-        group = "ALS" if n < N_PER_GROUP else "NC"
-        sev = rng.uniform(0.5, 1.5) if group == "ALS" else 0.0
-        row = {"participant_id": sub, "group": group, "age": float(rng.normal(55, 8)), "sex": "M" if n % 3 else "F"}
-        if group == "ALS":
-            row.update(alsfrs_r=float(np.round(44 - 6 * sev + rng.normal(0, 1))), umn=float(np.round(4 + 5 * sev)),
-                       dd=float(rng.integers(6, 30)))
-            row["dpr"] = (48 - row["alsfrs_r"]) / row["dd"]
-        else:
-            row.update(alsfrs_r=np.nan, umn=np.nan, dd=np.nan, dpr=np.nan)
-        rows.append(row)
-        chi = 0.02 * tpl.gm + 0.008 * _smooth_noise(rng, grid.shape) + 0.04 * sev * blob
-        chi = np.where(tpl.brain_mask, chi, np.nan).astype(np.float32)
-        if n == 3:  # this subject's chi does not cover a patch inside the brain
-            chi[_hole(grid)] = np.nan
-        gm = np.clip(tpl.gm * (1 - 0.25 * sev * blob) + 0.04 * _smooth_noise(rng, grid.shape), 0, 1).astype(np.float32)
-        native = xr.Dataset({"t1w": (("t1_i", "t1_j", "t1_k"), rng.uniform(0, 1, (6, 6, 6)).astype(np.float32)),
-                             "megre_mag": (("echo", "i", "j", "k"), rng.uniform(1, 2, (1, 8, 8, 8)).astype(np.float32))},
-                            attrs={"subject": sub})
-        store.write_node(f"native/{sub}", native, stage="ingest", digest=f"n{n}")
-        aff = np.diag([3.0, 3.0, 3.0, 1.0])
-        q = xr.Dataset({"chi": (("i", "j", "k"), rng.normal(0, 0.02, (8, 8, 8)).astype(np.float32)),
-                        "qsm_mask": (("i", "j", "k"), np.ones((8, 8, 8), np.uint8)),
-                        "chi_mni": (("x", "y", "z"), chi)},
-                       coords={ax: (ax, v) for ax, v in grid.coords().items()},
-                       attrs={"subject": sub, "gre_affine": affine_attr(aff), "mni_affine": affine_attr(grid.affine)})
-        store.write_node(f"derived/{sub}/qsm", q, stage="qsm", digest=f"q{n}", params={"inversion": "tv"})
-        qc = 0.3 if sub == subjects[-1] else float(rng.uniform(0.8, 0.95))
-        a = xr.Dataset({"gm_mod_s": (("x", "y", "z"), gm),
-                        "gm_mod": (("x", "y", "z"), gm)},
-                       coords={ax: (ax, v) for ax, v in grid.coords().items()},
-                       attrs={"subject": sub, "tiv_ml": float(rng.normal(1450, 100)), "qc_gm_corr": qc,
-                              "qc_dice": qc, "mni_affine": affine_attr(grid.affine)})
-        store.write_node(f"derived/{sub}/anat", a, stage="anat", digest=f"a{n}", params={"syn_metric": "mattes"})
-    table = pd.DataFrame(rows).set_index("participant_id")
-    store.write_node("participants", participants_dataset(table), stage="ingest", digest="p")
-    spec = load_spec().to_dict()
-    spec["mni_voxel_size"] = VS
-    spec["svc"] = [{"name": "thalamus_L", "region": "Thalamus_L", "radius_mm": 20},
-                   {"name": "precentral_R", "region": "Precentral_R", "radius_mm": 20}]
-    spec["roi"]["regions"] = [{"name": "sphere_R_putamen", "centre_mm": [24, 4, 2], "radius_mm": 8}]
+    subjects, spec = write_group_store(store, N_PER_GROUP)
     spec["inference"].update(permutations=40, tfce=True)
     out = root / "out"
     res = run_group(store.path, spec, out)
@@ -296,7 +231,7 @@ def test_voxels_a_subject_does_not_cover_are_left_out_not_zero_filled(group_out)
     out, _, _ = group_out
     ds = CohortStore(out.parent / "cohort.zarr").open_node("stats/chi_als_gt_nc")
     grid = load_template(VS).grid
-    hole = _hole(grid)
+    hole = uncovered_patch(grid)
     assert not ds["mask"].values[hole].any()
     assert ds["mask"].values.sum() > 0.8 * load_template(VS).brain_mask.sum()
 

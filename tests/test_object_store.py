@@ -198,3 +198,26 @@ def test_object_store_errors_are_messages(s3, capsys):
     assert "no cohort store here" in capsys.readouterr().err
     assert main(["unlock", "gs://cohorts/study.zarr"]) == 2
     assert "local folder or at an s3:// URL" in capsys.readouterr().err
+
+
+def test_group_level_on_s3_writes_its_files_beside_the_store(s3, tmp_path):
+    import fsspec
+    import pandas as pd
+    from synthetic_group import PLANT_MM, write_group_store
+
+    from ferritin import run_study
+
+    out = "s3://cohorts/group-study"
+    subjects, spec = write_group_store(CohortStore(f"{out}/cohort.zarr", create=True), n_per_group=5)
+    spec["inference"].update(permutations=0, tfce=False)
+    res = run_study(tmp_path / "unused-bids", out, spec, levels=("group",))
+    assert res.report == f"{out}/report.html"
+    fs = fsspec.filesystem("s3")
+    assert fs.exists("cohorts/group-study/report.html") and fs.exists("cohorts/group-study/spec.yaml")
+    with fs.open("cohorts/group-study/tables/roi_sources.csv") as f:
+        rois = pd.read_csv(f)
+    peak = rois.set_index("roi").loc["chi_als_gt_nc_thalamus_L", ["x", "y", "z"]].to_numpy(float)
+    assert np.linalg.norm(peak - PLANT_MM) <= 10
+    store = CohortStore(f"{out}/cohort.zarr")
+    assert store.exists("stats/chi_als_gt_nc") and "ferritin_lock" not in store.open_tree().attrs
+    assert set(res.group["subjects"]) == set(subjects[:-1])  # the last one fails QC
