@@ -76,7 +76,11 @@ def measure(location: str, bids: Path, subjects: list[str], client) -> dict:
 
 
 def start_moto():
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
