@@ -66,17 +66,38 @@ def _combine(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fit_block(y, pinv, X, df):
+def _fit_block(y, inside, pinv, X, df):
+    """Parameters and residual variance of one voxel block, computed at the voxels inside the mask only.
+
+    Every voxel's arithmetic is elementwise, so leaving the others out changes
+    no bit of the rest; they are NaN.
+    """
     n = y.shape[0]
-    flat = y.reshape(n, -1).astype(np.float64)
+    keep = inside.reshape(-1)
+    flat = y.reshape(n, -1)[:, keep].astype(np.float64)
     b = _combine(pinv, flat)
     r = flat - _combine(X, b)
     s2 = np.zeros(flat.shape[1])
     for i in range(n):
         s2 += r[i] * r[i]
     s2 /= df
-    out = np.concatenate([b, s2[None]], axis=0)
+    out = np.full((b.shape[0] + 1, keep.size), np.nan)
+    out[:, keep] = np.concatenate([b, s2[None]], axis=0)
     return out.reshape((b.shape[0] + 1, *y.shape[1:]))
+
+
+def _residual_block(y, beta, sigma2, inside, X):
+    """Standardised residuals of one voxel block (the chosen scans), NaN outside the mask."""
+    keep = inside.reshape(-1)
+    n, p = X.shape
+    flat = y.reshape(n, -1)[:, keep].astype(np.float64)
+    b = beta.reshape(p, -1)[:, keep]
+    fitted = X[:, 0:1] * b[0]
+    for j in range(1, p):  # fixed order: the same bits for any chunking
+        fitted = fitted + X[:, j : j + 1] * b[j]
+    out = np.full((n, keep.size), np.nan)
+    out[:, keep] = (flat - fitted) / np.sqrt(sigma2.reshape(-1)[keep])
+    return out.reshape((n, *y.shape[1:]))
 
 
 def fit_glm(Y, X, mask=None) -> GLMFit:
@@ -108,18 +129,16 @@ def fit_glm(Y, X, mask=None) -> GLMFit:
         raise ValueError("no error degrees of freedom: more regressors than subjects")
     pinv = np.linalg.pinv(X)
     p = X.shape[1]
-    out = da.map_blocks(_fit_block, Y, pinv, X, df, dtype=np.float64,
-                        chunks=((p + 1,), *Y.chunks[1:]), token="ferritin-glm")
-    beta, sigma2 = out[:p], out[p]
     m = None
     if mask is not None:
         m = da.asarray(np.asarray(mask, dtype=bool)) if not isinstance(mask, da.Array) else mask.astype(bool)
         if m.shape != Y.shape[1:]:
             raise ValueError(f"mask shape {m.shape} differs from image shape {Y.shape[1:]}")
         m = m.rechunk(Y.chunks[1:])
-        beta = da.where(m[None], beta, np.nan)
-        sigma2 = da.where(m, sigma2, np.nan)
-    return GLMFit(beta, sigma2, df, X, pinv, Y, m)
+    inside = m if m is not None else da.ones(Y.shape[1:], dtype=bool, chunks=Y.chunks[1:])
+    out = da.map_blocks(_fit_block, Y, inside[None], pinv, X, df, dtype=np.float64,
+                        chunks=((p + 1,), *Y.chunks[1:]), token="ferritin-glm")
+    return GLMFit(out[:p], out[p], df, X, pinv, Y, m)
 
 
 def t_contrast(fit: GLMFit, c) -> da.Array:
@@ -164,16 +183,11 @@ def standardized_residuals(fit: GLMFit, max_images: int | None = 64) -> da.Array
     the stack once; persist the fit first (:meth:`GLMFit.persist`) so that
     the parameters are not refitted.
     """
-    sd = da.sqrt(fit.sigma2)
     n = fit.X.shape[0]
     idx = np.arange(n) if max_images is None else residual_subset(n, max_images)
     # all chosen scans of a voxel block at once: the stack is read once
-    Ys = fit.Y[idx].astype(np.float64)
-    Xs = fit.X[idx]
-    fitted = Xs[:, 0].reshape(-1, 1, 1, 1) * fit.beta[0][None]
-    for j in range(1, fit.X.shape[1]):  # fixed order: the same bits for any chunking
-        fitted = fitted + Xs[:, j].reshape(-1, 1, 1, 1) * fit.beta[j][None]
-    r = (Ys - fitted) / sd[None]
-    if fit.mask is not None:
-        r = da.where(fit.mask[None], r, np.nan)
-    return r
+    Ys = fit.Y[idx]
+    inside = fit.mask if fit.mask is not None else da.isfinite(fit.sigma2)
+    inside = inside & da.isfinite(fit.sigma2)
+    return da.map_blocks(_residual_block, Ys, fit.beta, fit.sigma2[None], inside[None], fit.X[idx],
+                         dtype=np.float64, chunks=((len(idx),), *Ys.chunks[1:]), token="ferritin-resid")

@@ -388,6 +388,17 @@ class Smoothness(NamedTuple):
     resels: np.ndarray  # (4,) resel counts of the mask
 
 
+def _mask_box(inside: np.ndarray) -> tuple[slice, ...] | None:
+    """The mask's bounding box and one voxel beyond it on the upper side (within the image); None if empty."""
+    if not inside.any():
+        return None
+    box = []
+    for axis in range(inside.ndim):
+        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), min(int(hit[-1]) + 2, inside.shape[axis])))
+    return tuple(box)
+
+
 def _forward_diff(e: np.ndarray, axis: int) -> np.ndarray:
     g = np.zeros_like(e)
     n = e.shape[axis]
@@ -454,6 +465,14 @@ def est_smoothness(resid, mask, ndf=None, voxel_size=None) -> Smoothness:
     D = len(axes)
     if D == 0:
         return Smoothness(np.full(3, np.inf), np.full(shape, np.nan), np.zeros(4))
+    full_shape = shape
+    box = _mask_box(inside)
+    if box is not None:
+        # Forward differences reach one voxel up: the mask's bounding box and one
+        # voxel beyond it hold everything the estimate reads, so the rest is skipped.
+        resid = resid[(slice(None), *box[: len(resid.shape) - 1])]
+        inside = inside[box]
+        shape = inside.shape
     if hasattr(resid, "dask"):
         # a lazy stack is computed once (at most SPM's 64 images), not once per image
         resid = resid.persist()
@@ -482,6 +501,12 @@ def est_smoothness(resid, mask, ndf=None, voxel_size=None) -> Smoothness:
     rpv = np.sqrt(det / FOUR_LN2**D)
     rx = np.stack([np.sqrt(L[(a, a)] / FOUR_LN2) for a in axes])
     rpv = np.where(inside, rpv, np.nan)
+    if box is not None:
+        whole = np.full(full_shape, np.nan)
+        whole[box] = rpv
+        rpv_full = whole
+    else:
+        rpv_full = rpv
     valid = inside & ~np.isnan(ssq) & (ssq >= np.sqrt(EPS))
     rbar = float(np.mean(rpv[valid]))
     xbar = rx[:, valid].mean(axis=1)
@@ -490,4 +515,4 @@ def est_smoothness(resid, mask, ndf=None, voxel_size=None) -> Smoothness:
     for ia, a in enumerate(axes):
         f = 1.0 / resel[ia]
         fwhm[a] = 1.0 if (not np.isfinite(f) or f == 0) else f
-    return Smoothness(fwhm, rpv, resel_counts(inside, fwhm))
+    return Smoothness(fwhm, rpv_full, resel_counts(_in_mask(mask), fwhm))

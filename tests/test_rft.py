@@ -117,6 +117,30 @@ def test_smoothness_of_known_gaussian_field():
     np.testing.assert_allclose(sm.fwhm_vox, f, rtol=0.12)
 
 
+def test_smoothness_does_not_depend_on_the_space_around_the_mask():
+    """The estimate reads the mask and its forward neighbours only: embedding the same residuals and mask
+    in a larger image (NaN around, as residual images are written) changes no bit of it.  The mask touches
+    both z edges, and keeps its upper one in the larger image: forward differences stop there."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    shape = (20, 22, 18)
+    imgs = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) for _ in range(8)])
+    zz = np.indices(shape)
+    mask = ((zz[0] - 10) ** 2 / 81 + (zz[1] - 11) ** 2 / 100 + (zz[2] - 8) ** 2 / 90) <= 1  # touches z = 0
+    imgs = np.where(mask, imgs, np.nan)
+    small = rft.est_smoothness(imgs, mask)
+    big_imgs = np.full((8, 31, 30, 25), np.nan)
+    big_imgs[:, 5:25, 3:25, 7:] = imgs
+    big_mask = np.zeros((31, 30, 25), bool)
+    big_mask[5:25, 3:25, 7:] = mask
+    big = rft.est_smoothness(big_imgs, big_mask)
+    np.testing.assert_array_equal(big.fwhm_vox, small.fwhm_vox)
+    np.testing.assert_array_equal(big.resels, small.resels)
+    np.testing.assert_array_equal(big.rpv[5:25, 3:25, 7:], small.rpv, strict=True)
+    assert np.isnan(big.rpv[~big_mask]).all()
+
+
 def test_input_checks():
     with pytest.raises(ValueError, match="stat"):
         rft.ec_density("Q", 3.0, (1, 20))
