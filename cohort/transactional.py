@@ -31,6 +31,9 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
+import dask
+import dask.array as da
+import numpy as np
 import xarray as xr
 import zarr
 
@@ -79,6 +82,22 @@ def s3_storage(url: str):
     else:
         options["from_env"] = True  # instance profiles, SSO, ... through the AWS credential chain
     return ic.s3_storage(**options)
+
+
+def _store_by_blocks(data: da.Array, target: zarr.Array, batch_bytes: int = 256 << 20) -> None:
+    """Compute ``data`` a batch of blocks at a time (at most about ``batch_bytes``) and store each block."""
+    edges = [np.cumsum((0, *c)) for c in data.chunks]
+    batch, size = [], 0
+    for idx in [*np.ndindex(data.numblocks), None]:
+        if idx is not None:
+            block = data.blocks[idx]
+            batch.append((idx, block))
+            size += block.nbytes
+        if batch and (idx is None or size >= batch_bytes):
+            values = dask.compute(*(b for _, b in batch))
+            for (i, _), v in zip(batch, values, strict=True):
+                target[tuple(slice(e[k], e[k + 1]) for e, k in zip(edges, i, strict=True))] = v
+            batch, size = [], 0
 
 
 class TransactionalCohortStore(CohortStore):
@@ -204,8 +223,16 @@ class TransactionalCohortStore(CohortStore):
                                 "completed": datetime.now(UTC).isoformat(timespec="seconds")}
 
         def write(root, session):
-            ds.to_zarr(session.store, group=node.strip("/"), mode="w", zarr_format=3, consolidated=False,
-                       encoding=encoding or {})
+            group = node.strip("/")
+            # Metadata and in-memory variables now; dask-backed variables after, by blocks
+            # computed wherever the current scheduler runs them and stored from here: a
+            # writable session does not travel to other processes.
+            ds.to_zarr(session.store, group=group, mode="w", zarr_format=3, consolidated=False,
+                       encoding=encoding or {}, compute=False)
+            target = zarr.open_group(session.store, path=group, mode="r+", use_consolidated=False)
+            for name, var in ds.variables.items():
+                if isinstance(var.data, da.Array):
+                    _store_by_blocks(var.data, target[name])
 
         self._commit(write, f"{stage}: {node}")
 

@@ -200,7 +200,8 @@ def test_object_store_errors_are_messages(s3, capsys):
     assert "local folder or at an s3:// URL" in capsys.readouterr().err
 
 
-def test_group_level_on_s3_writes_its_files_beside_the_store(s3, tmp_path):
+def test_group_level_on_s3_writes_its_files_beside_the_store(s3, client, tmp_path):
+    """With a Dask client open, as in a notebook: the nodes' dask arrays are still written by this process."""
     import fsspec
     import pandas as pd
     from synthetic_group import PLANT_MM, write_group_store
