@@ -44,8 +44,12 @@ slurm:
 lint: install
 	$(BIN)/ruff check .
 
+# Test modules run on TEST_WORKERS processes, a module's tests together (their fixtures are shared
+# within a module); most slow tests are single-threaded registrations.
+TEST_WORKERS ?= 2
+
 test: install browser slurm lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

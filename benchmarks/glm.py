@@ -1,6 +1,7 @@
 """Voxelwise GLM + smoothness + RFT and max-T permutations, next to nilearn, same data, same command.
 
 Run by hand:  .venv/bin/python benchmarks/glm.py [--subjects 68] [--voxel 2] [--perms 5000] [--nilearn-perms 200]
+                                                [--no-permutations]
 
 Data: smooth Gaussian noise images (FWHM 8 mm) inside the MNI brain mask, two groups,
 TIV and age covariates.  Prints seconds (median of --repeats) and the ratio to nilearn.
@@ -38,6 +39,7 @@ def main():
     ap.add_argument("--perms", type=int, default=5000)
     ap.add_argument("--nilearn-perms", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-permutations", action="store_true", help="only the GLM + smoothness + RFT comparison")
     args = ap.parse_args()
     tpl = load_template(args.voxel)
     mask = tpl.brain_mask
@@ -79,6 +81,8 @@ def main():
     t_nl, _ = timed(nl_glm, args.repeats)
     print(f"nilearn SecondLevelModel GLM (no smoothness/RFT): {t_nl:.2f} s -> ratio nilearn/ferritin {t_nl / t_ours:.2f}")
 
+    if args.no_permutations:
+        return
     k = args.nilearn_perms
 
     def ours_perm(n_perm, dtype=np.float64):
