@@ -478,14 +478,21 @@ def est_smoothness(resid, mask, ndf=None, voxel_size=None) -> Smoothness:
         resid = resid.persist()
     ssq = np.zeros(shape)
     L = {(a, b): np.zeros(shape) for i, a in enumerate(axes) for b in axes[i:]}
+    nan = bad = None
+    product = np.empty(shape)
     for i in range(m_img):
-        e = np.asarray(resid[i], dtype=float).reshape(shape)
-        bad = _forward_cube_has_nan(np.isnan(e))
+        e = np.array(resid[i], dtype=float).reshape(shape)  # a copy: NaNs are set in it below
+        this_nan = np.isnan(e)
+        if nan is None or not np.array_equal(this_nan, nan):  # usually every image has the mask's NaNs
+            nan, bad = this_nan, _forward_cube_has_nan(this_nan)
         g = {a: _forward_diff(e, a) for a in axes}
-        e = np.where(bad, np.nan, e)
+        for a in axes:  # NaN where the forward cube has one: the products below carry it
+            np.copyto(g[a], np.nan, where=bad)
+        np.copyto(e, np.nan, where=bad)
         ssq += e**2
         for (a, b), acc in L.items():
-            acc += np.where(bad, np.nan, g[a] * g[b])
+            np.multiply(g[a], g[b], out=product)
+            acc += product
     scale = n / edf / m_img
     for key in L:
         L[key] *= scale
