@@ -302,12 +302,7 @@ class CohortStore:
         """Replace the failure list of ``stage`` (called by the one client of a run)."""
         root = zarr.open_group(str(self.path), mode="a", use_consolidated=False)
         log = root.require_group("log")
-        allf = dict(log.attrs.get("failures", {}))
-        if failures:
-            allf[stage] = dict(sorted(failures.items()))
-        else:
-            allf.pop(stage, None)
-        log.attrs["failures"] = allf
+        log.attrs["failures"] = replace_stage_failures(log.attrs.get("failures", {}), stage, failures)
 
     # -- reading -------------------------------------------------------------
     def consolidate(self) -> None:
@@ -341,6 +336,16 @@ class StoreLocked(RuntimeError):
 
 _HELD: dict[str, int] = {}  # lock path -> hold count, for nested locks of this process
 _HELD_GUARD = threading.Lock()
+
+
+def replace_stage_failures(recorded: dict, stage: str, failures: dict[str, str]) -> dict:
+    """The failure log ``recorded`` with the list of ``stage`` replaced (removed when empty)."""
+    merged = dict(recorded)
+    if failures:
+        merged[stage] = dict(sorted(failures.items()))
+    else:
+        merged.pop(stage, None)
+    return merged
 
 
 def is_stale_lock(held: dict) -> bool:

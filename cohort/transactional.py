@@ -37,7 +37,16 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .store import LAYOUT_VERSION, RECORD_KEY, CohortStore, StoreError, StoreLocked, is_stale_lock, locked_message
+from .store import (
+    LAYOUT_VERSION,
+    RECORD_KEY,
+    CohortStore,
+    StoreError,
+    StoreLocked,
+    is_stale_lock,
+    locked_message,
+    replace_stage_failures,
+)
 
 __all__ = ["TransactionalCohortStore", "StoreConflict"]
 
@@ -311,13 +320,10 @@ class TransactionalCohortStore(CohortStore):
     def set_failures(self, stage: str, failures: dict[str, str]) -> None:
         def update(root, session):
             log = root.require_group("log")
-            allf = dict(log.attrs.get("failures", {}))
-            if failures:
-                allf[stage] = dict(sorted(failures.items()))
-            else:
-                allf.pop(stage, None)
-            if allf == dict(log.attrs.get("failures", {})):
-                return False
-            log.attrs["failures"] = allf
+            recorded = dict(log.attrs.get("failures", {}))
+            merged = replace_stage_failures(recorded, stage, failures)
+            if merged == recorded:
+                return False  # no commit for an unchanged log
+            log.attrs["failures"] = merged
 
         self._commit(update, f"failures of {stage}")

@@ -30,7 +30,9 @@ Typical use:
 
 def _location(text: str) -> Path | str:
     """A local path, or an object-store URL kept as text (a Path would fold its ``//``)."""
-    return text if "://" in text and not text.startswith("file://") else Path(text)
+    from ferritin.cohort.store import is_url
+
+    return text if is_url(text) else Path(text)
 
 
 def _positive_int(text: str) -> int:
