@@ -399,18 +399,6 @@ def _mask_box(inside: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _forward_diff(e: np.ndarray, axis: int) -> np.ndarray:
-    g = np.zeros_like(e)
-    n = e.shape[axis]
-    if n > 1:
-        sl_hi = [slice(None)] * 3
-        sl_lo = [slice(None)] * 3
-        sl_hi[axis] = slice(1, None)
-        sl_lo[axis] = slice(0, n - 1)
-        g[tuple(sl_lo)] = e[tuple(sl_hi)] - e[tuple(sl_lo)]
-    return g
-
-
 def _forward_cube_has_nan(nan: np.ndarray) -> np.ndarray:
     """True where any voxel of the forward 2x2x2 cube (clamped at the edge) is NaN."""
     out = nan.copy()
@@ -476,45 +464,47 @@ def est_smoothness(resid, mask, ndf=None, voxel_size=None) -> Smoothness:
     if hasattr(resid, "dask"):
         # a lazy stack is computed once (at most SPM's 64 images), not once per image
         resid = resid.persist()
-    ssq = np.zeros(shape)
-    L = {(a, b): np.zeros(shape) for i, a in enumerate(axes) for b in axes[i:]}
-    nan = bad = None
-    product = np.empty(shape)
+    # Every sum runs over the mask's voxels only, each with its forward neighbour
+    # along each axis (itself at the image's edge, where the difference is 0), in
+    # the image's voxel order, so the means below add the same numbers in the same order.
+    voxel = np.flatnonzero(inside.ravel())
+    coords = np.unravel_index(voxel, shape)
+    strides = np.cumprod((1, *shape[::-1]))[:-1][::-1]
+    ahead = {a: np.where(coords[a] + 1 < shape[a], voxel + strides[a], voxel) for a in axes}
+    ssq = np.zeros(voxel.size)
+    L = {(a, b): np.zeros(voxel.size) for i, a in enumerate(axes) for b in axes[i:]}
+    ever_bad = np.zeros(voxel.size, bool)  # a NaN in a voxel's forward cube in any image
+    nan = None
     for i in range(m_img):
-        e = np.array(resid[i], dtype=float).reshape(shape)  # a copy: NaNs are set in it below
+        e = np.asarray(resid[i], dtype=float).reshape(-1)
         this_nan = np.isnan(e)
         if nan is None or not np.array_equal(this_nan, nan):  # usually every image has the mask's NaNs
-            nan, bad = this_nan, _forward_cube_has_nan(this_nan)
-        g = {a: _forward_diff(e, a) for a in axes}
-        for a in axes:  # NaN where the forward cube has one: the products below carry it
-            np.copyto(g[a], np.nan, where=bad)
-        np.copyto(e, np.nan, where=bad)
-        ssq += e**2
+            nan = this_nan
+            ever_bad |= _forward_cube_has_nan(nan.reshape(shape)).reshape(-1)[voxel]
+        e0 = e[voxel]
+        g = {a: e[ahead[a]] - e0 for a in axes}
+        ssq += e0**2
         for (a, b), acc in L.items():
-            np.multiply(g[a], g[b], out=product)
-            acc += product
+            acc += g[a] * g[b]
+    ssq[ever_bad] = np.nan
     scale = n / edf / m_img
     for key in L:
         L[key] *= scale
+        L[key][ever_bad] = np.nan
     # determinant of the symmetric DxD matrix per voxel
-    M = np.zeros((*shape, D, D))
+    M = np.zeros((voxel.size, D, D))
     for ia, a in enumerate(axes):
         for ib, b in enumerate(axes):
-            M[..., ia, ib] = L[(min(a, b), max(a, b))] if (min(a, b), max(a, b)) in L else L[(b, a)]
+            M[:, ia, ib] = L[(min(a, b), max(a, b))]
     with np.errstate(invalid="ignore"):
         det = np.linalg.det(np.nan_to_num(M))
     det = np.where(np.isnan(M).any(axis=(-1, -2)), np.nan, det)
     det = np.where(det < 0, 0.0, det)
     rpv = np.sqrt(det / FOUR_LN2**D)
     rx = np.stack([np.sqrt(L[(a, a)] / FOUR_LN2) for a in axes])
-    rpv = np.where(inside, rpv, np.nan)
-    if box is not None:
-        whole = np.full(full_shape, np.nan)
-        whole[box] = rpv
-        rpv_full = whole
-    else:
-        rpv_full = rpv
-    valid = inside & ~np.isnan(ssq) & (ssq >= np.sqrt(EPS))
+    rpv_full = np.full(full_shape, np.nan)
+    rpv_full[box if box is not None else ()][inside] = rpv
+    valid = ~np.isnan(ssq) & (ssq >= np.sqrt(EPS))
     rbar = float(np.mean(rpv[valid]))
     xbar = rx[:, valid].mean(axis=1)
     resel = rbar ** (1 / D) * xbar / np.prod(xbar) ** (1 / D)
