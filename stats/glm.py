@@ -91,10 +91,7 @@ def _residual_block(y, beta, sigma2, inside, X):
     keep = inside.reshape(-1)
     n, p = X.shape
     flat = y.reshape(n, -1)[:, keep].astype(np.float64)
-    b = beta.reshape(p, -1)[:, keep]
-    fitted = X[:, 0:1] * b[0]
-    for j in range(1, p):  # fixed order: the same bits for any chunking
-        fitted = fitted + X[:, j : j + 1] * b[j]
+    fitted = _combine(X, beta.reshape(p, -1)[:, keep])
     out = np.full((n, keep.size), np.nan)
     out[:, keep] = (flat - fitted) / np.sqrt(sigma2.reshape(-1)[keep])
     return out.reshape((n, *y.shape[1:]))
@@ -187,7 +184,6 @@ def standardized_residuals(fit: GLMFit, max_images: int | None = 64) -> da.Array
     idx = np.arange(n) if max_images is None else residual_subset(n, max_images)
     # all chosen scans of a voxel block at once: the stack is read once
     Ys = fit.Y[idx]
-    inside = fit.mask if fit.mask is not None else da.isfinite(fit.sigma2)
-    inside = inside & da.isfinite(fit.sigma2)
+    inside = da.isfinite(fit.sigma2)  # NaN outside the mask (and where the data were)
     return da.map_blocks(_residual_block, Ys, fit.beta, fit.sigma2[None], inside[None], fit.X[idx],
                          dtype=np.float64, chunks=((len(idx),), *Ys.chunks[1:]), token="ferritin-resid")
