@@ -311,3 +311,51 @@ def test_few_degrees_of_freedom_are_warned_about(group_out):
     assert warned == (df < 10), (df, res["warnings"])
     out = group_out[0]
     assert json.loads((out / "group" / "run.json").read_text())["warnings"] == res["warnings"]
+
+
+def test_reproduction_measures_the_paper_numbers_as_the_paper_did(group_out):
+    """The headline-table numbers of a run equal direct computations on its maps and CSVs."""
+    import statsmodels.formula.api as smf
+
+    from ferritin.engine.reproduction import check_bars, findings_at_size, measure_run, summarise
+
+    out, res, _ = group_out
+    m = measure_run(out).set_index("key")
+    T = nib.load(out / "group" / "contrast-chi_als_gt_nc_stat-t_statmap.nii.gz").get_fdata()
+    mask = nib.load(out / "group" / "contrast-chi_als_gt_nc_mask.nii.gz").get_fdata() > 0
+    region = load_template(VS).region("Thalamus_L") & mask
+    assert m.loc["chi_T:thalamus_L", "ferritin"] == pytest.approx(T[region].max(), rel=1e-6)
+    df = res["contrasts"]["chi_als_gt_nc"]["df"]
+    u = stats.t.isf(0.005, df)
+    right = load_template(VS).region("Precentral_R") & mask
+    assert m.loc["chi_vox:precentral_R", "ferritin"] == (T[right] > u).sum() * VS**3  # mm³: voxels of 1 mm
+    assert m.loc["chi_vox:thalamus", "ferritin"] >= (T[region] > u).sum() * VS**3 > 0  # both thalami together
+    svc = res["contrasts"]["chi_als_gt_nc"]["svc"]["thalamus_L"]
+    assert m.loc["chi_p:thalamus_L", "ferritin"] == pytest.approx(svc["p_fwe"].min())
+    assert m.loc["chi_sig:thalamus_L", "ferritin"] == 1.0
+    assert m.loc["chi_sig:precentral_R", "ferritin"] == 0.0  # nothing planted there
+    # GM in the thalamic χ-cluster ROI: the ANCOVA of statsmodels on roi_values.csv (one ROI: thalamus_L)
+    d = _frame(out)
+    dd = d[["gm_mod_s:chi_als_gt_nc_thalamus_L", "group", "tiv"]].set_axis(["v", "group", "tiv"], axis=1).dropna()
+    dd["group"] = pd.Categorical(dd.group, categories=["ALS", "NC"])
+    fit = smf.ols("v ~ C(group) + tiv", data=dd).fit()
+    assert m.loc["gm_T:thalamus", "ferritin"] == pytest.approx(-fit.tvalues["C(group)[T.NC]"], rel=1e-9)
+    assert m.loc["gm_T:thalamus", "ferritin"] < -2  # the planted decrease
+    assert np.isnan(m.loc["gm_T:precentral", "ferritin"])  # no precentral χ cluster, so no ROI
+    pat = d[d.group == "ALS"]
+    r = stats.pearsonr(pat["chi:chi_als_gt_nc_thalamus_L"], pat["alsfrs_r"])
+    assert m.loc["R:chi thalamus vs ALSFRS-R", "ferritin"] == pytest.approx(r.statistic, rel=1e-9)
+    assert m.loc["R_p:chi thalamus vs ALSFRS-R", "ferritin"] == pytest.approx(r.pvalue, rel=1e-9)  # two-tailed
+    assert m.loc["age_mean:ALS", "ferritin"] == pytest.approx(d.loc[d.group == "ALS", "age"].mean())
+    # two "seeds": mean, s.d. and the bars' arithmetic
+    one = measure_run(out)
+    other = one.assign(ferritin=one["ferritin"] + 1.0)
+    s = summarise([one, other]).set_index("key")
+    assert s.loc["chi_T:thalamus_L", "mean"] == pytest.approx(m.loc["chi_T:thalamus_L", "ferritin"] + 0.5)
+    assert s.loc["chi_T:thalamus_L", "sd"] == pytest.approx(np.sqrt(0.5))
+    bars = check_bars(summarise([one])).set_index("bar")
+    assert not bars.filter(like="precentral_L", axis=0)["met"].any()  # nothing planted in the left precentral
+    assert bars.loc["χ precentral_R: not significant in ≥ 1 of 1 seeds", "met"]
+    power = findings_at_size(out, one).set_index("finding")
+    assert power.loc["χ ↑ Thalamus_L", "reproduced"] and 0 < power.loc["χ ↑ Thalamus_L", "power"] < 1
+    assert power.loc["χ ↑ Thalamus_L", "T needed"] > stats.t.isf(0.05, df)  # corrected needs more than uncorrected

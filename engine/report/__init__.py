@@ -312,6 +312,30 @@ def _planted_section(st: _Study) -> Section | None:
     return Section("planted", "Planted effects (simulated cohort)", blocks)
 
 
+def _reproduction_section(st: _Study) -> Section | None:
+    """The reference study's headline table beside this run's (or these seeds') values, and the bars."""
+    rep = _read(st.tables / "reproduction.csv")
+    if not len(rep):
+        return None
+    seeds = [c for c in rep.columns if c.startswith("seed ")]
+    shown = rep.drop(columns=["key", "kind"] + (seeds if len(seeds) > 3 else []), errors="ignore")
+    blocks = [text(f"Every number of the reference study's results (Li et al. 2022) beside ferritin's on "
+                   f"{len(seeds)} simulated cohort{'s' if len(seeds) != 1 else ''} of the same design, each run "
+                   f"through the whole study (mean and s.d. over the seeds).  Voxel counts are in voxels of 1 mm "
+                   f"(mm³) whatever the grid; P values stated as bounds in the paper are given at the bound."),
+              table(shown, "Published and measured", source="tables/reproduction.csv")]
+    power = _read(st.tables / "reproduction_power.csv")
+    if len(power):
+        blocks.append(table(power, "The published findings at this cohort's size: the expected (published) T, "
+                                   "the T a corrected P < 0.05 needs at this df, the power that gives, and what was "
+                                   "measured", source="tables/reproduction_power.csv"))
+    bars = _read(st.tables / "reproduction_bars.csv")
+    if len(bars):
+        blocks.append(table(bars, f"The reproduction's bars: {int(bars['met'].sum())} of {len(bars)} met",
+                            source="tables/reproduction_bars.csv"))
+    return Section("reproduction", "Reproduction of the reference study", blocks)
+
+
 def _qc_section(st: _Study, all_subjects: list[str]) -> Section:
     """QC scores, mask and normalisation montages, the excluded subjects and every subject's QC row."""
     qc = _subject_qc(st.store, all_subjects)
@@ -357,7 +381,7 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     all_subjects = st.store.children("native") if st.store.exists("native") else []
     versions = software_versions()
     sections = [_findings_section(st), _table1_section(st), _maps_section(st), _roi_section(st),
-                _clinical_section(st), _planted_section(st), _qc_section(st, all_subjects),
+                _clinical_section(st), _planted_section(st), _reproduction_section(st), _qc_section(st, all_subjects),
                 _methods_section(st, all_subjects), _software_section(st, versions)]
     page = _environment().get_template("report.html.j2").render(
         study=st.spec.name, n_used=len(st.used), n_excluded=len(st.excluded),
