@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
 
+from .calibration import calibrated_effects
 from .templates import Template, load_template
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "atrophy_displacement",
     "PRESETS",
     "REFERENCE_EFFECTS",
+    "CALIBRATED_EFFECTS",
+    "read_effects",
     "power_matched_effects",
     "preset",
     "sample_participants",
@@ -214,11 +217,15 @@ def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENC
                          severity_gain=e.severity_gain / k) for e in effects)
 
 
+#: The reference effects with amplitudes calibrated so that ferritin measures the published statistics
+#: (:mod:`ferritin.cohort.calibration`).
+CALIBRATED_EFFECTS = calibrated_effects(REFERENCE_EFFECTS)
+
 PRESETS = {
-    "reference-study": SimulationSpec(effects=REFERENCE_EFFECTS),
-    # 10 + 10 at 3 mm with the reference study's expected T (see power_matched_effects).
+    "reference-study": SimulationSpec(effects=CALIBRATED_EFFECTS),
+    # 10 + 10 at 3 mm with the calibrated reference study's expected T (see power_matched_effects).
     "demo": SimulationSpec(n_per_group={"ALS": 10, "NC": 10}, voxel_size=3.0,
-                           effects=power_matched_effects(REFERENCE_EFFECTS, 10), n_echoes=6),
+                           effects=power_matched_effects(CALIBRATED_EFFECTS, 10), n_echoes=6),
     "tiny": SimulationSpec(n_per_group={"ALS": 2, "NC": 2}, voxel_size=3.0, effects=REFERENCE_EFFECTS, n_echoes=4),
     "null": SimulationSpec(effects=()),
 }
@@ -229,6 +236,60 @@ def preset(name: str, **overrides) -> SimulationSpec:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+def read_effects(path: str | Path) -> tuple[Effect, ...]:
+    """Planted effects from a YAML or JSON file: a list of :class:`Effect` fields (or ``{effects: [...]}``).
+
+    Every entry needs ``name``, ``region`` (an AAL region) and ``peak_mni``; the other fields of
+    :class:`Effect` are optional.  Unknown keys, unknown regions and malformed values are refused
+    with the entry and the key named.
+    """
+    import yaml
+
+    from .templates import atlas_labels
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the effects: {exc}") from exc
+    if isinstance(raw, dict) and set(raw) == {"effects"}:
+        raw = raw["effects"]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{path}: expected a non-empty list of effects (or 'effects: [...]')")
+    fields = {f.name: f for f in Effect.__dataclass_fields__.values()}
+    regions = set(atlas_labels()["name"])
+    out = []
+    for n, entry in enumerate(raw, start=1):
+        where = f"{path}: effect {n}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping of Effect fields, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - set(fields))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+        missing = [k for k in ("name", "region", "peak_mni") if k not in entry]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}")
+        if entry["region"] not in regions:
+            raise ValueError(f"{where}: region {entry['region']!r} is not an AAL region (e.g. Putamen_R, "
+                             f"Caudate_L, Precentral_L)")
+        peak = entry["peak_mni"]
+        if not (isinstance(peak, (list, tuple)) and len(peak) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in peak)):
+            raise ValueError(f"{where}: peak_mni must be three numbers (mm), got {peak!r}")
+        values = {**entry, "peak_mni": tuple(float(v) for v in peak)}
+        for key in set(values) - {"name", "region", "peak_mni"}:
+            if isinstance(values[key], bool) or not isinstance(values[key], (int, float)):
+                raise ValueError(f"{where}: {key} must be a number, got {values[key]!r}")
+            values[key] = float(values[key])
+        if values.get("radius_mm", 1.0) <= 0 or values.get("smooth_mm", 0.0) < 0:
+            raise ValueError(f"{where}: radius_mm must be positive and smooth_mm non-negative")
+        out.append(Effect(**values))
+    names = [e.name for e in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: effect names must be unique, got {names}")
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------
