@@ -78,6 +78,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echoes", type=int, metavar="N", help="number of echoes (overrides the preset)")
     p.add_argument("--snr", type=float, help="first-echo white-matter SNR (overrides the preset)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort); default 0")
+    p.add_argument("--effects", type=Path, metavar="FILE",
+                   help="plant these effects instead of the preset's (YAML list of name, region (AAL), peak_mni, "
+                        "and optionally radius_mm, chi_ppm, gm_fraction, smooth_mm, severity_gain, gm_composition)")
     _add_cluster_args(p)
 
     p = sub.add_parser("convert", help="convert one subject's DICOM folder into a BIDS dataset (dcm2niix)",
@@ -142,11 +145,26 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, metavar="N", help="subjects per group")
     p.add_argument("--full", action="store_true", help="34 + 34 subjects at 1 mm (hours)")
     _add_cluster_args(p)
+
+    p = sub.add_parser("reproduce", help="reproduce the reference study's results table on simulated cohorts",
+                       description="Simulate the reference study's design (effects calibrated so that ferritin "
+                                   "measures the published statistics) once per seed, run the whole study on "
+                                   "each, and write every number of the paper's results beside ferritin's "
+                                   "(OUT/reproduction.csv, OUT/reproduction_bars.csv, OUT/report.html).  A seed "
+                                   "already run is measured again, not recomputed.")
+    p.add_argument("out", type=Path, help="output folder (one sub-folder per seed)")
+    p.add_argument("--seeds", type=int, default=3, metavar="N", help="number of simulated cohorts (default 3)")
+    p.add_argument("--first-seed", type=int, default=0, metavar="S", help="seed of the first cohort (default 0)")
+    p.add_argument("--subjects", type=int, default=34, metavar="N", help="subjects per group (default 34)")
+    p.add_argument("--voxel-size", type=float, default=3.0, metavar="MM",
+                   help="simulated and MNI voxel size in mm (default 3; the study's 1 mm takes ~10x longer)")
+    p.add_argument("--echoes", type=int, default=12, metavar="N", help="GRE echoes (default 12, as the study)")
+    _add_cluster_args(p)
     return parser
 
 
 def _cmd_simulate(args) -> int:
-    from ferritin.cohort.simulate import preset, simulate_cohort
+    from ferritin.cohort.simulate import preset, read_effects, simulate_cohort
 
     overrides = {"seed": args.seed}
     if args.voxel_size:
@@ -156,6 +174,8 @@ def _cmd_simulate(args) -> int:
     if args.snr:
         overrides["snr"] = args.snr
     try:
+        if args.effects:
+            overrides["effects"] = read_effects(args.effects)
         spec = preset(args.preset, **overrides)
     except (KeyError, ValueError) as exc:
         print(f"ferritin simulate: {exc}", file=sys.stderr)
@@ -349,10 +369,26 @@ def _print_recovery(res: dict, effects, out: Path) -> None:
         print(f"  {r.effect}: ROI {r.roi} {r['map']} difference {r.difference:+.4g}, ANCOVA p = {r.p:.3g}")
 
 
+def _print_reproduction(out: Path) -> None:
+    """Which of the reference study's findings the demo reproduces, with what its size lets it expect."""
+    from .reproduction import findings_at_size, measure_run, summarise
+    from .tables import write_csv
+
+    measured = measure_run(out)
+    power = findings_at_size(out, measured)
+    write_csv(summarise([measured]), out / "tables" / "reproduction.csv", index=False)
+    write_csv(power, out / "tables" / "reproduction_power.csv", index=False)
+    print("the reference study's findings at this size (expected T = published; power at this df):")
+    for _, r in power.iterrows():
+        verdict = "reproduced" if r.reproduced else "not reproduced"
+        print(f"  {r.finding} ({r.published}): {verdict}: T = {r['measured T']:.2f}, P = {r.P:.3g}; "
+              f"expected T {r['expected T']:.2f}, needs {r['T needed']:.2f}, power {r.power:.0%}")
+
+
 def _cmd_demo(args) -> int:
     from dataclasses import replace
 
-    from ferritin.cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, preset, simulate_cohort
+    from ferritin.cohort.simulate import CALIBRATED_EFFECTS, power_matched_effects, preset, simulate_cohort
 
     from .cluster import dask_client
     from .spec import load_spec
@@ -362,7 +398,7 @@ def _cmd_demo(args) -> int:
     if args.subjects:
         # keep the reference study's power whatever the size (see power_matched_effects)
         spec = replace(spec, n_per_group={g: args.subjects for g in spec.n_per_group},
-                       effects=power_matched_effects(REFERENCE_EFFECTS, args.subjects))
+                       effects=power_matched_effects(CALIBRATED_EFFECTS, args.subjects))
     out = args.out
     bids = out / "bids"
     t0 = time.perf_counter()
@@ -379,6 +415,7 @@ def _cmd_demo(args) -> int:
     res = run_study(bids, out, study, levels=("group",), report=False)
     _print_group(res.group)
     _print_recovery(res.group, spec.effects, out)  # scored before the report, which shows the scores
+    _print_reproduction(out)
     report = write_report(out)
     print(f"cohort store: {res.store}  (open with xarray.open_datatree(path, engine='zarr'))")
     print(f"tables and maps: {out / 'tables'}, {out / 'group'}")
@@ -389,7 +426,32 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from .cluster import dask_client
+    from .reproduction import reproduce
+
+    if args.seeds < 1 or args.subjects < 3 or args.voxel_size <= 0 or args.echoes < 1:
+        print("ferritin reproduce: --seeds >= 1, --subjects >= 3, --voxel-size > 0 and --echoes >= 1",
+              file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
+        summary, bars = reproduce(args.out, seeds, client, n_per_group=args.subjects, voxel_size=args.voxel_size,
+                                  n_echoes=args.echoes, progress=not args.no_progress)
+    print(f"{'finding':<72s} {'published':>9s} {'ferritin':>16s}")
+    for _, r in summary.iterrows():
+        sd = f" ± {r.sd:.2f}" if r.sd == r.sd else ""
+        print(f"{r.finding:<72s} {r.published:>9.3g} {r['mean']:>9.3g}{sd:<7s}")
+    print(f"bars met: {int(bars['met'].sum())} of {len(bars)}")
+    for _, b in bars.iterrows():
+        print(f"  [{'x' if b.met else ' '}] {b.bar}: {b.measured}")
+    print(f"report: {(args.out / 'report.html').absolute()}  ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 COMMANDS = {
+    "reproduce": _cmd_reproduce,
     "convert": _cmd_convert,
     "simulate": _cmd_simulate,
     "ingest": _cmd_ingest,
