@@ -359,3 +359,23 @@ def test_reproduction_measures_the_paper_numbers_as_the_paper_did(group_out):
     power = findings_at_size(out, one).set_index("finding")
     assert power.loc["χ ↑ Thalamus_L", "reproduced"] and 0 < power.loc["χ ↑ Thalamus_L", "power"] < 1
     assert power.loc["χ ↑ Thalamus_L", "T needed"] > stats.t.isf(0.05, df)  # corrected needs more than uncorrected
+
+
+def test_demo_prints_which_published_findings_it_reproduces(group_out, tmp_path, capsys):
+    from ferritin.engine.cli import _print_reproduction
+
+    out, _, _ = group_out
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    _print_reproduction(copy)
+    text = capsys.readouterr().out
+    assert "χ ↑ Thalamus_L (significant): reproduced" in text
+    assert "χ ↑ Precentral_L (significant): not reproduced" in text  # nothing planted there
+    assert "χ ↑ Precentral_R (not significant): reproduced" in text
+    power = pd.read_csv(copy / "tables" / "reproduction_power.csv")
+    assert set(power["finding"]) >= {"χ ↑ Thalamus_R", "GM ↓ thalamus (χ-cluster ROI)"}
+    assert pd.read_csv(copy / "tables" / "reproduction.csv")["key"].is_unique
+    from ferritin.engine.report import build_report
+
+    html = build_report(copy).read_text()
+    assert 'id="reproduction"' in html and "The published findings at this cohort" in html
