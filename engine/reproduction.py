@@ -78,6 +78,7 @@ def _chi_rows(out: Path, spec, template) -> list[dict]:
         p_svc = float(listed["p_fwe"].min()) if len(listed) and "p_fwe" in listed.columns else np.nan
         label = f"χ ↑ {peak.region}"
         rows.append(_row(f"chi_T:{peak.name}", f"{label}: peak T", peak.T, T[ijk]))
+        # 1 where no voxel of the region passed the height threshold (SPM lists no peak there)
         rows.append(_row(f"chi_p:{peak.name}", f"{label}: P_SVC ({peak.p_svc_bound} published)", peak.p_svc,
                          1.0 if np.isnan(p_svc) else p_svc, "p"))
         rows.append(_row(f"chi_sig:{peak.name}", f"{label}: significant (P_SVC < 0.05)", float(peak.significant),
@@ -162,9 +163,11 @@ def _table_one_rows(out: Path, spec) -> list[dict]:
         mean, sd = published.TABLE_ONE["age"].get(g, (None, None))
         rows.append(_row(f"age_mean:{g}", f"Table 1: age {g}, mean", mean, t1.loc["age", f"{g} mean"]))
         rows.append(_row(f"age_sd:{g}", f"Table 1: age {g}, s.d.", sd, t1.loc["age", f"{g} sd"]))
-        rows.append(_row(f"men:{g}", f"Table 1: men {g}", published.TABLE_ONE["men"].get(g), t1.loc["sex", f"{g} M"]))
+        men = t1.loc["sex"].get(f"{g} M", 0) if "sex" in t1.index else np.nan
+        rows.append(_row(f"men:{g}", f"Table 1: men {g}", published.TABLE_ONE["men"].get(g), men))
     rows.append(_row("age_p", "Table 1: age, t-test P", published.TABLE_ONE["age"]["p"], t1.loc["age", "p"], "p"))
-    rows.append(_row("sex_p", "Table 1: sex, χ² P", published.TABLE_ONE["men"]["p"], t1.loc["sex", "p"], "p"))
+    sex_p = t1.loc["sex", "p"] if "sex" in t1.index else np.nan
+    rows.append(_row("sex_p", "Table 1: sex, χ² P", published.TABLE_ONE["men"]["p"], sex_p, "p"))
     return rows
 
 

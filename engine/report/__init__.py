@@ -322,7 +322,8 @@ def _reproduction_section(st: _Study) -> Section | None:
     blocks = [text(f"Every number of the reference study's results (Li et al. 2022) beside ferritin's on "
                    f"{len(seeds)} simulated cohort{'s' if len(seeds) != 1 else ''} of the same design, each run "
                    f"through the whole study (mean and s.d. over the seeds).  Voxel counts are in voxels of 1 mm "
-                   f"(mm³) whatever the grid; P values stated as bounds in the paper are given at the bound."),
+                   f"(mm³) whatever the grid; P values stated as bounds in the paper are given at the bound; a P_SVC "
+                   f"of 1 means that no voxel of the region passed the height threshold."),
               table(shown, "Published and measured", source="tables/reproduction.csv")]
     power = _read(st.tables / "reproduction_power.csv")
     if len(power):
