@@ -10,10 +10,10 @@ Per cohort and planted effect, with the study's design (group, TIV, age; the ROI
   share of the effect (``severity_factor``): ``e = β · E[f] / σ`` at the reference amplitude, pooled over
   the cohorts — χ at the voxel of the effect's AAL region where it is largest, GM for the mean smoothed
   modulated GM of the effect's core (weight >= 0.5);
-- the T the ground truth expects for that cohort (``calibration.expected_t``) and the T ferritin measured
-  (χ: peak in the region; GM: ANCOVA of the core's mean of ``gm_mod_s``).
+- the same regression on ferritin's maps, and both T values of the cohort (χ: peak in the region; GM: ANCOVA
+  of the core's mean).
 Printed: the per-cohort figures, ``EFFECT_TO_NOISE`` per effect, ``RETENTION`` per modality and region class
-(sum of ferritin's T over the sum of the truth's expected T) and the reference effects they calibrate.
+(ferritin's effect-to-noise ratio over the truth's, the effects of a class summed) and the reference effects they calibrate.
 ``--gm-scale`` plants the GM effects that many times larger, to measure the retention near the
 calibrated amplitude (a registration takes up small contractions more fully than large ones).
 """
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ferritin import dask_client, load_spec, run_study
-from ferritin.cohort.calibration import calibrated_effects, region_class
+from ferritin.cohort.calibration import calibrated_effects, region_class, severity_moments
 from ferritin.cohort.simulate import (
     REFERENCE_EFFECTS,
     Effect,
@@ -84,13 +84,6 @@ def load_cohort(d: Path):
     sim = json.loads((gt / "simulation.json").read_text())
     effects = [Effect(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in e.items()}) for e in sim["effects"]]
     return table, {k: np.stack(v).astype(np.float64) for k, v in maps.items()}, effects, float(sim["voxel_size"])
-
-
-def mean_factor(effect) -> float:
-    """E[max(0, 1 + gain · s)] over a standard normal severity ``s``."""
-    s = np.linspace(-10, 10, 200001)
-    w = np.exp(-0.5 * s**2)
-    return float((w * severity_factor(effect, s)).sum() / w.sum())
 
 
 def _design(table: pd.DataFrame, tiv: str, covariates=("age",)) -> np.ndarray:
@@ -162,7 +155,7 @@ def pooled_effect_to_noise(fits: list[dict], source: str) -> dict:
     """``e = β · E[f] / σ`` at the reference amplitude and gain, the cohorts' fits pooled (χ: at the best voxel)."""
     out = {}
     for name in fits[0]:
-        mean_f = mean_factor(next(e for e in REFERENCE_EFFECTS if e.name == name))
+        mean_f = severity_moments(next(e for e in REFERENCE_EFFECTS if e.name == name).severity_gain)[0]
         out[name] = {}
         for m in ("chi", "gm"):
             parts = [f[name][source][m] for f in fits]

@@ -36,8 +36,8 @@ import numpy as np
 
 from .published import CHI_PEAKS, GM_ROIS, N_PER_GROUP
 
-__all__ = ["DEEP_GREY", "RETENTION", "EFFECT_TO_NOISE", "region_class", "severity_cv2", "expected_t",
-           "amplitude_for_t", "calibrated_effects", "published_targets"]
+__all__ = ["DEEP_GREY", "RETENTION", "EFFECT_TO_NOISE", "region_class", "severity_moments", "severity_cv2",
+           "expected_t", "amplitude_for_t", "calibrated_effects", "published_targets"]
 
 #: AAL region name prefixes of the deep grey nuclei; every other region counts as cortex
 DEEP_GREY = ("Thalamus", "Caudate", "Putamen", "Pallidum")
@@ -68,12 +68,12 @@ def region_class(region: str) -> str:
     return "deep grey" if str(region).startswith(DEEP_GREY) else "cortex"
 
 
-def severity_cv2(severity_gain: float) -> float:
-    """Squared coefficient of variation of ``f = max(0, 1 + gain · s)`` for a standard normal ``s``.
+def severity_moments(severity_gain: float) -> tuple[float, float]:
+    """``E[f]`` and ``var(f) / E[f]²`` of ``f = max(0, 1 + gain · s)`` for a standard normal ``s``.
 
-    The share of a patient group's spread that an effect brings with it:
-    the effect adds ``a² · var(f)`` to the patients' variance and ``a · E[f]``
-    to their mean.
+    How much of an effect a patient carries on average, and the share of a
+    patient group's spread the effect brings with it: the effect adds
+    ``a · E[f]`` to the patients' mean and ``a² · var(f)`` to their variance.
     """
     if severity_gain < 0:
         raise ValueError(f"severity_gain must be >= 0, got {severity_gain}")
@@ -82,7 +82,12 @@ def severity_cv2(severity_gain: float) -> float:
     w /= w.sum()
     f = np.maximum(0.0, 1.0 + severity_gain * s)
     mean = float((w * f).sum())
-    return float((w * f**2).sum()) / mean**2 - 1.0
+    return mean, float((w * f**2).sum()) / mean**2 - 1.0
+
+
+def severity_cv2(severity_gain: float) -> float:
+    """Squared coefficient of variation of a patient's share of an effect (:func:`severity_moments`)."""
+    return severity_moments(severity_gain)[1]
 
 
 def expected_t(effect_to_noise: float, scale: float, n_per_group: int, cv2: float) -> float:
