@@ -2,7 +2,8 @@
 
 Run by hand (cohorts of the demo design: the reference effects power-matched to 10 + 10, 12 echoes, 3 mm):
     .venv/bin/python benchmarks/calibration.py --run --seeds 100 101 102 --workdir W [--gm-scale 3]
-or on cohorts already simulated into ``DIR/bids`` and run to the participant level into ``DIR/out``:
+or on cohorts already simulated into ``DIR/bids`` and run to the participant level into ``DIR/out`` (or
+into ``DIR`` itself, as ``ferritin reproduce`` leaves each seed):
     .venv/bin/python benchmarks/calibration.py DIR [DIR ...]
 
 Per cohort and planted effect, with the study's design (group, TIV, age; the ROI ANCOVA with TIV):
@@ -66,7 +67,9 @@ def simulate_and_run(workdir: Path, seed: int, echoes: int, gm_scale: float) -> 
 
 def load_cohort(d: Path):
     """Participants (with true and measured TIV) and the truth's and ferritin's MNI maps, subjects in order."""
-    bids, store = d / "bids", CohortStore(d / "out" / "cohort.zarr")
+    # a calibration cohort keeps its outputs in out/, a reproduction seed beside bids/
+    out = d / "out" if (d / "out").is_dir() else d
+    bids, store = d / "bids", CohortStore(out / "cohort.zarr")
     table = pd.read_csv(bids / "participants.tsv", sep="\t").set_index("participant_id")
     truth = pd.read_csv(bids / "derivatives" / "ground-truth" / "participants.tsv", sep="\t")
     table["tiv_true"] = truth.set_index("participant_id")["tiv_ml"]
@@ -128,7 +131,9 @@ def measure(d: Path) -> tuple[pd.DataFrame, dict]:
     tiv = {"truth": "tiv_true", "ferritin": "tiv"}
     rows, fits = [], {}
     for e in effects:
-        f = np.where(table["group"] == GROUPS[0], severity_factor(e, severity.loc[table.index].to_numpy()), 0.0)
+        patient = (table["group"] == GROUPS[0]).to_numpy()
+        f = {m: np.where(patient, severity_factor(e, severity.loc[table.index].to_numpy(), m), 0.0)
+             for m in ("chi", "gm")}
         core = nib.load(gt / f"effect-{e.name}_{SPACE}_mask.nii.gz").get_fdata() >= 0.5
         region = template.region(e.region) & mask
         ref = reference.get(e.name)
@@ -136,10 +141,10 @@ def measure(d: Path) -> tuple[pd.DataFrame, dict]:
         fits[e.name] = {}
         full = template.region(e.region)  # the same voxels in every cohort: NaN where this one has no χ
         for source in ("truth", "ferritin"):
-            beta, rss, df = effect_fit(maps[(source, "chi")][:, region], f, _design(table, tiv[source]))
+            beta, rss, df = effect_fit(maps[(source, "chi")][:, region], f["chi"], _design(table, tiv[source]))
             chi = (np.full(full.sum(), np.nan), np.full(full.sum(), np.nan), np.where(region[full], df, 0))
             chi[0][region[full]], chi[1][region[full]] = beta, rss
-            gm = effect_fit(maps[(source, "gm")][:, core].mean(axis=1, keepdims=True), f,
+            gm = effect_fit(maps[(source, "gm")][:, core].mean(axis=1, keepdims=True), f["gm"],
                             _design(table, tiv[source], ()))
             fits[e.name][source] = {"chi": (chi[0] / per["chi"], chi[1], chi[2]),
                                     "gm": (gm[0] / per["gm"], gm[1], gm[2])}

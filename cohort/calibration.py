@@ -26,6 +26,14 @@ amplitude, and T does not grow in proportion.  With the effect's size
 ``e = β · E[f] / σ``, a design of ``n`` per group expects
 ``T(x) = √(n/2) · x e / √(1 + cv² x² e² / 2)`` at ``x`` times the reference
 amplitude (:func:`expected_t`), which :func:`amplitude_for_t` inverts.
+
+The gains are calibrated to the published correlations in the patients.
+With one latent severity behind every ROI and clinical score, a correlation
+is the product of the two variables' correlations with the severity (their
+loadings); :func:`severity_loadings` fits those to the published table.  An
+ROI's loading and its published T then fix the gain
+(:func:`gain_for_loading`), and the clinical scores' noise follows from
+theirs (:func:`score_noise`).
 """
 
 from __future__ import annotations
@@ -33,39 +41,64 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from scipy.optimize import brentq, least_squares
 
-from .published import CHI_PEAKS, GM_ROIS, N_PER_GROUP
+from .published import CHI_PEAKS, CORRELATIONS, GM_ROIS, N_PER_GROUP
 
-__all__ = ["DEEP_GREY", "RETENTION", "EFFECT_TO_NOISE", "region_class", "severity_moments", "severity_cv2",
-           "expected_t", "amplitude_for_t", "calibrated_effects", "published_targets"]
+__all__ = ["DEEP_GREY", "RETENTION", "EFFECT_TO_NOISE", "SEVERITY_SCORES", "region_class", "severity_moments",
+           "severity_cv2", "expected_t", "amplitude_for_t", "MAX_GAIN", "max_loading", "reachable_loadings",
+           "severity_loadings", "effect_loadings", "gain_for_loading", "score_noise",
+           "calibrated_effects", "published_targets"]
+
+#: the clinical scores that measure the patients' severity; the one-factor fit gives them one loading
+SEVERITY_SCORES = ("umn", "alsfrs_r")
+
+#: The largest severity gain planted: at 2 a third of the patients (severity below −½) carry none of an
+#: effect.  A correlation with the severity beyond what this allows is fitted at the bound.
+MAX_GAIN = 2.0
+
+#: the maps of the published correlations for each modality of an effect
+_MAPS = {"chi": "chi", "gm": "gm_mod_s"}
 
 #: AAL region name prefixes of the deep grey nuclei; every other region counts as cortex
 DEEP_GREY = ("Thalamus", "Caudate", "Putamen", "Pallidum")
 
 #: ``e = β · E[f] / σ`` of the uncalibrated reference effects (``simulate.REFERENCE_EFFECTS``) in the
-#: ground truth — χ: at the voxel of the effect's region where it is largest; GM: of the smoothed
-#: modulated GM's mean in the effect's core (negative: a loss).  ``benchmarks/calibration.py`` on three
-#: calibration cohorts (seeds 100 and 101, and 100 with the GM effects three times larger), 10 + 10 at
-#: 3 mm, 12 echoes; docs/validation.md.
+#: ground truth, ``β`` per unit of a patient's share ``f`` and ``E[f]`` at the effect's own gain — χ: at the
+#: voxel of the effect's region where it is largest; GM: of the smoothed modulated GM's mean in the
+#: effect's core (negative: a loss).  ``benchmarks/calibration.py`` on three cohorts of the reference
+#: design (34 + 34 at 3 mm, 12 echoes, seeds 0-2, the effects planted as calibrated before); docs/validation.md.
 EFFECT_TO_NOISE = {
-    "precentral_L": {"chi": 5.427, "gm": -0.912},
-    "thalamus_R": {"chi": 7.227, "gm": -1.084},
-    "thalamus_L": {"chi": 5.284, "gm": -0.748},
+    "precentral_L": {"chi": 4.995, "gm": -0.813},
+    "thalamus_R": {"chi": 5.996, "gm": -0.951},
+    "thalamus_L": {"chi": 5.118, "gm": -0.679},
 }
 
 #: ferritin's effect-to-noise ratio ÷ the ground truth's on the same cohorts, per (modality, region
 #: class), the effects of a class summed.  Same command and cohorts.
 RETENTION = {
-    ("chi", "cortex"): 0.505,
-    ("chi", "deep grey"): 0.497,
-    ("gm", "cortex"): 0.386,
-    ("gm", "deep grey"): 0.216,
+    ("chi", "cortex"): 0.513,
+    ("chi", "deep grey"): 0.520,
+    ("gm", "cortex"): 0.434,
+    ("gm", "deep grey"): 0.385,
 }
 
 
 def region_class(region: str) -> str:
     """``"deep grey"`` for the deep grey nuclei of AAL (``Thalamus_R``, ...), else ``"cortex"``."""
     return "deep grey" if str(region).startswith(DEEP_GREY) else "cortex"
+
+
+def _severity_quadrature(severity_gain: float) -> tuple[float, float, float]:
+    """``E[f]``, ``var(f)`` and ``cov(f, s)`` of ``f = max(0, 1 + gain · s)``, ``s`` standard normal."""
+    if severity_gain < 0:
+        raise ValueError(f"severity_gain must be >= 0, got {severity_gain}")
+    s = np.linspace(-10.0, 10.0, 200001)
+    w = np.exp(-0.5 * s**2)
+    w /= w.sum()
+    f = np.maximum(0.0, 1.0 + severity_gain * s)
+    mean = float((w * f).sum())
+    return mean, float((w * f**2).sum()) - mean**2, float((w * f * s).sum())
 
 
 def severity_moments(severity_gain: float) -> tuple[float, float]:
@@ -75,14 +108,8 @@ def severity_moments(severity_gain: float) -> tuple[float, float]:
     patient group's spread the effect brings with it: the effect adds
     ``a · E[f]`` to the patients' mean and ``a² · var(f)`` to their variance.
     """
-    if severity_gain < 0:
-        raise ValueError(f"severity_gain must be >= 0, got {severity_gain}")
-    s = np.linspace(-10.0, 10.0, 200001)
-    w = np.exp(-0.5 * s**2)
-    w /= w.sum()
-    f = np.maximum(0.0, 1.0 + severity_gain * s)
-    mean = float((w * f).sum())
-    return mean, float((w * f**2).sum()) / mean**2 - 1.0
+    mean, var, _ = _severity_quadrature(severity_gain)
+    return mean, var / mean**2
 
 
 def severity_cv2(severity_gain: float) -> float:
@@ -118,6 +145,123 @@ def amplitude_for_t(effect_to_noise: float, t_target: float, n_per_group: int, c
     return float(t / (e * np.sqrt(room)))
 
 
+def _loading_at(gain: float, d: float) -> float:
+    """Correlation with the severity, in the patients, of an effect with standardised difference ``d`` at
+    ``gain`` (NaN where no amplitude gives that ``d``); see :func:`gain_for_loading`."""
+    mean, var, cov = _severity_quadrature(gain)
+    room = mean**2 - d**2 * var / 2.0
+    if room <= 0:
+        return np.nan
+    u = d / np.sqrt(room)
+    return float(u * cov / np.sqrt(1.0 + u**2 * var))
+
+
+def _gain_grid(max_gain: float) -> np.ndarray:
+    return np.geomspace(1e-4, max_gain, 300)
+
+
+def max_loading(t: float, n_per_group: int, max_gain: float = MAX_GAIN) -> float:
+    """The highest correlation with the severity that an effect of two-sample T ``t`` reaches at a gain
+    up to ``max_gain``."""
+    d = abs(float(t)) / np.sqrt(n_per_group / 2.0)
+    return float(np.nanmax([_loading_at(g, d) for g in _gain_grid(max_gain)]))
+
+
+def gain_for_loading(loading: float, t: float, n_per_group: int, max_gain: float = MAX_GAIN) -> float:
+    """The severity gain at which a group effect of two-sample T ``t`` correlates ``loading`` with the severity.
+
+    The patients carry ``a · f`` over a spread ``σ``, ``f = max(0, 1 + g · s)``.  The T fixes
+    ``u = a / σ`` for each gain (``T / √(n/2) = u E[f] / √(1 + u² var f / 2)``), and the correlation
+    with ``s`` in the patients is ``u cov(f, s) / √(1 + u² var f)``; the gain solves the second for
+    ``loading``.
+
+    Raises
+    ------
+    ValueError
+        When no gain up to ``max_gain`` gives that correlation at that T (see :func:`max_loading`).
+    """
+    d = abs(float(t)) / np.sqrt(n_per_group / 2.0)
+    if not 0 < loading < 1 or d <= 0:
+        raise ValueError(f"need a loading in (0, 1) and a T other than 0, got {loading} and {t}")
+    gains = _gain_grid(max_gain)
+    rho = np.array([_loading_at(g, d) for g in gains])
+    above = np.flatnonzero(np.isfinite(rho) & (rho >= loading))
+    if not len(above) or above[0] == 0:
+        raise ValueError(f"a T of {abs(t):.2f} at {n_per_group} per group correlates at most "
+                         f"{np.nanmax(rho):.3f} with the severity at a gain up to {max_gain}, not {loading:.3f}")
+    lo, hi = gains[above[0] - 1], gains[above[0]]
+    return float(brentq(lambda g: _loading_at(g, d) - loading, lo, hi, xtol=1e-10))
+
+
+def reachable_loadings(n_per_group: int = N_PER_GROUP, max_gain: float = MAX_GAIN) -> dict:
+    """``{(map, roi): λ}``: the highest loading each published ROI can have, from its effects' published T
+    (χ: each small volume's peak, the lowest of them; GM: the ROI's ANCOVA)."""
+    chi = {p.name: p.T for p in CHI_PEAKS if p.significant}
+    out = {}
+    for roi in GM_ROIS:
+        out[("chi", roi.name)] = min(max_loading(chi[r], n_per_group, max_gain) for r in roi.regions)
+        out[("gm_mod_s", roi.name)] = max_loading(roi.T, n_per_group, max_gain)
+    return out
+
+
+def severity_loadings(correlations=CORRELATIONS, scores=SEVERITY_SCORES, upper: dict | None = None) -> dict:
+    """Each variable's correlation with the latent severity, fitted to a table of correlations.
+
+    A one-factor model: the patients' ROI means and clinical scores each
+    follow one severity plus their own noise, so ``R(x, y) = λx · λy``.  The
+    loadings are fitted by least squares to the table's ``|R|``, each at most
+    its ``upper`` bound (an effect of a given T can only correlate so much
+    with the severity, :func:`max_loading`); the ``scores`` share one loading
+    (they measure the same severity).
+
+    Parameters
+    ----------
+    correlations : sequence of :class:`~ferritin.cohort.published.Correlation`
+    scores : the clinical score columns that share a loading
+    upper : ``{(map, roi): bound}``; default :func:`reachable_loadings`, 0.99 for anything not in it
+
+    Returns
+    -------
+    dict
+        ``{(map, roi): λ}`` for ROI means and ``{score: λ}`` for the scores, magnitudes in (0, 1).
+    """
+    upper = reachable_loadings() if upper is None else upper
+
+    def key(v):
+        return "clinical" if v in scores else (v if isinstance(v, str) else tuple(v))
+
+    names = sorted({key(v) for c in correlations for v in (c.x, c.y)}, key=str)
+    for c in correlations:
+        if not 0 < abs(c.R) < 1:
+            raise ValueError(f"correlation {c.name!r}: R must lie in (-1, 1) and not be 0, got {c.R}")
+    pairs = [(names.index(key(c.x)), names.index(key(c.y)), abs(c.R)) for c in correlations]
+    hi = np.array([min(float(upper.get(n, 0.99)), 0.99) for n in names])
+    fit = least_squares(lambda x: [x[i] * x[j] - r for i, j, r in pairs], hi / 2, bounds=(np.full(len(hi), 1e-3), hi))
+    loadings = dict(zip(names, fit.x.tolist()))
+    clinical = loadings.pop("clinical", None)
+    if clinical is not None:
+        loadings.update({s: clinical for s in scores})
+    return loadings
+
+
+def score_noise(slope: float, loading: float) -> float:
+    """SD about the line ``slope · s`` at which a score correlates ``loading`` with ``s`` (standard normal)."""
+    if not 0 < loading < 1:
+        raise ValueError(f"loading must lie in (0, 1), got {loading}")
+    return float(abs(slope) * np.sqrt(1.0 / loading**2 - 1.0))
+
+
+def effect_loadings(loadings: dict | None = None) -> dict:
+    """``{effect: {"chi": λ, "gm": λ}}``: each effect's loading from its ROI (the effect is one of the ROI's
+    small volumes); modalities without a published correlation are left out."""
+    loadings = severity_loadings() if loadings is None else loadings
+    out = {}
+    for roi in GM_ROIS:
+        for name in roi.regions:
+            out[name] = {m: loadings[(mp, roi.name)] for m, mp in _MAPS.items() if (mp, roi.name) in loadings}
+    return out
+
+
 def published_targets() -> dict:
     """The published statistic each reference effect is calibrated to: ``{effect: {"chi": T, "gm": T}}``."""
     chi = {p.name: p.T for p in CHI_PEAKS if p.significant}
@@ -127,8 +271,9 @@ def published_targets() -> dict:
 
 def calibrated_effects(effects, effect_to_noise: dict | None = None, retention: dict | None = None,
                        targets: dict | None = None, n_per_group: int = N_PER_GROUP,
-                       max_gm_loss: float = 0.5) -> tuple:
-    """The effects with amplitudes such that ferritin measures the ``targets`` T values.
+                       max_gm_loss: float = 0.5, loadings: dict | None = None) -> tuple:
+    """The effects with amplitudes and severity gains such that ferritin measures the ``targets`` T values
+    and the published correlations.
 
     Parameters
     ----------
@@ -140,15 +285,19 @@ def calibrated_effects(effects, effect_to_noise: dict | None = None, retention: 
     targets : ``{effect: {"chi": T, "gm": T}}`` (default :func:`published_targets`).
     n_per_group : the design's group size that ``targets`` refer to.
     max_gm_loss : the largest regional GM loss planted (a share of the region).
+    loadings : ``{effect: {"chi": λ, "gm": λ}}``, each part's correlation with the severity
+        (default :func:`effect_loadings`); a part without one keeps the effect's gain.
 
     Returns
     -------
-    tuple of Effect with ``chi_ppm`` and ``gm_fraction`` scaled (severity gain unchanged).  A GM
-    loss beyond ``max_gm_loss`` is planted at ``max_gm_loss``: the reproduction then shows the shortfall.
+    tuple of Effect with ``chi_ppm`` and ``gm_fraction`` scaled and the gains
+    (``severity_gain``, ``gm_severity_gain``) from the loadings.  A GM loss beyond ``max_gm_loss`` is
+    planted at ``max_gm_loss``: the reproduction then shows the shortfall.
     """
     effect_to_noise = EFFECT_TO_NOISE if effect_to_noise is None else effect_to_noise
     retention = RETENTION if retention is None else retention
     targets = published_targets() if targets is None else targets
+    loadings = effect_loadings() if loadings is None else loadings
     out = []
     for e in effects:
         missing = [d for d, ok in (("effect_to_noise", e.name in effect_to_noise), ("targets", e.name in targets))
@@ -156,15 +305,20 @@ def calibrated_effects(effects, effect_to_noise: dict | None = None, retention: 
         if missing:
             raise ValueError(f"effect {e.name!r} has no calibration in {missing}")
         cls = region_class(e.region)
-        cv2 = severity_cv2(e.severity_gain)
-        scale = {}
+        scale, gain = {}, {}
         for modality in ("chi", "gm"):
             share = retention[(modality, cls)]
             if not 0 < share:
                 raise ValueError(f"retention of {modality} in {cls} must be positive, got {share}")
+            target = targets[e.name][modality]
+            loading = loadings.get(e.name, {}).get(modality)
+            gain[modality] = e.gain(modality) if loading is None else gain_for_loading(loading, target, n_per_group)
+            # e was measured at the effect's own gain: a patient carries E[f] of the effect on average
+            e2n = effect_to_noise[e.name][modality] * (severity_moments(gain[modality])[0]
+                                                       / severity_moments(e.gain(modality))[0])
             # the truth's amplitude for the target, then more by as much as ferritin loses
-            scale[modality] = amplitude_for_t(effect_to_noise[e.name][modality], targets[e.name][modality],
-                                              n_per_group, cv2) / share
+            scale[modality] = amplitude_for_t(e2n, target, n_per_group, severity_cv2(gain[modality])) / share
         gm = max(e.gm_fraction * scale["gm"], -max_gm_loss)
-        out.append(replace(e, chi_ppm=e.chi_ppm * scale["chi"], gm_fraction=gm))
+        out.append(replace(e, chi_ppm=e.chi_ppm * scale["chi"], gm_fraction=gm, severity_gain=gain["chi"],
+                           gm_severity_gain=gain["gm"]))
     return tuple(out)

@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
 
-from .calibration import calibrated_effects
+from .calibration import calibrated_effects, score_noise, severity_loadings
 from .templates import Template, load_template
 
 __all__ = [
@@ -70,7 +70,10 @@ class Effect:
 
     The effect map is the AAL region intersected with a sphere of
     ``radius_mm`` around ``peak_mni``, smoothed by ``smooth_mm`` FWHM, and
-    scaled per patient by ``1 + severity_gain * severity``.  ``chi_ppm`` is
+    scaled per patient by ``max(0, 1 + gain * severity)``, the gain
+    ``severity_gain`` for χ and ``gm_severity_gain`` (default: the same) for
+    GM: how closely iron and atrophy follow a patient's severity need not be
+    the same.  ``chi_ppm`` is
     added to χ there; ``gm_fraction`` is the change of the region's GM
     (−0.10: patients have 10 % less), planted as a local contraction of the
     tissue (:func:`atrophy_displacement`: the region is that much smaller),
@@ -94,11 +97,42 @@ class Effect:
     smooth_mm: float = 4.0
     severity_gain: float = 0.5
     gm_composition: float = 0.0
+    gm_severity_gain: float | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.gm_composition <= 1.0:
             raise ValueError(f"effect {self.name!r}: gm_composition must be a share in [0, 1], "
                              f"got {self.gm_composition}")
+        if self.severity_gain < 0 or (self.gm_severity_gain is not None and self.gm_severity_gain < 0):
+            raise ValueError(f"effect {self.name!r}: severity gains must be >= 0, got {self.severity_gain} "
+                             f"and {self.gm_severity_gain}")
+
+    def gain(self, modality: str) -> float:
+        """The severity gain of the effect's ``"chi"`` or ``"gm"`` part."""
+        if modality not in ("chi", "gm"):
+            raise ValueError(f"modality must be 'chi' or 'gm', got {modality!r}")
+        if modality == "gm" and self.gm_severity_gain is not None:
+            return self.gm_severity_gain
+        return self.severity_gain
+
+
+@dataclass(frozen=True)
+class ClinicalScore:
+    """A patient's clinical score as a line in the latent severity, rounded and clipped to the scale."""
+
+    intercept: float
+    slope: float
+    limits: tuple[int, int]
+
+    def at(self, severity):
+        return self.intercept + self.slope * np.asarray(severity, dtype=float)
+
+
+#: ALSFRS-R (0-48) falls and the Penn UMN score (0-16) rises with the severity.
+CLINICAL_SCORES = {
+    "alsfrs_r": ClinicalScore(39.0, -4.0, (0, 48)),
+    "umn": ClinicalScore(7.0, 3.0, (0, 16)),
+}
 
 
 @dataclass(frozen=True)
@@ -114,6 +148,10 @@ class SimulationSpec:
     age_mean: float = 51.0
     age_sd: float = 9.0
     male_fraction: dict = field(default_factory=lambda: {"ALS": 0.65, "NC": 0.55})
+    #: SD of each clinical score about its line in the severity (:data:`CLINICAL_SCORES`); the default
+    #: makes each score correlate with the severity as the reference study's correlations imply
+    #: (:func:`~ferritin.cohort.calibration.severity_loadings`)
+    clinical_noise: dict = field(default_factory=lambda: dict(CALIBRATED_CLINICAL_NOISE))
     # anatomy
     head_scale_sd: float = 0.035
     #: RMS (mm) and smoothness (FWHM, mm) of the random anatomical warp: a
@@ -160,6 +198,9 @@ class SimulationSpec:
             raise ValueError(f"patient_group {self.patient_group!r} is not one of {list(self.n_per_group)}")
         if self.snr <= 0:
             raise ValueError("snr must be positive")
+        if set(self.clinical_noise) != set(CLINICAL_SCORES) or any(v < 0 for v in self.clinical_noise.values()):
+            raise ValueError(f"clinical_noise needs a non-negative SD for each of {sorted(CLINICAL_SCORES)}, "
+                             f"got {self.clinical_noise}")
         if int(self.kspace_truncation) != self.kspace_truncation or self.kspace_truncation < 1:
             raise ValueError(f"kspace_truncation must be a whole number >= 1, got {self.kspace_truncation}")
 
@@ -184,9 +225,10 @@ REFERENCE_EFFECTS = (
 REFERENCE_N_PER_GROUP = 34
 
 
-def severity_factor(effect: Effect, severity):
-    """How much of ``effect`` a patient of latent ``severity`` (standard normal) carries: ``max(0, 1 + gain * s)``."""
-    return np.maximum(0.0, 1.0 + effect.severity_gain * np.asarray(severity, dtype=float))
+def severity_factor(effect: Effect, severity, modality: str = "chi"):
+    """How much of ``effect``'s χ or GM part a patient of latent ``severity`` (standard normal) carries:
+    ``max(0, 1 + gain * s)``."""
+    return np.maximum(0.0, 1.0 + effect.gain(modality) * np.asarray(severity, dtype=float))
 
 
 def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENCE_N_PER_GROUP):
@@ -214,12 +256,19 @@ def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENC
         raise ValueError(f"n_per_group must be >= 1, got {n_per_group}")
     k = float(np.sqrt(reference_n / n_per_group))
     return tuple(replace(e, chi_ppm=e.chi_ppm * k, gm_fraction=max(e.gm_fraction * k, -0.5),
-                         severity_gain=e.severity_gain / k) for e in effects)
+                         severity_gain=e.severity_gain / k,
+                         gm_severity_gain=None if e.gm_severity_gain is None else e.gm_severity_gain / k)
+                 for e in effects)
 
 
-#: The reference effects with amplitudes calibrated so that ferritin measures the published statistics
-#: (:mod:`ferritin.cohort.calibration`).
+#: The reference effects with amplitudes and severity gains calibrated so that ferritin measures the
+#: published statistics and correlations (:mod:`ferritin.cohort.calibration`).
 CALIBRATED_EFFECTS = calibrated_effects(REFERENCE_EFFECTS)
+
+#: Each clinical score's SD about its line, such that it correlates with the severity as the published
+#: correlations imply (:func:`~ferritin.cohort.calibration.severity_loadings`).
+CALIBRATED_CLINICAL_NOISE = {k: round(score_noise(c.slope, severity_loadings()[k]), 3)
+                             for k, c in CLINICAL_SCORES.items()}
 
 PRESETS = {
     "reference-study": SimulationSpec(effects=CALIBRATED_EFFECTS),
@@ -285,7 +334,10 @@ def read_effects(path: str | Path) -> tuple[Effect, ...]:
             values[key] = float(values[key])
         if values.get("radius_mm", 1.0) <= 0 or values.get("smooth_mm", 0.0) < 0:
             raise ValueError(f"{where}: radius_mm must be positive and smooth_mm non-negative")
-        out.append(Effect(**values))
+        try:
+            out.append(Effect(**values))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     names = [e.name for e in out]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: effect names must be unique, got {names}")
@@ -342,8 +394,8 @@ def sample_participants(spec: SimulationSpec) -> pd.DataFrame:
             }
             if patient:
                 dd = round(float(np.clip(np.exp(rng.normal(np.log(14), 0.5)), 3, 96)), 1)
-                alsfrs = int(np.clip(np.round(39 - 4.0 * sev + rng.normal(0, 2.5)), 0, 48))
-                umn = int(np.clip(np.round(7 + 3.0 * sev + rng.normal(0, 2.0)), 0, 16))
+                alsfrs, umn = (int(np.clip(np.round(CLINICAL_SCORES[k].at(sev) + rng.normal(0, spec.clinical_noise[k])),
+                                           *CLINICAL_SCORES[k].limits)) for k in ("alsfrs_r", "umn"))
                 row.update(alsfrs_r=alsfrs, umn=umn, dd=dd, dpr=round((48 - alsfrs) / dd, 4))
             else:
                 row.update(alsfrs_r=np.nan, umn=np.nan, dd=np.nan, dpr=np.nan)
@@ -583,8 +635,9 @@ def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -
     # diffuse thinning, GM replaced by CSF where it is.
     atrophy = np.zeros(gm.shape, np.float32)
     for e in spec.effects:
-        sev_factor[e.name] = float(severity_factor(e, row["severity"])) if patient else 0.0
-        lost_gm = -e.gm_fraction * sev_factor[e.name] * effects[e.name]
+        sev_factor[e.name] = {m: float(severity_factor(e, row["severity"], m)) if patient else 0.0
+                              for m in ("chi", "gm")}
+        lost_gm = -e.gm_fraction * sev_factor[e.name]["gm"] * effects[e.name]
         if e.gm_composition > 0:
             contracted = lost_gm * (1 - e.gm_composition)
             # (1 - replaced) * (1 - contracted) = 1 - lost_gm: the region keeps 1 + gm_fraction of its GM
@@ -603,7 +656,7 @@ def subject_mni_maps(template: Template, spec: SimulationSpec, row: dict, rng) -
             iron = CHI[nucleus] + spec.iron_gain_per_year * age_dev * (CHI[nucleus] / 0.1)
             chi = chi * (1 - m) + iron * m * (gm + wm + csf)
     for e in spec.effects:
-        chi = chi + e.chi_ppm * sev_factor[e.name] * effects[e.name]
+        chi = chi + e.chi_ppm * sev_factor[e.name]["chi"] * effects[e.name]
     tex_sigma = 2.0 / template.grid.voxel_size
     tex = ndimage.gaussian_filter(rng.standard_normal(gm.shape).astype(np.float32), tex_sigma)
     tex *= spec.texture_ppm / max(float(tex.std()), 1e-12)

@@ -59,6 +59,74 @@ def test_unreachable_targets_are_refused():
         amplitude_for_t(0.0, 3.0, 34, cv2)
 
 
+def test_one_factor_fit_recovers_known_loadings():
+    """Correlations made from known loadings give those loadings back; the scores share one."""
+    C = published.Correlation
+    true = {("chi", "a"): 0.8, ("gm_mod_s", "a"): 0.6, ("chi", "b"): 0.5, "clinical": 0.7}
+    table = [C("1", ("chi", "a"), ("gm_mod_s", "a"), -0.8 * 0.6, 0.01, 1),
+             C("2", ("chi", "a"), "umn", 0.8 * 0.7, 0.01, 2),
+             C("3", ("gm_mod_s", "a"), "umn", -0.6 * 0.7, 0.01, 2),
+             C("4", ("chi", "b"), "alsfrs_r", -0.5 * 0.7, 0.01, 2)]
+    got = calibration.severity_loadings(table, upper={})
+    for k, v in true.items():
+        for key in (("umn", "alsfrs_r") if k == "clinical" else (k,)):
+            assert got[key] == pytest.approx(v, abs=1e-4)
+    # a bound holds, and the others make up for it as well as they can
+    capped = calibration.severity_loadings(table, upper={("gm_mod_s", "a"): 0.5})
+    assert capped[("gm_mod_s", "a")] == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="not be 0"):
+        calibration.severity_loadings([C("0", ("chi", "a"), "umn", 0.0, 1.0, 2)], upper={})
+
+
+def test_published_loadings_fit_the_table_within_reach():
+    loadings = calibration.severity_loadings()
+    reach = calibration.reachable_loadings()
+    for c in published.CORRELATIONS:
+        x = loadings[tuple(c.x)]
+        y = loadings[c.y] if isinstance(c.y, str) else loadings[tuple(c.y)]
+        assert abs(x * y - abs(c.R)) < 0.11, c.name  # the one-factor model is close to the table
+    assert all(loadings[k] <= v + 1e-9 for k, v in reach.items())
+    assert loadings["umn"] == loadings["alsfrs_r"]
+
+
+@pytest.mark.parametrize("loading, t", [(0.5, 4.78), (0.45, 2.42), (0.3, 6.38)])
+def test_gain_for_loading_agrees_with_simulated_patients(loading, t):
+    """Monte Carlo of the severity model: at the gain (and the amplitude its T needs) the patients' values
+    correlate ``loading`` with the severity and the groups differ by ``t``."""
+    n = 34
+    g = calibration.gain_for_loading(loading, t, n)
+    mean, cv2 = calibration.severity_moments(g)
+    e = calibration.amplitude_for_t(1.0, t, n, cv2)  # u · E[f] for sigma = 1
+    a = e / mean
+    rng = np.random.default_rng(2)
+    s = rng.standard_normal((3000, n))
+    patients = a * np.maximum(0, 1 + g * s) + rng.standard_normal((3000, n))
+    controls = rng.standard_normal((3000, n))
+    sc, pc = s - s.mean(1, keepdims=True), patients - patients.mean(1, keepdims=True)
+    r = (sc * pc).sum(1) / np.sqrt((sc**2).sum(1) * (pc**2).sum(1))
+    pooled = np.sqrt((patients.var(1, ddof=1) + controls.var(1, ddof=1)) / 2)
+    tt = (patients.mean(1) - controls.mean(1)) / (pooled * np.sqrt(2 / n))
+    assert np.mean(r) == pytest.approx(loading, abs=0.02)
+    assert np.median(tt) == pytest.approx(t, rel=0.04)
+    with pytest.raises(ValueError, match="at most"):
+        calibration.gain_for_loading(0.95, 2.42, n)
+
+
+def test_simulated_clinical_scores_follow_their_loading():
+    from ferritin.cohort.simulate import CALIBRATED_CLINICAL_NOISE, SimulationSpec, sample_participants
+
+    spec = SimulationSpec(n_per_group={"ALS": 4000, "NC": 1})
+    p = sample_participants(spec)
+    p = p[p["group"] == "ALS"]
+    loadings = calibration.severity_loadings()
+    for score in ("umn", "alsfrs_r"):
+        # rounding and the scale's ends take a little off
+        assert abs(np.corrcoef(p[score], p["severity"])[0, 1]) == pytest.approx(loadings[score], abs=0.04)
+    assert spec.clinical_noise == CALIBRATED_CLINICAL_NOISE
+    with pytest.raises(ValueError, match="clinical_noise"):
+        SimulationSpec(clinical_noise={"umn": 1.0})
+
+
 def test_region_classes():
     assert region_class("Thalamus_R") == "deep grey"
     assert region_class("Putamen_L") == "deep grey"
@@ -72,23 +140,33 @@ def test_calibration_rule():
     e2n = {e.name: {"chi": 3.0, "gm": -1.0} for e in effects}
     targets = {e.name: {"chi": 5.0, "gm": -2.5} for e in effects}
     full = calibrated_effects(effects, effect_to_noise=e2n, retention={k: 1.0 for k in calibration.RETENTION},
-                              targets=targets)
+                              targets=targets, loadings={})
     half = calibrated_effects(effects, effect_to_noise=e2n, retention={k: 0.5 for k in calibration.RETENTION},
-                              targets=targets)
+                              targets=targets, loadings={})
     for ref, a, b in zip(effects, full, half):
         cv2 = severity_cv2(ref.severity_gain)
         assert a.chi_ppm == pytest.approx(ref.chi_ppm * amplitude_for_t(3.0, 5.0, 34, cv2))
         assert b.chi_ppm == pytest.approx(2 * a.chi_ppm)
         assert b.gm_fraction == pytest.approx(2 * a.gm_fraction) and b.gm_fraction < 0
-        assert a.severity_gain == ref.severity_gain
+        assert a.severity_gain == ref.severity_gain and a.gain("gm") == ref.gain("gm")
+    # a gain from a loading: the truth's amplitude at that gain, so the same T is expected
+    ref = effects[0]
+    gained = calibrated_effects(effects, effect_to_noise=e2n, retention={k: 1.0 for k in calibration.RETENTION},
+                                targets=targets, loadings={ref.name: {"chi": 0.6}})[0]
+    assert gained.severity_gain == pytest.approx(calibration.gain_for_loading(0.6, 5.0, 34))
+    assert gained.gain("gm") == ref.severity_gain
+    mean_ratio = calibration.severity_moments(gained.severity_gain)[0] / calibration.severity_moments(0.5)[0]
+    assert expected_t(3.0 * mean_ratio, gained.chi_ppm / ref.chi_ppm, 34,
+                      severity_cv2(gained.severity_gain)) == pytest.approx(5.0)
     # a GM loss beyond the largest allowed is planted at it
-    tiny = calibrated_effects(effects, effect_to_noise=e2n, targets=targets,
+    tiny = calibrated_effects(effects, effect_to_noise=e2n, targets=targets, loadings={},
                               retention={**{k: 1.0 for k in calibration.RETENTION}, ("gm", "deep grey"): 0.01})
     assert [e.gm_fraction for e in tiny if e.region.startswith("Thalamus")] == [-0.5, -0.5]
     with pytest.raises(ValueError, match="cannot be reached"):
-        calibrated_effects(effects, effect_to_noise=e2n, targets={e: {"chi": 13.0, "gm": -1} for e in targets})
+        calibrated_effects(effects, effect_to_noise=e2n, targets={e: {"chi": 13.0, "gm": -1} for e in targets},
+                           loadings={})
     with pytest.raises(ValueError, match="positive"):
-        calibrated_effects(effects, effect_to_noise=e2n, targets=targets,
+        calibrated_effects(effects, effect_to_noise=e2n, targets=targets, loadings={},
                            retention={**{k: 1.0 for k in calibration.RETENTION}, ("gm", "cortex"): -0.1})
     with pytest.raises(ValueError, match="no calibration"):
         calibrated_effects(effects, effect_to_noise={}, targets=targets)
@@ -129,6 +207,7 @@ def test_effects_from_a_file_plant_where_they_say(tmp_path):
     ("- {name: a, region: Putamen_R, peak_mni: [1, 2, 3]}\n- {name: a, region: Putamen_L, peak_mni: [1, 2, 3]}",
      "unique"),
     ("[]", "non-empty list"),
+    ("- {name: a, region: Putamen_R, peak_mni: [1, 2, 3], gm_severity_gain: -1}", "severity gains"),
 ])
 def test_bad_effects_files_are_refused_by_name(tmp_path, text, message, capsys):
     from ferritin.cohort.simulate import read_effects
