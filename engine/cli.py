@@ -80,7 +80,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort); default 0")
     p.add_argument("--effects", type=Path, metavar="FILE",
                    help="plant these effects instead of the preset's (YAML list of name, region (AAL), peak_mni, "
-                        "and optionally radius_mm, chi_ppm, gm_fraction, smooth_mm, severity_gain, gm_composition)")
+                        "and optionally radius_mm, chi_ppm, gm_fraction, smooth_mm, severity_gain, gm_severity_gain, "
+                        "gm_composition)")
     _add_cluster_args(p)
 
     p = sub.add_parser("convert", help="convert one subject's DICOM folder into a BIDS dataset (dcm2niix)",
