@@ -28,6 +28,7 @@ _ENTRY_POINTS = {
     "run_study": "ferritin.engine.study",
     "score_planted_effects": "ferritin.engine.recovery",
     "planted_effects": "ferritin.engine.recovery",
+    "unplanted_results": "ferritin.engine.recovery",
 }
 
 __all__ = ["__version__", *_ENTRY_POINTS]

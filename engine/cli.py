@@ -355,12 +355,13 @@ def _print_group(res: dict) -> None:
 
 def _print_recovery(res: dict, effects, out: Path) -> None:
     """On a simulated cohort: which planted effects the run found (tables/planted_effects.csv)."""
-    from .recovery import score_planted_effects
+    from .recovery import score_planted_effects, unplanted_results
 
     effects = list(effects)
     if not effects:
         return
     found, rois = score_planted_effects(res, effects, out)
+    elsewhere = unplanted_results(res, effects)
     print("planted effects (a corrected result within 10 mm of the planted peak):")
     for _, r in found.iterrows():
         where = (f"{r.source} peak ({r.x:.0f}, {r.y:.0f}, {r.z:.0f}) {r.distance_mm:.0f} mm away, T = {r['T']:.2f}, "
@@ -368,6 +369,10 @@ def _print_recovery(res: dict, effects, out: Path) -> None:
         print(f"  {r.effect} / {r.contrast}: {where}")
     for _, r in rois.iterrows():
         print(f"  {r.effect}: ROI {r.roi} {r['map']} difference {r.difference:+.4g}, ANCOVA p = {r.p:.3g}")
+    print(f"corrected results farther than 10 mm from every planted peak: {len(elsewhere)}")
+    for _, r in elsewhere.iterrows():
+        print(f"  {r.contrast}: {r.source} peak ({r.x:.0f}, {r.y:.0f}, {r.z:.0f}), T = {r['T']:.2f}, "
+              f"p(FWE) = {r.p_fwe:.3g}")
 
 
 def _print_reproduction(out: Path) -> None:

@@ -21,7 +21,8 @@ import pandas as pd
 
 from ferritin.stats.analysis import cluster_fwe_p
 
-__all__ = ["planted_effects", "planted_effect_recovery", "roi_recovery", "score_planted_effects"]
+__all__ = ["planted_effects", "planted_effect_recovery", "unplanted_results", "roi_recovery",
+           "score_planted_effects"]
 
 COLUMNS = ["effect", "region", "planted_x", "planted_y", "planted_z", "contrast", "found", "source",
            "x", "y", "z", "distance_mm", "T", "p_fwe"]
@@ -46,15 +47,17 @@ def _candidates(contrast: dict, alpha: float) -> pd.DataFrame:
     rows = []
     for name, t in contrast.get("svc", {}).items():
         if len(t) and "p_fwe" in t.columns:
-            for _, r in t[t["p_fwe"] < alpha].iterrows():
-                rows.append({"source": f"SVC {name}", "x": r.x, "y": r.y, "z": r.z, "T": r["T"], "p_fwe": r.p_fwe})
+            for i, r in t[t["p_fwe"] < alpha].iterrows():
+                rows.append({"source": f"SVC {name}", "cluster": r.get("cluster", i), "x": r.x, "y": r.y, "z": r.z,
+                             "T": r["T"], "p_fwe": r.p_fwe})
     table = contrast.get("table")
     if table is not None and len(table):
         p = np.minimum(table["p_fwe"].to_numpy(float), cluster_fwe_p(table))
-        for (_, r), pr in zip(table.iterrows(), p):
+        for (i, r), pr in zip(table.iterrows(), p):
             if pr < alpha:
-                rows.append({"source": "whole brain", "x": r.x, "y": r.y, "z": r.z, "T": r["T"], "p_fwe": pr})
-    return pd.DataFrame(rows, columns=["source", "x", "y", "z", "T", "p_fwe"])
+                rows.append({"source": "whole brain", "cluster": r.get("cluster", i), "x": r.x, "y": r.y, "z": r.z,
+                             "T": r["T"], "p_fwe": pr})
+    return pd.DataFrame(rows, columns=["source", "cluster", "x", "y", "z", "T", "p_fwe"])
 
 
 def planted_effect_recovery(results: dict, effects, within_mm: float = 10.0, alpha: float = 0.05) -> pd.DataFrame:
@@ -99,6 +102,33 @@ def planted_effect_recovery(results: dict, effects, within_mm: float = 10.0, alp
                                distance_mm=float(best.distance_mm), T=float(best["T"]), p_fwe=float(best.p_fwe))
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def unplanted_results(results: dict, effects, within_mm: float = 10.0, alpha: float = 0.05) -> pd.DataFrame:
+    """Every corrected result farther than ``within_mm`` from all planted peaks: the false positives.
+
+    A result is a cluster of a contrast's whole-brain or small-volume table, judged by all its listed
+    peaks: a cluster with any peak near a planted one is that effect's, even where its secondary maxima
+    lie farther away.  On a null cohort (no effects) every corrected result is listed.  One row per
+    cluster: the contrast, where its correction came from, its most significant peak, T, p(FWE) and the
+    distance from its nearest peak to the nearest planted peak.
+    """
+    if within_mm <= 0:
+        raise ValueError(f"within_mm must be positive, got {within_mm}")
+    peaks = np.array([_as_dict(e)["peak_mni"] for e in effects], dtype=float).reshape(-1, 3)
+    cols = ["contrast", "source", "x", "y", "z", "T", "p_fwe", "nearest_planted_mm"]
+    rows = []
+    for cname, contrast in results.get("contrasts", {}).items():
+        cand = _candidates(contrast, alpha)
+        xyz = cand[["x", "y", "z"]].to_numpy(float)
+        nearest = (np.linalg.norm(xyz[:, None, :] - peaks[None], axis=2).min(axis=1) if len(peaks)
+                   else np.full(len(cand), np.inf))
+        for _, peaks_of in cand.assign(nearest_planted_mm=nearest).groupby(["source", "cluster"], sort=False):
+            if peaks_of["nearest_planted_mm"].min() > within_mm:
+                best = peaks_of.sort_values("p_fwe").iloc[0]
+                rows.append({**best[cols[1:-1]].to_dict(), "contrast": cname,
+                             "nearest_planted_mm": float(peaks_of["nearest_planted_mm"].min())})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def roi_recovery(results: dict, effects, within_mm: float = 10.0) -> pd.DataFrame:

@@ -255,7 +255,7 @@ def test_recovery_finds_the_planted_effect_and_nothing_elsewhere(group_out):
     assert gm.difference < 0 and chi.difference > 0 and gm.p < 0.05 and chi.p < 0.05
 
 
-def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys):
+def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys, tmp_path):
     from ferritin.engine.cli import _print_recovery
 
     out, res, _ = group_out
@@ -263,6 +263,10 @@ def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys
     text = capsys.readouterr().out
     assert re.search(r"plant / chi_als_gt_nc: (SVC thalamus_L|whole brain) peak .* p\(FWE\) = ", text)
     assert re.search(r"plant: ROI chi_als_gt_nc_\w+ gm_mod_s difference -", text)
+    assert "corrected results farther than 10 mm from every planted peak: 0" in text
+    _print_recovery(res, [{"name": "far", "region": "Cuneus_L", "peak_mni": (0.0, -90.0, 20.0)}], tmp_path)
+    far = capsys.readouterr().out
+    assert re.search(r"farther than 10 mm from every planted peak: [1-9]", far) and "T = " in far
     table = pd.read_csv(out / "tables" / "planted_effects.csv")
     assert table.found.all() and set(table.contrast) == {"chi_als_gt_nc", "gm_als_lt_nc"}
     from ferritin.engine.report import build_report

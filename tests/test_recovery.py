@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ferritin.cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, severity_factor
-from ferritin.engine.recovery import planted_effect_recovery
+from ferritin.engine.recovery import planted_effect_recovery, unplanted_results
 
 
 def _results(svc_p=0.01, wb_peak_p=0.3, wb_cluster_p=0.2, at=(0.0, 0.0, 0.0)):
@@ -47,6 +47,17 @@ def test_a_permutation_cluster_p_overrides_the_rft_one():
     res["contrasts"]["c"]["table"]["cluster_p_fwe_perm"] = [0.02]
     r = planted_effect_recovery(res, [_effect((28.0, 0.0, 0.0))]).iloc[0]
     assert r.found and r.p_fwe == pytest.approx(0.02)
+
+
+def test_results_far_from_every_planted_peak_are_false_positives():
+    res = _results(svc_p=0.01, wb_cluster_p=0.01, at=(0.0, 0.0, 0.0))  # SVC peak at 0, whole-brain at x = 30
+    fp = unplanted_results(res, [_effect((0.0, 0.0, 5.0))])
+    assert list(fp["source"]) == ["whole brain"] and fp["nearest_planted_mm"].iloc[0] == pytest.approx(np.hypot(30, 5))
+    assert len(unplanted_results(res, [_effect((0.0, 0.0, 5.0)), _effect((25.0, 0.0, 0.0))])) == 0
+    assert len(unplanted_results(res, [])) == 2  # a null cohort: every corrected result
+    assert len(unplanted_results(_results(svc_p=0.2, wb_cluster_p=0.2), [])) == 0
+    with pytest.raises(ValueError, match="within_mm"):
+        unplanted_results(res, [], within_mm=-1)
 
 
 def test_recovery_checks_its_arguments():
