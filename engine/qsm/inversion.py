@@ -50,12 +50,38 @@ def tkd(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), t
     return reference_to_mean(chi / scale, m)
 
 
-def _grad(x, vs):
-    return np.stack([(np.roll(x, -1, axis=a) - x) / vs[a] for a in range(3)])
+def _grad(x, vs, out=None):
+    """Forward differences along each axis (periodic), per mm: (3, *x.shape)."""
+    out = np.empty((3, *x.shape), dtype=np.result_type(x, float)) if out is None else out
+    for a in range(3):
+        head, tail = [slice(None)] * 3, [slice(None)] * 3
+        head[a], tail[a] = slice(0, -1), slice(1, None)
+        np.subtract(x[tuple(tail)], x[tuple(head)], out=out[a][tuple(head)])
+        last, first = [slice(None)] * 3, [slice(None)] * 3
+        last[a], first[a] = slice(-1, None), slice(0, 1)
+        np.subtract(x[tuple(first)], x[tuple(last)], out=out[a][tuple(last)])
+        out[a] /= vs[a]
+    return out
 
 
 def _div(g, vs):
     return sum((g[a] - np.roll(g[a], 1, axis=a)) / vs[a] for a in range(3))
+
+
+def _neg_div(g, vs, out):
+    """``-_div(g, vs)`` written into ``out`` (backward differences, the adjoint of :func:`_grad`)."""
+    out[...] = 0.0
+    tmp = np.empty_like(out)
+    for a in range(3):
+        head, tail = [slice(None)] * 3, [slice(None)] * 3
+        head[a], tail[a] = slice(0, -1), slice(1, None)
+        np.subtract(g[a][tuple(head)], g[a][tuple(tail)], out=tmp[tuple(tail)])
+        last, first = [slice(None)] * 3, [slice(None)] * 3
+        last[a], first[a] = slice(-1, None), slice(0, 1)
+        np.subtract(g[a][tuple(last)], g[a][tuple(first)], out=tmp[tuple(first)])
+        tmp /= vs[a]
+        out += tmp
+    return out
 
 
 def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 1e-4,
@@ -114,23 +140,38 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     )
     denom = mu * D * D + rho * E2
     denom[0, 0, 0] = 1.0
+    muD_over = mu * D / denom  # the chi update's two k-space weights, formed once
+    rho_over = rho / denom
     z = np.zeros((3, *shape))
     u = np.zeros((3, *shape))
     y = fp.copy()
     u2 = np.zeros(shape)
     W2f = W2 * fp
+    W2mu = W2 + mu
     chi = np.zeros(shape)
+    work = np.empty(shape)
     for _ in range(int(iterations)):
-        rhs = mu * D * sfft.rfftn(y - u2, workers=workers) + rho * sfft.rfftn(-_div(z - u, vs), workers=workers)
-        new = sfft.irfftn(rhs / denom, s=shape, workers=workers)
-        change = np.linalg.norm(new - chi) / max(np.linalg.norm(new), 1e-12)
+        np.subtract(z, u, out=z)  # z is rebuilt below: its buffer holds z - u meanwhile
+        spectrum = muD_over * sfft.rfftn(np.subtract(y, u2, out=work), workers=workers)
+        spectrum += rho_over * sfft.rfftn(_neg_div(z, vs, out=work), workers=workers)
+        new = sfft.irfftn(spectrum, s=shape, workers=workers)
+        change = np.linalg.norm(np.subtract(new, chi, out=chi)) / max(np.linalg.norm(new), 1e-12)
         chi = new
-        v = _grad(chi, vs) + u
-        z = np.sign(v) * np.maximum(np.abs(v) - lam / rho, 0)
-        u = v - z
-        v2 = sfft.irfftn(D * sfft.rfftn(chi, workers=workers), s=shape, workers=workers) + u2
-        y = (W2f + mu * v2) / (W2 + mu)  # field where measured, free elsewhere
-        u2 = v2 - y
+        v = _grad(chi, vs, out=z)
+        v += u
+        # soft threshold: u = v - z is v clipped to [-t, t], z = v - u
+        t = lam / rho
+        np.clip(v, -t, t, out=u)
+        np.subtract(v, u, out=z)
+        # D chi from chi's own spectrum: the half spectrum above is Hermitian, so transforming chi
+        # back would only return it again (to rounding)
+        spectrum *= D
+        v2 = sfft.irfftn(spectrum, s=shape, workers=workers)
+        v2 += u2
+        np.multiply(v2, mu, out=y)
+        y += W2f
+        y /= W2mu  # field where measured, free elsewhere
+        np.subtract(v2, y, out=u2)
         if change < tol:
             break
     chi = chi[pad:-pad, pad:-pad, pad:-pad] if pad else chi
