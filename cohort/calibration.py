@@ -48,7 +48,7 @@ from .published import CHI_PEAKS, CORRELATIONS, GM_ROIS, N_PER_GROUP
 __all__ = ["DEEP_GREY", "RETENTION", "EFFECT_TO_NOISE", "SEVERITY_SCORES", "region_class", "severity_moments",
            "severity_cv2", "expected_t", "amplitude_for_t", "MAX_GAIN", "max_loading", "reachable_loadings",
            "severity_loadings", "effect_loadings", "gain_for_loading", "score_noise",
-           "calibrated_effects", "published_targets"]
+           "calibrated_effects", "published_targets", "power_matched_part", "expected_ferritin_t"]
 
 #: the clinical scores that measure the patients' severity; the one-factor fit gives them one loading
 SEVERITY_SCORES = ("umn", "alsfrs_r")
@@ -143,6 +143,44 @@ def amplitude_for_t(effect_to_noise: float, t_target: float, n_per_group: int, c
         raise ValueError(f"T = {t:.2f} cannot be reached: at most {np.sqrt(n_per_group / cv2):.2f} with "
                          f"{n_per_group} per group and cv² = {cv2:.3f}")
     return float(t / (e * np.sqrt(room)))
+
+
+def power_matched_part(gain: float, k: float) -> tuple[float, float]:
+    """The amplitude factor and gain that keep an effect's expected T when the group size is ``1/k²`` times.
+
+    Under :func:`expected_t`, T has a mean part ``√n · x · E[f]`` and a spread part ``x · sd(f)``
+    relative to the effect-to-noise ratio, whatever that ratio is.  Both stay those of the reference
+    design when the gain ``g'`` has ``cv(g') = cv(g) / k`` and the amplitude is
+    ``k · E[f](g) / E[f](g')`` times the reference one.  For a small gain this is the amplitude × ``k``
+    and the gain ÷ ``k``; a large gain, whose share ``f = max(0, 1 + g s)`` is cut at zero for many
+    patients, needs the exact solution.
+
+    Returns
+    -------
+    (amplitude factor, gain)
+    """
+    if k <= 0 or gain < 0:
+        raise ValueError(f"need k > 0 and gain >= 0, got k = {k}, gain = {gain}")
+    if gain == 0:
+        return float(k), 0.0
+
+    def cv(g):
+        mean, var, _ = _severity_quadrature(g)
+        return np.sqrt(var) / mean
+
+    target = cv(gain) / k
+    if k == 1:
+        new = gain
+    elif k > 1:
+        new = brentq(lambda g: cv(g) - target, 0.0, gain, xtol=1e-10)
+    else:  # a larger cohort: more of the spread from the severity, if any gain gives it
+        hi = gain
+        while cv(hi) < target:
+            if hi > 1e3:
+                raise ValueError(f"no gain has cv {target:.3f}: the severity's spread cannot grow that much")
+            hi *= 2
+        new = brentq(lambda g: cv(g) - target, gain, hi, xtol=1e-10)
+    return float(k * _severity_quadrature(gain)[0] / _severity_quadrature(new)[0]), float(new)
 
 
 def _loading_at(gain: float, d: float) -> float:
@@ -260,6 +298,29 @@ def effect_loadings(loadings: dict | None = None) -> dict:
         for name in roi.regions:
             out[name] = {m: loadings[(mp, roi.name)] for m, mp in _MAPS.items() if (mp, roi.name) in loadings}
     return out
+
+
+def expected_ferritin_t(effect, modality: str, n_per_group: int) -> float | None:
+    """The T that ferritin is expected to measure for one part of a planted reference effect.
+
+    For an effect named as one of the reference effects (``EFFECT_TO_NOISE``), at whatever amplitude
+    and gain it is planted: its ground truth's effect-to-noise ratio scaled to that amplitude and
+    gain, times the retention of its modality and region class, through :func:`expected_t`.  The
+    sign is the part's (χ up, GM down).  ``None`` for an effect the calibration has not measured.
+    """
+    from .simulate import REFERENCE_EFFECTS  # the simulator builds its presets from this module
+
+    reference = {e.name: e for e in REFERENCE_EFFECTS}.get(effect.name)
+    if reference is None or effect.name not in EFFECT_TO_NOISE:
+        return None
+    if modality not in _MAPS:
+        raise ValueError(f"modality must be one of {sorted(_MAPS)}, got {modality!r}")
+    field = "chi_ppm" if modality == "chi" else "gm_fraction"
+    scale = getattr(effect, field) / getattr(reference, field)
+    gain, reference_gain = effect.gain(modality), reference.gain(modality)
+    e = (EFFECT_TO_NOISE[effect.name][modality] * RETENTION[(modality, region_class(effect.region))]
+         * severity_moments(gain)[0] / severity_moments(reference_gain)[0])
+    return float(np.sign(e) * expected_t(e, scale, n_per_group, severity_cv2(gain)))
 
 
 def published_targets() -> dict:

@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
 
-from .calibration import calibrated_effects, score_noise, severity_loadings
+from .calibration import calibrated_effects, power_matched_part, score_noise, severity_loadings
 from .templates import Template, load_template
 
 __all__ = [
@@ -231,34 +231,40 @@ def severity_factor(effect: Effect, severity, modality: str = "chi"):
     return np.maximum(0.0, 1.0 + effect.gain(modality) * np.asarray(severity, dtype=float))
 
 
-def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENCE_N_PER_GROUP):
+def power_matched_effects(effects, n_per_group: int, reference_n: int = REFERENCE_N_PER_GROUP,
+                          max_gm_loss: float = 0.5):
     """Effects scaled so that ``n_per_group`` per group has the expected T of ``reference_n``.
 
     A two-sample t statistic is the group difference over the pooled
     between-subject spread, times the square root of half the group size.  A
     planted effect adds to both: its mean is the group difference, and its
     variation with each patient's severity (:func:`severity_factor`) adds to
-    the patients' spread.  So the mean of every effect (χ and GM alike) is
-    multiplied by ``k = sqrt(reference_n / n)`` and its ``severity_gain``
-    divided by ``k``: the difference grows by ``k``, the spread stays that of
-    the reference study, and the expected T (and within the patients every
-    correlation with the clinical scores) stays the reference study's, to
-    within 3 % (at the reference gain the 2 % of patients with a severity
-    below −2 carry none of an effect).  Multiplying the effect alone would
-    multiply the severity-driven spread too, and an effect whose spread comes
-    mostly from the patients' severity would keep barely more than its
-    reference T / k.  The demo uses this, so that 10 + 10 subjects show what
-    34 + 34 would.
+    the patients' spread.  So each part of an effect (χ, GM) gets the
+    amplitude and gain of :func:`~ferritin.cohort.calibration.power_matched_part`
+    with ``k = sqrt(reference_n / n)``: the difference grows by ``k``, the
+    severity-driven spread stays that of the reference study, and the expected
+    T (and within the patients every correlation with the clinical scores)
+    stays the reference study's, whatever the effect's size against the
+    noise.  Multiplying the effect alone would multiply the severity-driven
+    spread too, and an effect whose spread comes mostly from the patients'
+    severity would keep barely more than its reference T / k.  The demo uses
+    this, so that 10 + 10 subjects show what 34 + 34 would.
     What it cannot carry over is the degrees of freedom: at 18 against 66
-    the same T is less significant (an SVC threshold 0.6–0.8 higher).
+    the same T is less significant (an SVC threshold 0.6–0.8 higher); nor a GM
+    loss beyond ``max_gm_loss`` of the region, which is planted at that
+    (a smaller expected T).
     """
     if n_per_group < 1:
         raise ValueError(f"n_per_group must be >= 1, got {n_per_group}")
     k = float(np.sqrt(reference_n / n_per_group))
-    return tuple(replace(e, chi_ppm=e.chi_ppm * k, gm_fraction=max(e.gm_fraction * k, -0.5),
-                         severity_gain=e.severity_gain / k,
-                         gm_severity_gain=None if e.gm_severity_gain is None else e.gm_severity_gain / k)
-                 for e in effects)
+    out = []
+    for e in effects:
+        chi_scale, chi_gain = power_matched_part(e.gain("chi"), k)
+        gm_scale, gm_gain = power_matched_part(e.gain("gm"), k)
+        out.append(replace(e, chi_ppm=e.chi_ppm * chi_scale, severity_gain=chi_gain,
+                           gm_fraction=max(e.gm_fraction * gm_scale, -max_gm_loss),
+                           gm_severity_gain=None if e.gm_severity_gain is None else gm_gain))
+    return tuple(out)
 
 
 #: The reference effects with amplitudes and severity gains calibrated so that ferritin measures the

@@ -375,16 +375,16 @@ def _print_recovery(res: dict, effects, out: Path) -> None:
               f"p(FWE) = {r.p_fwe:.3g}")
 
 
-def _print_reproduction(out: Path) -> None:
+def _print_reproduction(out: Path, effects=()) -> None:
     """Which of the reference study's findings the demo reproduces, with what its size lets it expect."""
     from .reproduction import findings_at_size, measure_run, summarise
     from .tables import write_csv
 
     measured = measure_run(out)
-    power = findings_at_size(out, measured)
+    power = findings_at_size(out, measured, effects)
     write_csv(summarise([measured]), out / "tables" / "reproduction.csv", index=False)
     write_csv(power, out / "tables" / "reproduction_power.csv", index=False)
-    print("the reference study's findings at this size (expected T = published; power at this df):")
+    print("the reference study's findings at this size (expected T at the planted effects' size; power at this df):")
     for _, r in power.iterrows():
         verdict = "reproduced" if r.reproduced else "not reproduced"
         print(f"  {r.finding} ({r.published}): {verdict}: T = {r['measured T']:.2f}, P = {r.P:.3g}; "
@@ -421,7 +421,7 @@ def _cmd_demo(args) -> int:
     res = run_study(bids, out, study, levels=("group",), report=False)
     _print_group(res.group)
     _print_recovery(res.group, spec.effects, out)  # scored before the report, which shows the scores
-    _print_reproduction(out)
+    _print_reproduction(out, spec.effects)
     report = write_report(out)
     print(f"cohort store: {res.store}  (open with xarray.open_datatree(path, engine='zarr'))")
     print(f"tables and maps: {out / 'tables'}, {out / 'group'}")

@@ -284,16 +284,21 @@ def reproduce(out_dir: str | Path, seeds, client, *, n_per_group: int = publishe
     return summary, bars
 
 
-def findings_at_size(out_dir: str | Path, measured: pd.DataFrame | None = None) -> pd.DataFrame:
+def findings_at_size(out_dir: str | Path, measured: pd.DataFrame | None = None, effects=()) -> pd.DataFrame:
     """Which of the published findings one run reproduces, and what its size lets it expect.
 
     A cohort power-matched to the reference study (:func:`~ferritin.cohort.simulate.power_matched_effects`)
     expects the published T, but a smaller cohort has fewer degrees of freedom, so the same T is less
-    significant.  For each χ small volume: the published (expected) T, the T that P_SVC < 0.05 needs at
-    this run's df and smoothness, the power that gives (non-central t at the expected T), the measured
-    peak T and P_SVC, and whether the finding is reproduced (significant where the paper's was, not
-    where it was not); for each GM ROI the same with the ANCOVA's two-sided P < 0.05.
+    significant.  For each χ small volume: the expected T, the T that P_SVC < 0.05 needs at this run's
+    df and smoothness, the power that gives (non-central t at the expected T), the measured peak T and
+    P_SVC, and whether the finding is reproduced (significant where the paper's was, not where it was
+    not); for each GM ROI the same with the ANCOVA's two-sided P < 0.05.  The expected T is the
+    published one, or, for a finding whose reference effects are among the planted ``effects``
+    (:class:`~ferritin.cohort.simulate.Effect`), the calibration's expectation at their planted size
+    (:func:`~ferritin.cohort.calibration.expected_ferritin_t`): a GM loss planted at the simulator's
+    largest is expected to give less than the published T.
     """
+    from ferritin.cohort.calibration import expected_ferritin_t
     from ferritin.stats import rft
 
     out = Path(out_dir)
@@ -305,19 +310,29 @@ def findings_at_size(out_dir: str | Path, measured: pd.DataFrame | None = None) 
     mask = np.asarray(nib.load(out / "group" / f"contrast-{name}_mask.nii.gz").dataobj) > 0
     df = float(side["df"])
     fwhm_vox = np.asarray(side["fwhm_mm"], float) / spec.mni_voxel_size
+    planted = {e.name: e for e in effects}
+    subjects = _participants(out)["group"].value_counts()
+    n = int(subjects.min()) if len(subjects) else 0
+
+    def expected(names, modality, published_t):
+        ts = [expected_ferritin_t(planted[k], modality, n) if k in planted else None for k in names]
+        return published_t if n < 2 or any(t is None for t in ts) else float(np.mean(ts))
+
     rows = []
     for peak in published.CHI_PEAKS:
         vol = template.region(peak.region) & mask
         need = float(rft.threshold_fwe(0.05, (1.0, df), "T", rft.resel_counts(vol, fwhm_vox), S=int(vol.sum())))
         p = m[f"chi_p:{peak.name}"]
         rows.append({"finding": f"χ ↑ {peak.region}", "published": "significant" if peak.significant else "not significant",
-                     "expected T": peak.T, "T needed": need, "power": float(sps.nct.sf(need, df, peak.T)),
+                     "expected T": (t := expected([peak.name], "chi", peak.T)), "T needed": need,
+                     "power": float(sps.nct.sf(need, df, t)),
                      "measured T": m[f"chi_T:{peak.name}"], "P": p, "reproduced": bool((p < 0.05) == peak.significant)})
     df_roi = df + 1  # the ROI ANCOVA has group and TIV only (one column fewer than the voxelwise model)
     need = float(sps.t.isf(0.025, df_roi))
     for roi in published.GM_ROIS:
         p = m[f"gm_p:{roi.name}"]
         rows.append({"finding": f"GM ↓ {roi.name} (χ-cluster ROI)", "published": "significant",
-                     "expected T": roi.T, "T needed": -need, "power": float(sps.nct.cdf(-need, df_roi, roi.T)),
+                     "expected T": (t := expected(roi.regions, "gm", roi.T)), "T needed": -need,
+                     "power": float(sps.nct.cdf(-need, df_roi, t)),
                      "measured T": m[f"gm_T:{roi.name}"], "P": p, "reproduced": bool(p < 0.05)})
     return pd.DataFrame(rows)

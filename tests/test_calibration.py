@@ -3,6 +3,8 @@ and the rule amplitude = truth amplitude for the target ÷ retention."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -220,3 +222,40 @@ def test_bad_effects_files_are_refused_by_name(tmp_path, text, message, capsys):
     assert main(["simulate", str(tmp_path / "bids"), "--effects", str(f)]) == 2
     err = capsys.readouterr().err
     assert message in err and "effects.yaml" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("gain", [0.2, 0.68, 2.0])
+def test_power_matching_keeps_the_model_t_whatever_the_effect_to_noise(gain):
+    """Large gains (many patients carry none of the effect) need the exact rule, not gain / k."""
+    k = np.sqrt(34 / 10)
+    scale, new_gain = calibration.power_matched_part(gain, k)
+    for e in (0.3, 1.0, 5.0):
+        t34 = calibration.expected_t(e, 1.0, 34, calibration.severity_cv2(gain))
+        e10 = e * calibration.severity_moments(new_gain)[0] / calibration.severity_moments(gain)[0]
+        t10 = calibration.expected_t(e10, scale, 10, calibration.severity_cv2(new_gain))
+        assert t10 == pytest.approx(t34, rel=1e-6)
+    naive = calibration.expected_t(5.0 * calibration.severity_moments(gain / k)[0]
+                                   / calibration.severity_moments(gain)[0], k, 10,
+                                   calibration.severity_cv2(gain / k))
+    if gain >= 2.0:  # the old rule (amplitude × k, gain ÷ k) falls short where the cut at zero matters
+        assert naive < 0.9 * calibration.expected_t(5.0, 1.0, 34, calibration.severity_cv2(gain))
+    assert calibration.power_matched_part(gain, 1.0) == pytest.approx((1.0, gain))
+    back = calibration.power_matched_part(new_gain, 1 / k)  # and back to the reference size
+    assert back[1] == pytest.approx(gain, rel=1e-6) and back[0] * scale == pytest.approx(1.0, rel=1e-6)
+    with pytest.raises(ValueError, match="k > 0"):
+        calibration.power_matched_part(gain, 0.0)
+
+
+def test_expected_ferritin_t_is_the_published_t_at_the_calibrated_size():
+    cal = {e.name: e for e in calibrated_effects(REFERENCE_EFFECTS)}
+    targets = calibration.published_targets()
+    for name, e in cal.items():
+        assert calibration.expected_ferritin_t(e, "chi", 34) == pytest.approx(targets[name]["chi"], rel=1e-6)
+        if e.gm_fraction > -0.5:  # not at the simulator's largest loss
+            assert calibration.expected_ferritin_t(e, "gm", 34) == pytest.approx(targets[name]["gm"], rel=1e-6)
+    demo = {e.name: e for e in PRESETS["demo"].effects}
+    for name, e in demo.items():
+        assert calibration.expected_ferritin_t(e, "chi", 10) == pytest.approx(targets[name]["chi"], rel=1e-6)
+    # the thalamic GM losses the demo would need exceed the simulator's largest: less than published
+    assert -4.10 < calibration.expected_ferritin_t(demo["thalamus_R"], "gm", 10) < -2.0
+    assert calibration.expected_ferritin_t(replace(cal["thalamus_R"], name="mine"), "chi", 34) is None

@@ -363,6 +363,13 @@ def test_reproduction_measures_the_paper_numbers_as_the_paper_did(group_out):
     power = findings_at_size(out, one).set_index("finding")
     assert power.loc["χ ↑ Thalamus_L", "reproduced"] and 0 < power.loc["χ ↑ Thalamus_L", "power"] < 1
     assert power.loc["χ ↑ Thalamus_L", "T needed"] > stats.t.isf(0.05, df)  # corrected needs more than uncorrected
+    assert power.loc["GM ↓ thalamus (χ-cluster ROI)", "expected T"] == -4.10  # no reference effect planted
+    from ferritin.cohort.simulate import PRESETS
+
+    # had the demo's effects been planted: the calibration's expectation at this size, not the published T
+    demo = findings_at_size(out, one, PRESETS["demo"].effects).set_index("finding")
+    assert -4.10 < demo.loc["GM ↓ thalamus (χ-cluster ROI)", "expected T"] < 0
+    assert 0 < demo.loc["χ ↑ Thalamus_R", "expected T"] < 6.38  # fewer subjects than the demo's ten
 
 
 def test_demo_prints_which_published_findings_it_reproduces(group_out, tmp_path, capsys):

@@ -83,14 +83,13 @@ def test_power_matching_keeps_the_expected_t():
     # patients' latent severities, drawn as the simulator draws them
     severities = np.random.default_rng(0).standard_normal(200_000)
     for a, b in zip(REFERENCE_EFFECTS, ten):
-        assert b.gm_fraction == pytest.approx(a.gm_fraction * k)
+        assert b.gm_fraction == pytest.approx(a.gm_fraction * k, rel=0.02)  # k E[f](g) / E[f](g') times
         assert (b.region, b.peak_mni) == (a.region, a.peak_mni)
-        # whether the patients' spread is mostly severity or mostly noise, T at 10 equals T at 34 (within
-        # 3 %: at the reference gain the 2 % of patients with severity below -2 carry none of it, a floor
-        # the smaller gain does not reach)
+        # whether the patients' spread is mostly severity or mostly noise, T at 10 equals T at 34 (to the
+        # sampling error of 200,000 severities)
         for noise in (0.1 * a.chi_ppm, 0.25 * a.chi_ppm, a.chi_ppm):
             t_ref = _expected_t(a, 34, noise, severities)
-            assert _expected_t(b, 10, noise, severities) == pytest.approx(t_ref, rel=0.03)
+            assert _expected_t(b, 10, noise, severities) == pytest.approx(t_ref, rel=0.005)
         # scaling the effect alone would not: severity-dominated spread grows with it
         alone = replace(a, chi_ppm=a.chi_ppm * k)
         assert _expected_t(alone, 10, 0.1 * a.chi_ppm, severities) < 0.7 * _expected_t(a, 34, 0.1 * a.chi_ppm,
