@@ -165,8 +165,7 @@ def power_matched_part(gain: float, k: float) -> tuple[float, float]:
         return float(k), 0.0
 
     def cv(g):
-        mean, var, _ = _severity_quadrature(g)
-        return np.sqrt(var) / mean
+        return np.sqrt(severity_cv2(g))
 
     target = cv(gain) / k
     if k == 1:

@@ -50,16 +50,22 @@ def tkd(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), t
     return reference_to_mean(chi / scale, m)
 
 
+def _edges(axis: int):
+    """Index tuples along ``axis``: all but the last, all but the first, the last, the first."""
+    def at(sl):
+        index = [slice(None)] * 3
+        index[axis] = sl
+        return tuple(index)
+    return at(slice(0, -1)), at(slice(1, None)), at(slice(-1, None)), at(slice(0, 1))
+
+
 def _grad(x, vs, out=None):
     """Forward differences along each axis (periodic), per mm: (3, *x.shape)."""
     out = np.empty((3, *x.shape), dtype=np.result_type(x, float)) if out is None else out
     for a in range(3):
-        head, tail = [slice(None)] * 3, [slice(None)] * 3
-        head[a], tail[a] = slice(0, -1), slice(1, None)
-        np.subtract(x[tuple(tail)], x[tuple(head)], out=out[a][tuple(head)])
-        last, first = [slice(None)] * 3, [slice(None)] * 3
-        last[a], first[a] = slice(-1, None), slice(0, 1)
-        np.subtract(x[tuple(first)], x[tuple(last)], out=out[a][tuple(last)])
+        head, tail, last, first = _edges(a)
+        np.subtract(x[tail], x[head], out=out[a][head])
+        np.subtract(x[first], x[last], out=out[a][last])
         out[a] /= vs[a]
     return out
 
@@ -73,12 +79,9 @@ def _neg_div(g, vs, out):
     out[...] = 0.0
     tmp = np.empty_like(out)
     for a in range(3):
-        head, tail = [slice(None)] * 3, [slice(None)] * 3
-        head[a], tail[a] = slice(0, -1), slice(1, None)
-        np.subtract(g[a][tuple(head)], g[a][tuple(tail)], out=tmp[tuple(tail)])
-        last, first = [slice(None)] * 3, [slice(None)] * 3
-        last[a], first[a] = slice(-1, None), slice(0, 1)
-        np.subtract(g[a][tuple(last)], g[a][tuple(first)], out=tmp[tuple(first)])
+        head, tail, last, first = _edges(a)
+        np.subtract(g[a][head], g[a][tail], out=tmp[tail])
+        np.subtract(g[a][last], g[a][first], out=tmp[first])
         tmp /= vs[a]
         out += tmp
     return out
@@ -150,6 +153,7 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     W2mu = W2 + mu
     chi = np.zeros(shape)
     work = np.empty(shape)
+    t = lam / rho  # the soft threshold
     for _ in range(int(iterations)):
         np.subtract(z, u, out=z)  # z is rebuilt below: its buffer holds z - u meanwhile
         spectrum = muD_over * sfft.rfftn(np.subtract(y, u2, out=work), workers=workers)
@@ -160,7 +164,6 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
         v = _grad(chi, vs, out=z)
         v += u
         # soft threshold: u = v - z is v clipped to [-t, t], z = v - u
-        t = lam / rho
         np.clip(v, -t, t, out=u)
         np.subtract(v, u, out=z)
         # D chi from chi's own spectrum: the half spectrum above is Hermitian, so transforming chi
