@@ -232,3 +232,54 @@ def test_tv_difference_operators_are_periodic_and_adjoint():
     np.testing.assert_allclose(_neg_div(g, vs, out=np.empty(x.shape)), -_div(g, vs), rtol=0, atol=1e-14)
     # -div is grad's adjoint, which the ADMM's x-update relies on
     assert np.isclose(np.sum(_grad(x, vs) * g), np.sum(x * _neg_div(g, vs, out=np.empty(x.shape))))
+
+
+@pytest.mark.parametrize("voxel_size", [(1.0, 1.0, 1.0), (0.9, 0.9, 2.0), (3.0, 3.0, 3.0)])
+@pytest.mark.parametrize("radius_mm", [2.0, 5.0, 6.0])
+def test_distance_morphology_equals_the_ball(voxel_size, radius_mm):
+    """Erosion and dilation by a distance transform give exactly the sets of the ball structuring
+    element they replace, including erosion from the array's edge."""
+    from scipy import ndimage
+
+    from ferritin.engine.qsm.mask import ball, dilate_by, erode_by
+
+    rng = np.random.default_rng(int(radius_mm))
+    m = ndimage.gaussian_filter(rng.standard_normal((40, 44, 36)), 2) > 0.1
+    m[:, :, :3] = True  # tissue cut by the field of view
+    b = ball(radius_mm / np.asarray(voxel_size))
+    assert np.array_equal(dilate_by(m, radius_mm, voxel_size), ndimage.binary_dilation(m, b))
+    assert np.array_equal(erode_by(m, radius_mm, voxel_size), ndimage.binary_erosion(m, b))
+
+
+def test_support_box():
+    from ferritin.engine.qsm.chain import support_box
+
+    m = np.zeros((10, 12, 14), bool)
+    m[2:5, 3, 7:9] = True
+    assert support_box(m) == (slice(2, 5), slice(3, 4), slice(7, 9))
+    assert support_box(m, margin=3) == (slice(0, 8), slice(0, 7), slice(4, 12))
+    with pytest.raises(ValueError, match="empty"):
+        support_box(np.zeros((3, 3, 3), bool))
+
+
+def test_chain_does_not_depend_on_empty_field_of_view():
+    """The chain works on the mask's bounding box: the same head in a field of view with more empty
+    space around it gives the same chi (to the inversion's tolerance) and the same mask."""
+    from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
+    from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T
+
+    x, y, z, r = _grid(48)
+    brain = r < 18
+    chi = np.where(brain, 0.02 * np.sin(x / 4.0) + np.where(((x - 3) ** 2 + y**2 + z**2) < 16, 0.2, 0.0), 0.0)
+    field = forward_field(chi)
+    te = np.array([0.004, 0.008, 0.012])
+    rng = np.random.default_rng(5)
+    mag = np.stack([np.where(brain, 100.0 * np.exp(-t / 0.05), 0.0) + rng.normal(0, 1, r.shape) ** 2 for t in te])
+    phase = np.stack([_wrap(2 * np.pi * GAMMA_HZ_PER_T * 3.0 * field * 1e-6 * t) for t in te])
+    params = QSMParams(ringing="none")
+    small, small_mask = reconstruct_qsm(mag, phase, te, np.eye(4), 3.0, params)
+    pad = [(0, 0), (7, 13), (5, 0), (0, 11)]
+    big, big_mask = reconstruct_qsm(np.pad(mag, pad), np.pad(phase, pad), te, np.eye(4), 3.0, params)
+    inner = (slice(7, 55), slice(5, 53), slice(0, 48))
+    assert np.array_equal(big_mask[inner], small_mask) and big_mask.sum() == small_mask.sum()
+    assert np.abs(big[inner] - small)[small_mask].max() < 1e-5

@@ -13,11 +13,12 @@ from ..params import check_choices
 from .background import vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
-from .mask import ball, brain_mask, largest_component
+from .mask import brain_mask, dilate_by, largest_component
 from .ringing import taper_kspace, taper_noise_gain, unring
 from .unwrap import combine_echoes, field_to_ppm
 
-__all__ = ["QSMParams", "reconstruct_qsm", "outlier_voxels", "field_noise_ppm", "regularisation_scale"]
+__all__ = ["QSMParams", "reconstruct_qsm", "support_box", "outlier_voxels", "field_noise_ppm",
+           "regularisation_scale"]
 
 
 def outlier_voxels(local_field: np.ndarray, mask: np.ndarray, n_mad: float = 8.0) -> np.ndarray:
@@ -163,6 +164,10 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         magnitude, phase = unring(magnitude, np.asarray(phase))
     elif params.ringing == "taper":
         magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper)
+    # Everything below reads the images only inside the mask (and pads its own FFT grids), so it runs
+    # on the mask's bounding box: a third or less of a head-sized field of view at the study's 1 mm.
+    full_shape, box = mask.shape, support_box(mask, margin=_BOX_MARGIN_VOX)
+    magnitude, phase, mask = magnitude[(slice(None), *box)], np.asarray(phase)[(slice(None), *box)], mask[box]
     method = params.combine
     te = np.asarray(echo_times, dtype=float)
     if method in ("phase-difference", "nonlinear") and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):
@@ -186,11 +191,11 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         bad = outlier_voxels(local, lmask, params.quality_mad) & (depth <= params.vsharp_max_radius_mm)
         if not bad.any():
             break
-        grow = ndimage.binary_dilation(bad, ball(params.quality_margin_mm / np.asarray(vs)))
+        grow = dilate_by(bad, params.quality_margin_mm, vs)
         mask = largest_component(mask & ~grow)
         local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold)
     b = b0_direction(affine)
-    gain = taper_noise_gain(magnitude.shape[1:], params.kspace_taper) if params.ringing == "taper" else 1.0
+    gain = taper_noise_gain(full_shape, params.kspace_taper) if params.ringing == "taper" else 1.0
     scale = regularisation_scale(local, lmask, params.reference_noise_ppm, gain)
     if params.inversion == "tkd":
         chi = tkd(local, lmask, vs, b, threshold=params.tkd_threshold)
@@ -204,4 +209,26 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         chi = ilsqr(local, lmask, vs, b, tol=params.ilsqr_tol)
     else:
         raise ValueError(f"unknown dipole inversion {params.inversion!r} (tkd, tv, star or ilsqr)")
-    return chi.astype(np.float32), lmask
+    return _paste(chi.astype(np.float32), box, full_shape), _paste(lmask, box, full_shape)
+
+
+#: voxels kept around the mask's bounding box: the Laplacian unwrapper and the edge tests see a border
+_BOX_MARGIN_VOX = 2
+
+
+def support_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every voxel of ``mask``, grown by ``margin`` voxels (within the array)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("mask is empty")
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def _paste(values: np.ndarray, box: tuple[slice, ...], shape) -> np.ndarray:
+    out = np.zeros(shape, dtype=values.dtype)
+    out[box] = values
+    return out

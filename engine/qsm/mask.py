@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["brain_mask", "otsu_threshold", "ball", "largest_component"]
+__all__ = ["brain_mask", "otsu_threshold", "ball", "dilate_by", "erode_by", "largest_component"]
 
 
 def ball(radius_vox) -> np.ndarray:
@@ -15,6 +15,29 @@ def ball(radius_vox) -> np.ndarray:
     grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
     d = sum((g / max(rr, 1e-6)) ** 2 for g, rr in zip(grids, r))
     return d <= 1.0
+
+
+def dilate_by(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
+    """Binary dilation by a ball of ``radius_mm``: every voxel within that distance of the mask.
+
+    The same set as ``binary_dilation(mask, ball(radius_mm / voxel_size))``, from one Euclidean
+    distance transform, whose cost does not grow with the radius as the ball's does.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask.copy()
+    return ndimage.distance_transform_edt(~mask, sampling=voxel_size) <= radius_mm * (1 + 1e-9)
+
+
+def erode_by(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
+    """Binary erosion by a ball of ``radius_mm``: the voxels farther than that from outside the mask.
+
+    The same set as ``binary_erosion(mask, ball(radius_mm / voxel_size))`` (outside the array
+    counts as outside the mask), from one Euclidean distance transform.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=voxel_size)[(slice(1, -1),) * mask.ndim]
+    return depth > radius_mm * (1 + 1e-9)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -81,17 +104,17 @@ def brain_mask(magnitude: np.ndarray, voxel_size=(1.0, 1.0, 1.0), detach_mm: flo
     thr = otsu_threshold(root[root > 0]) if threshold is None else np.sqrt(threshold)
     # No hole filling yet: a closed scalp shell would fill the skull gap too.
     fg = root > thr
-    core = ndimage.binary_erosion(fg, ball(detach_mm / vs)) if detach_mm > 0 else fg
+    core = erode_by(fg, detach_mm, vs) if detach_mm > 0 else fg
     if not core.any():
         raise ValueError("no tissue found above the threshold; is the magnitude image empty?")
     brain = largest_component(core)
     if detach_mm > 0:
-        brain = ndimage.binary_dilation(brain, ball(detach_mm / vs)) & fg
+        brain = dilate_by(brain, detach_mm, vs) & fg
     # Holes closed in 3-D only: filling slice by slice also closes the dark
     # skull-base and sinus recesses that are open in 3-D, and their bone and
     # air sources inside the mask cost more accuracy (V-SHARP spheres include
     # them) than anything else in the chain.
     brain = ndimage.binary_fill_holes(brain)
     if erode_mm > 0:
-        brain = ndimage.binary_erosion(brain, ball(erode_mm / vs))
+        brain = erode_by(brain, erode_mm, vs)
     return brain
