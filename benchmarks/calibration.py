@@ -7,12 +7,16 @@ into ``DIR`` itself, as ``ferritin reproduce`` leaves each seed):
     .venv/bin/python benchmarks/calibration.py DIR [DIR ...]
 
 Per cohort and planted effect, with the study's design (group, TIV, age; the ROI ANCOVA with TIV):
-- the ground truth's effect size and spread, by regression of the true MNI maps on each patient's known
-  share of the effect (``severity_factor``): ``e = β · E[f] / σ`` at the reference amplitude, pooled over
-  the cohorts — χ at the voxel of the effect's AAL region where it is largest, GM for the mean smoothed
-  modulated GM of the effect's core (weight >= 0.5);
-- the same regression on ferritin's maps, and both T values of the cohort (χ: peak in the region; GM: ANCOVA
-  of the core's mean).
+- the ground truth's effect size and spread, ``e = β · E[f] / σ`` at the reference amplitude, pooled over
+  the cohorts — χ by regression of the MNI maps on each patient's known share of the effect
+  (``severity_factor``), at the voxel of the effect's AAL region where ``e`` is largest; GM for the mean
+  smoothed modulated GM of the ROI of increased χ that the group level drew from the effect's small volume
+  (where the study measured GM; an effect whose χ was not found is left out of that cohort), by its group
+  difference (the ROI ANCOVA's estimate, per unit of the patients' mean share) over the controls' residual
+  s.d.: the normalisation does not keep a GM loss in proportion to its size, so a slope on ``f`` would
+  promise a T it does not give;
+- the same fits on ferritin's maps, and both T values of the cohort (χ: peak in the region; GM: ANCOVA
+  of the mean in the effect's core, weight >= 0.5, and in the χ-cluster ROI).
 Printed: the per-cohort figures, ``EFFECT_TO_NOISE`` per effect, ``RETENTION`` per modality and region class
 (ferritin's effect-to-noise ratio over the truth's, the effects of a class summed) and the reference effects they calibrate.
 ``--gm-scale`` plants the GM effects that many times larger, to measure the retention near the
@@ -65,15 +69,40 @@ def simulate_and_run(workdir: Path, seed: int, echoes: int, gm_scale: float) -> 
     return d
 
 
+def out_dir(d: Path) -> Path:
+    """A calibration cohort keeps its outputs in out/, a reproduction seed beside bids/."""
+    return d / "out" if (d / "out").is_dir() else d
+
+
+def chi_cluster_rois(out: Path) -> dict:
+    """``{effect: mask}``: the group level's ROIs of increased χ, by the small volume they came from —
+    where the study measured GM (none for an effect whose χ was not found, or before the group level)."""
+    sources, dseg = out / "tables" / "roi_sources.csv", out / "group" / "desc-roi_dseg.nii.gz"
+    if not sources.exists() or not dseg.exists():
+        return {}
+    labels = np.asarray(nib.load(dseg).dataobj)
+    index = pd.read_csv(out / "group" / "desc-roi_dseg.tsv", sep="\t").set_index("name")["index"]
+    rois = {}
+    for row in pd.read_csv(sources).itertuples():
+        if str(row.source).startswith("SVC ") and row.contrast.startswith("chi"):
+            name = row.source[4:]
+            rois[name] = rois.get(name, False) | (labels == index[row.roi])
+    return rois
+
+
 def load_cohort(d: Path):
     """Participants (with true and measured TIV) and the truth's and ferritin's MNI maps, subjects in order."""
-    # a calibration cohort keeps its outputs in out/, a reproduction seed beside bids/
-    out = d / "out" if (d / "out").is_dir() else d
+    out = out_dir(d)
     bids, store = d / "bids", CohortStore(out / "cohort.zarr")
     table = pd.read_csv(bids / "participants.tsv", sep="\t").set_index("participant_id")
     truth = pd.read_csv(bids / "derivatives" / "ground-truth" / "participants.tsv", sep="\t")
     table["tiv_true"] = truth.set_index("participant_id")["tiv_ml"]
-    subjects = [s for s in table.index if store.record(f"derived/{s}/qsm") and store.record(f"derived/{s}/anat")]
+    # the subjects the group level used: computed, and not excluded by QC (a failed normalisation has no χ
+    # where the others have it, and would empty the common mask)
+    excluded_file = out / "tables" / "excluded.json"
+    excluded = set(json.loads(excluded_file.read_text())) if excluded_file.exists() else set()
+    subjects = [s for s in table.index if s not in excluded
+                and store.record(f"derived/{s}/qsm") and store.record(f"derived/{s}/anat")]
     table = table.loc[subjects]
     table["tiv"] = [float(store.open_node(f"derived/{s}/anat").attrs["tiv_ml"]) for s in subjects]
     gt = bids / "derivatives" / "ground-truth"
@@ -117,6 +146,18 @@ def effect_fit(Y: np.ndarray, f: np.ndarray, nuisance: np.ndarray) -> tuple[np.n
     return coef[1], (resid**2).sum(axis=0), len(f) - Z.shape[1]
 
 
+def group_fit(y: np.ndarray, patient: np.ndarray, f: np.ndarray, nuisance: np.ndarray) -> tuple:
+    """The group difference per unit of the patients' mean share, the controls' residual sum of squares
+    and its df — the estimate the ROI ANCOVA makes.  Unlike :func:`effect_fit` it does not assume that
+    the measured effect grows in proportion to each patient's share: a normalisation that absorbs small
+    contractions whole and keeps part of large ones has a steeper slope on ``f`` than its mean effect."""
+    Z = np.column_stack([np.ones(len(y)), patient.astype(float), nuisance])
+    coef, *_ = np.linalg.lstsq(Z, y, rcond=None)
+    resid = (y - Z @ coef)[~patient]
+    return (coef[1:2] / f[patient].mean(), (resid**2).sum(axis=0, keepdims=True),
+            int((~patient).sum()) - 1 - nuisance.shape[1])
+
+
 def measure(d: Path) -> tuple[pd.DataFrame, dict]:
     """Per effect: both T values of this cohort, and the effect fits of truth and ferritin (reference amplitude)."""
     table, maps, effects, voxel = load_cohort(d)
@@ -129,12 +170,14 @@ def measure(d: Path) -> tuple[pd.DataFrame, dict]:
     severity = pd.read_csv(gt / "participants.tsv", sep="\t").set_index("participant_id")["severity"]
     reference = {e.name: e for e in REFERENCE_EFFECTS}
     tiv = {"truth": "tiv_true", "ferritin": "tiv"}
+    clusters = chi_cluster_rois(out_dir(d))
     rows, fits = [], {}
     for e in effects:
         patient = (table["group"] == GROUPS[0]).to_numpy()
         f = {m: np.where(patient, severity_factor(e, severity.loc[table.index].to_numpy(), m), 0.0)
              for m in ("chi", "gm")}
         core = nib.load(gt / f"effect-{e.name}_{SPACE}_mask.nii.gz").get_fdata() >= 0.5
+        roi = clusters.get(e.name)
         region = template.region(e.region) & mask
         ref = reference.get(e.name)
         per = {"chi": e.chi_ppm / ref.chi_ppm, "gm": e.gm_fraction / ref.gm_fraction} if ref else {"chi": 1, "gm": 1}
@@ -144,15 +187,18 @@ def measure(d: Path) -> tuple[pd.DataFrame, dict]:
             beta, rss, df = effect_fit(maps[(source, "chi")][:, region], f["chi"], _design(table, tiv[source]))
             chi = (np.full(full.sum(), np.nan), np.full(full.sum(), np.nan), np.where(region[full], df, 0))
             chi[0][region[full]], chi[1][region[full]] = beta, rss
-            gm = effect_fit(maps[(source, "gm")][:, core].mean(axis=1, keepdims=True), f["gm"],
-                            _design(table, tiv[source], ()))
+            gm = (group_fit(maps[(source, "gm")][:, roi].mean(axis=1), patient, f["gm"], _design(table, tiv[source], ()))
+                  if roi is not None else (np.full(1, np.nan), np.full(1, np.nan), 0))
             fits[e.name][source] = {"chi": (chi[0] / per["chi"], chi[1], chi[2]),
                                     "gm": (gm[0] / per["gm"], gm[1], gm[2])}
         rows.append({"cohort": d.name, "effect": e.name, "class": region_class(e.region),
                      "chi truth": peak_t(maps[("truth", "chi")], table, "tiv_true", mask, region),
                      "chi ferritin": peak_t(maps[("ferritin", "chi")], table, "tiv", mask, region),
                      "gm truth": roi_t(maps[("truth", "gm")], table, "tiv_true", core),
-                     "gm ferritin": roi_t(maps[("ferritin", "gm")], table, "tiv", core)})
+                     "gm ferritin": roi_t(maps[("ferritin", "gm")], table, "tiv", core),
+                     "χ-cluster voxels": 0 if roi is None else int(roi.sum()),
+                     "gm truth χ-cluster": np.nan if roi is None else roi_t(maps[("truth", "gm")], table, "tiv_true", roi),
+                     "gm ferritin χ-cluster": np.nan if roi is None else roi_t(maps[("ferritin", "gm")], table, "tiv", roi)})
     return pd.DataFrame(rows), fits
 
 
