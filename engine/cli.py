@@ -365,7 +365,7 @@ def _print_recovery(res: dict, effects, out: Path) -> None:
     print("planted effects (a corrected result within 10 mm of the planted peak):")
     for _, r in found.iterrows():
         where = (f"{r.source} peak ({r.x:.0f}, {r.y:.0f}, {r.z:.0f}) {r.distance_mm:.0f} mm away, T = {r['T']:.2f}, "
-                 f"p(FWE) = {r.p_fwe:.3g}") if r.found else "not found"
+                 f"p(FWE) = {r.p_fwe:.3g}") if r.found else "not found" if r.planted else "nothing planted in this map"
         print(f"  {r.effect} / {r.contrast}: {where}")
     for _, r in rois.iterrows():
         print(f"  {r.effect}: ROI {r.roi} {r['map']} difference {r.difference:+.4g}, ANCOVA p = {r.p:.3g}")

@@ -414,7 +414,7 @@ def _run_group(store_path, spec: StudySpec, out_dir) -> dict:
         _write_contrast(store, out, c, res, perm_table, perm_vars, design, spec, template.grid, digest)
         contrast_results[c.name] = res
         results["contrasts"][c.name] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
-                                          "u": res.u, "df": res.df}
+                                          "u": res.u, "df": res.df, "map": c.map}
     (out / "tables" / "excluded.json").write_text(json.dumps(excluded, indent=2))
     used = design_table.loc[list(design.subjects)]
     write_csv(used, out / "tables" / "subjects.csv", index_label="subject")

@@ -24,7 +24,7 @@ from ferritin.stats.analysis import cluster_fwe_p
 __all__ = ["planted_effects", "planted_effect_recovery", "unplanted_results", "roi_recovery",
            "score_planted_effects"]
 
-COLUMNS = ["effect", "region", "planted_x", "planted_y", "planted_z", "contrast", "found", "source",
+COLUMNS = ["effect", "region", "planted_x", "planted_y", "planted_z", "contrast", "planted", "found", "source",
            "x", "y", "z", "distance_mm", "T", "p_fwe"]
 
 
@@ -39,7 +39,14 @@ def planted_effects(bids_root: str | Path) -> list[dict]:
 def _as_dict(effect) -> dict:
     if isinstance(effect, dict):
         return effect
-    return {"name": effect.name, "region": effect.region, "peak_mni": tuple(effect.peak_mni)}
+    return {"name": effect.name, "region": effect.region, "peak_mni": tuple(effect.peak_mni),
+            "chi_ppm": effect.chi_ppm, "gm_fraction": effect.gm_fraction}
+
+
+def _planted_in(effect: dict, map_name: str | None) -> bool:
+    """Whether the effect changes the map a contrast tests (True when either is not known)."""
+    amplitude = "chi_ppm" if map_name == "chi" else "gm_fraction" if str(map_name).startswith("gm") else None
+    return amplitude is None or effect.get(amplitude) is None or float(effect[amplitude]) != 0.0
 
 
 def _candidates(contrast: dict, alpha: float) -> pd.DataFrame:
@@ -76,7 +83,8 @@ def planted_effect_recovery(results: dict, effects, within_mm: float = 10.0, alp
 
     Returns
     -------
-    DataFrame with the planted peak, ``found``, and for the lowest-p result
+    DataFrame with the planted peak, ``planted`` (False where the effect leaves the contrast's map
+    unchanged: a χ-only effect in a GM contrast), ``found``, and for the lowest-p result
     within reach its source, coordinates, distance, T and p(FWE); NaN where
     nothing significant is within reach.
     """
@@ -85,12 +93,14 @@ def planted_effect_recovery(results: dict, effects, within_mm: float = 10.0, alp
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     candidates = {name: _candidates(c, alpha) for name, c in results.get("contrasts", {}).items()}
+    maps = {name: c.get("map") for name, c in results.get("contrasts", {}).items()}
     rows = []
     for effect in map(_as_dict, effects):
         peak = np.asarray(effect["peak_mni"], dtype=float)
         for cname, cand in candidates.items():
             row = {"effect": effect["name"], "region": effect.get("region", ""), "planted_x": peak[0],
-                   "planted_y": peak[1], "planted_z": peak[2], "contrast": cname, "found": False,
+                   "planted_y": peak[1], "planted_z": peak[2], "contrast": cname,
+                   "planted": _planted_in(effect, maps.get(cname)), "found": False,
                    "source": "", "x": np.nan, "y": np.nan, "z": np.nan, "distance_mm": np.nan,
                    "T": np.nan, "p_fwe": np.nan}
             if len(cand):

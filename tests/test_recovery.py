@@ -96,3 +96,14 @@ def test_power_matching_keeps_the_expected_t():
                                                                                         severities)
     with pytest.raises(ValueError, match="n_per_group"):
         power_matched_effects(REFERENCE_EFFECTS, 0)
+
+
+def test_a_contrast_of_a_map_the_effect_leaves_alone_is_marked_not_planted():
+    res = _results()
+    res["contrasts"]["gm"] = {**res["contrasts"].pop("c"), "map": "gm_mod_s"}
+    res["contrasts"]["chi"] = {**res["contrasts"]["gm"], "map": "chi"}
+    chi_only = {**_effect((0.0, 0.0, 0.0)), "chi_ppm": 0.02, "gm_fraction": 0.0}
+    rows = planted_effect_recovery(res, [chi_only]).set_index("contrast")
+    assert rows.loc["chi", "planted"] and not rows.loc["gm", "planted"]
+    both = planted_effect_recovery(res, [_effect((0.0, 0.0, 0.0))])  # amplitudes unknown: counted as planted
+    assert both["planted"].all()
