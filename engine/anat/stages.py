@@ -21,7 +21,7 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from ..params import check_choices
-from ..qsm.mask import ball, brain_mask
+from ..qsm.mask import brain_mask, dilate_by
 from .antsbridge import (
     LPS,
     atropos,
@@ -427,7 +427,7 @@ def _rough_brain_mask(n4: np.ndarray, n4_img, centre_mm: np.ndarray, params: Ana
     near = (np.linalg.norm(xyz - np.asarray(centre_mm, np.float32)[:, None], axis=0)
             <= params.rough_brain_radius_mm).reshape(n4.shape)
     rough = brain_mask(np.where(near, n4, 0.0), tuple(vox), detach_mm=params.strip_detach_mm)
-    return ndimage.binary_dilation(rough, ball(params.strip_margin_mm / np.asarray(vox)))
+    return dilate_by(rough, params.strip_margin_mm, vox)
 
 
 def _world_top(mask: np.ndarray, affine: np.ndarray) -> float:
