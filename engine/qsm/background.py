@@ -56,6 +56,9 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
         Default: from 12 mm down to one voxel.
     threshold : float
         Truncation of the deconvolution (0.05 in the reference study).
+    workers : int, optional
+        Threads of the FFTs (``scipy.fft``; default one, like every other step of the chain: a
+        cluster runs one subject per core, and more threads per subject only compete with the others).
 
     Returns
     -------
@@ -73,7 +76,6 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
     # real-to-complex transforms of fast lengths: half the spectrum, a third
     # of the time of full complex FFTs on the same padded grid
     shape = tuple(sfft.next_fast_len(n + 2 * pad, real=True) for n in field.shape)
-    workers = -1 if workers is None else workers
     f = np.zeros(shape)
     m = np.zeros(shape)
     core = tuple(slice(pad, pad + n) for n in field.shape)
