@@ -10,7 +10,7 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from ..params import check_choices
-from .background import vsharp
+from .background import mask_depth, vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
 from .mask import brain_mask, dilate_by, largest_component
@@ -159,15 +159,17 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != magnitude.shape[1:]:
             raise ValueError(f"mask shape {mask.shape} differs from the image shape {magnitude.shape[1:]}")
-    # after the mask, which is drawn on the unfiltered magnitude: the taper widens the head's edge
-    if params.ringing == "unring":
-        magnitude, phase = unring(magnitude, np.asarray(phase))
-    elif params.ringing == "taper":
-        magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper)
     # Everything below reads the images only inside the mask (and pads its own FFT grids), so it runs
     # on the mask's bounding box: a third or less of a head-sized field of view at the study's 1 mm.
     full_shape, box = mask.shape, support_box(mask, margin=_BOX_MARGIN_VOX)
-    magnitude, phase, mask = magnitude[(slice(None), *box)], np.asarray(phase)[(slice(None), *box)], mask[box]
+    # after the mask, which is drawn on the unfiltered magnitude: the taper widens the head's edge
+    if params.ringing == "unring":
+        magnitude, phase = unring(magnitude, np.asarray(phase))
+    if params.ringing == "taper":  # filters the whole field of view, keeps the box
+        magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper, box=box)
+    else:
+        magnitude, phase = magnitude[(slice(None), *box)], np.asarray(phase)[(slice(None), *box)]
+    mask = mask[box]
     method = params.combine
     te = np.asarray(echo_times, dtype=float)
     if method in ("phase-difference", "nonlinear") and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):
@@ -178,7 +180,10 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     radii = np.arange(params.vsharp_max_radius_mm, params.vsharp_min_radius_vox * step - 1e-6, -step)
     if radii.size == 0:
         radii = np.array([params.vsharp_max_radius_mm])
-    local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold)
+    kernels = {}  # the passes below filter on the same grid: its kernels are computed once
+    depth = mask_depth(mask, vs)
+    local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold, kernels=kernels,
+                          depth=depth)
     for _ in range(params.quality_iterations):
         # Background that V-SHARP could not remove (next to sinuses, at the
         # edge of the field of view) shows up as local-field outliers that the
@@ -187,13 +192,14 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         # largest sphere of the mask's edge; deeper outliers are real sources
         # (iron-rich nuclei, veins): cutting them punched holes in the deep
         # grey matter of some subjects, and the group mask lost them for all.
-        depth = ndimage.distance_transform_edt(mask, sampling=vs)
         bad = outlier_voxels(local, lmask, params.quality_mad) & (depth <= params.vsharp_max_radius_mm)
         if not bad.any():
             break
         grow = dilate_by(bad, params.quality_margin_mm, vs)
         mask = largest_component(mask & ~grow)
-        local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold)
+        depth = mask_depth(mask, vs)
+        local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold,
+                              kernels=kernels, depth=depth)
     b = b0_direction(affine)
     gain = taper_noise_gain(full_shape, params.kspace_taper) if params.ringing == "taper" else 1.0
     scale = regularisation_scale(local, lmask, params.reference_noise_ppm, gain)

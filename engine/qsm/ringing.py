@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
+from .phasor import phasor
+
 __all__ = ["unring", "tukey_taper", "taper_kspace", "taper_noise_gain"]
 
 
@@ -74,7 +76,7 @@ def unring(magnitude: np.ndarray, phase: np.ndarray, n_shifts: int = 10, n_point
         raise ValueError(f"n_shifts and n_points must be at least 1, got {n_shifts} and {n_points}")
     mags, phases = [], []
     for m, p in zip(magnitude, phase):
-        z = m.astype(np.float64) * np.exp(1j * p.astype(np.float64))
+        z = phasor(p, m, dtype=np.complex128)
         for axis in range(3):
             if z.shape[axis] > 2 * n_points + 1:
                 z = _unring_axis(z, axis, n_shifts, n_points, workers)
@@ -109,23 +111,36 @@ def _separable_taper(shape, fraction: float) -> np.ndarray:
 
 
 def taper_kspace(magnitude: np.ndarray, phase: np.ndarray, fraction: float = 0.3,
-                 workers=None) -> tuple[np.ndarray, np.ndarray]:
+                 workers=None, box: tuple[slice, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Magnitude and phase (echo, x, y, z) with the outer ``fraction`` of k-space tapered.
 
     The complex signal ``m exp(i phi)`` of every echo is filtered with a separable
     Tukey window (:func:`tukey_taper`) along each spatial axis.  It blurs every
     image, ringing or not.
+
+    ``box`` (three slices) returns only that part of the filtered images.  The
+    inverse transform runs axis by axis (it is separable), and each axis is cropped
+    to the box as soon as it is transformed back, so the last one transforms only
+    what is kept.  Single-precision input is filtered in single precision.
     """
     magnitude = np.asarray(magnitude)
     phase = np.asarray(phase)
     if magnitude.shape != phase.shape or magnitude.ndim != 4:
         raise ValueError(f"magnitude and phase must both be (echo, x, y, z); got {magnitude.shape}, {phase.shape}")
+    box = (slice(None),) * 3 if box is None else tuple(box)
+    if len(box) != 3:
+        raise ValueError(f"box must hold three slices, got {box!r}")
     if fraction == 0:
-        return magnitude, phase
-    window = _separable_taper(magnitude.shape[1:], fraction)
+        return magnitude[(slice(None), *box)], phase[(slice(None), *box)]
+    real = np.float32 if magnitude.dtype == np.float32 and phase.dtype == np.float32 else np.float64
+    window = _separable_taper(magnitude.shape[1:], fraction).astype(real)
     mags, phases = [], []
     for m, p in zip(magnitude, phase):
-        z = sfft.ifftn(sfft.fftn(m * np.exp(1j * p), workers=workers) * window, workers=workers)
+        z = sfft.fftn(phasor(p, m, dtype=np.result_type(real, np.complex64)), workers=workers, overwrite_x=True)
+        z *= window
+        # back over the contiguous axes, crop them, then the first axis, crop it
+        z = sfft.ifftn(z, axes=(1, 2), workers=workers, overwrite_x=True)[:, box[1], box[2]]
+        z = sfft.ifft(z, axis=0, workers=workers, overwrite_x=True)[box[0]]
         mags.append(np.abs(z).astype(magnitude.dtype, copy=False))
         phases.append(np.angle(z).astype(phase.dtype, copy=False))
     return np.stack(mags), np.stack(phases)

@@ -6,6 +6,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from .dipole import GAMMA_HZ_PER_T
+from .phasor import phasor
 
 __all__ = ["laplacian_kernel", "laplacian_unwrap", "path_unwrap", "combine_echoes", "refine_frequency", "field_to_ppm"]
 
@@ -116,10 +117,11 @@ def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_s
         steps = np.diff(te)
         if not np.allclose(steps, steps[0], rtol=1e-3):
             raise ValueError(f"the phase-difference combination needs equally spaced echoes, got {te.tolist()}")
-        z = np.zeros(phase.shape[1:], dtype=np.complex128)
+        # in the images' own precision (single for the study's float32 images): a sum of eleven
+        # products keeps far more digits than the phase's noise
+        z = np.zeros(phase.shape[1:], dtype=np.result_type(phase.dtype, mag.dtype, np.complex64))
         for e in range(len(te) - 1):  # echo by echo: a few volumes of memory
-            z += (np.asarray(mag[e + 1], np.float64) * mag[e]) * np.exp(
-                1j * (np.asarray(phase[e + 1], np.float64) - phase[e]))
+            z += phasor(phase[e + 1] - phase[e], mag[e + 1] * mag[e])
         dte = steps[0]
         # Per voxel, the echo-difference frequency is right modulo 2 pi / dte;
         # refining it with every echo keeps that ambiguity but averages the
@@ -129,7 +131,7 @@ def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_s
             omega_w = nonlinear_frequency_fit(phase, mag, te, np.angle(z) / dte)
         else:
             omega_w = refine_frequency(phase, mag, te, np.angle(z) / dte)
-        wrapped = np.angle(np.exp(1j * omega_w * dte))
+        wrapped = _wrap(omega_w * dte)
         if unwrapper == "path":
             return path_unwrap(wrapped, mask) / dte
         return laplacian_unwrap(wrapped, voxel_size, workers=workers) / dte
@@ -167,10 +169,15 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
     """
     te = np.asarray(echo_times, dtype=np.float64)
     omega = np.asarray(omega0, dtype=np.float64)
+    # Single-precision phases are fitted in single precision (a residual of at most pi keeps
+    # 3e-7 rad; the noise of a phase is ~1e-2 rad), the sums of weights and the update in double.
+    single = np.asarray(phase[0]).dtype == np.float32 and np.asarray(magnitude[0]).dtype == np.float32
+    real = np.float32 if single else np.float64
     # one echo at a time: memory stays a few volumes whatever the echo count
     # (broadcasting over (echo, x, y, z) needed ~10 GiB at 256x256x150x12)
     def weight(e):
-        return np.asarray(magnitude[e], dtype=np.float64) ** 2 + 1e-12
+        m = np.asarray(magnitude[e], dtype=real)
+        return m * m + real(1e-12)
 
     sw = np.zeros(omega.shape)
     st = np.zeros(omega.shape)
@@ -179,23 +186,33 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
         w = weight(e)
         sw += w
         st += w * t
-        stt += w * t * t
+        stt += w * (t * t)
     det = sw * stt - st**2
     det = np.where(det == 0, np.inf, det)
     for _ in range(int(iterations)):
-        acc = np.zeros(omega.shape, dtype=np.complex128)
+        om = omega.astype(real)
+        acc = np.zeros(omega.shape, dtype=np.result_type(real, np.complex64))
         for e, t in enumerate(te):
-            acc += weight(e) * np.exp(1j * (np.asarray(phase[e], dtype=np.float64) - omega * t))
+            acc += phasor(np.asarray(phase[e], dtype=real) - om * real(t), weight(e))
         phi0 = np.angle(acc)
-        sr = np.zeros(omega.shape)
-        str_ = np.zeros(omega.shape)
+        sr = np.zeros(omega.shape, real)
+        str_ = np.zeros(omega.shape, real)
         for e, t in enumerate(te):
             w = weight(e)
-            r = np.remainder(np.asarray(phase[e], dtype=np.float64) - phi0 - omega * t + np.pi, 2 * np.pi) - np.pi
-            sr += w * r
-            str_ += w * t * r
+            r = _wrap(np.asarray(phase[e], dtype=real) - phi0 - om * real(t))
+            r *= w
+            sr += r
+            r *= real(t)
+            str_ += r
         omega = omega + (sw * str_ - st * sr) / det
     return omega
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    """``angle`` wrapped into [-pi, pi] (in place)."""
+    turns = np.rint(angle / (2 * np.pi))
+    angle -= 2 * np.pi * turns
+    return angle
 
 
 def nonlinear_frequency_fit(phase, magnitude, echo_times, omega0, max_iterations: int = 20, tol: float = 1e-6):
