@@ -97,7 +97,7 @@ def _neg_div(g, vs, out):
 
 def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 1e-4,
             rho: float | None = None, mu: float = 1.0, weight: np.ndarray | None = None, iterations: int = 50,
-            tol: float = 1e-3, pad: int = 16, workers=None) -> np.ndarray:
+            tol: float = 1e-3, pad: int = 8, workers=None) -> np.ndarray:
     """Total-variation regularised dipole inversion by ADMM (Bilgic et al. 2014; Milovic et al. 2018).
 
     Solves ``min_chi 1/2 ||W (D chi - f)||^2 + lam ||grad chi||_1`` where
@@ -126,6 +126,10 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
         Data weights in [0, 1] inside the mask.
     iterations, tol
         At most ``iterations``; stop when chi changes by less than ``tol`` (relative).
+    pad : int
+        Zeros around the field (voxels) against the FFT's wrap-around.  The field is fitted
+        only inside the mask and is free outside it, so a narrow margin suffices; the
+        iterations' cost grows with the padded grid (``docs/validation.md``).
     """
     f, m = _check(local_field, mask)
     vs = np.asarray(voxel_size, dtype=float)
