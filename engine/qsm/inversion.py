@@ -74,7 +74,8 @@ def _grad(x, vs, out=None):
         head, tail, last, first = _edges(a)
         np.subtract(x[tail], x[head], out=out[a][head])
         np.subtract(x[first], x[last], out=out[a][last])
-        out[a] /= vs[a]
+        if vs[a] != 1.0:  # a pass over the array saved at 1 mm
+            out[a] /= vs[a]
     return out
 
 
@@ -82,16 +83,21 @@ def _div(g, vs):
     return sum((g[a] - np.roll(g[a], 1, axis=a)) / vs[a] for a in range(3))
 
 
-def _neg_div(g, vs, out):
-    """``-_div(g, vs)`` written into ``out`` (backward differences, the adjoint of :func:`_grad`)."""
-    out[...] = 0.0
-    tmp = np.empty_like(out)
+def _neg_div(g, vs, out, tmp=None):
+    """``-_div(g, vs)`` written into ``out`` (backward differences, the adjoint of :func:`_grad`).
+
+    ``tmp``, an array like ``out``, is used as scratch space (allocated when not given).
+    """
+    tmp = np.empty_like(out) if tmp is None else tmp
     for a in range(3):
         head, tail, last, first = _edges(a)
-        np.subtract(g[a][head], g[a][tail], out=tmp[tail])
-        np.subtract(g[a][last], g[a][first], out=tmp[first])
-        tmp /= vs[a]
-        out += tmp
+        part = out if a == 0 else tmp
+        np.subtract(g[a][head], g[a][tail], out=part[tail])
+        np.subtract(g[a][last], g[a][first], out=part[first])
+        if vs[a] != 1.0:
+            part /= vs[a]
+        if a:
+            out += part
     return out
 
 
@@ -168,11 +174,12 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     W2mu = W2 + real(mu)
     chi = np.zeros(shape, real)
     work = np.empty(shape, real)
+    scratch = np.empty(shape, real)  # allocated once: a fresh array every iteration costs page faults
     t = real(lam / rho)  # the soft threshold
     for _ in range(int(iterations)):
         np.subtract(z, u, out=z)  # z is rebuilt below: its buffer holds z - u meanwhile
         spectrum = muD_over * sfft.rfftn(np.subtract(y, u2, out=work), workers=workers)
-        spectrum += rho_over * sfft.rfftn(_neg_div(z, vs, out=work), workers=workers)
+        spectrum += rho_over * sfft.rfftn(_neg_div(z, vs, out=work, tmp=scratch), workers=workers)
         new = sfft.irfftn(spectrum, s=shape, workers=workers)
         change = np.linalg.norm(np.subtract(new, chi, out=chi)) / max(np.linalg.norm(new), 1e-12)
         chi = new
