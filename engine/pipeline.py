@@ -376,18 +376,20 @@ def group_design(table: pd.DataFrame, spec: StudySpec):
     return design_table, design_matrix(design_table, groups=list(spec.groups), covariates=list(spec.covariates))
 
 
-def run_group(store_path: str | Path, spec: StudySpec, out_dir: str | Path) -> dict:
+def run_group(store_path: str | Path, spec: StudySpec, out_dir: str | Path, client=None) -> dict:
     """Stack, fit every contrast of the spec, write maps, tables, ROI values and derivatives.
 
     Returns a dict with the subjects used, those excluded with reasons, and
     per contrast the whole-brain and SVC tables.  Holds the store's lock.
+    With a ``client``, the permutations run as tasks on its workers (the
+    same results, whatever the number of workers).
     """
     spec = complete_spec(spec)
     with CohortStore(store_path).lock("group level"):
-        return _run_group(store_path, spec, out_dir)
+        return _run_group(store_path, spec, out_dir, client)
 
 
-def _run_group(store_path, spec: StudySpec, out_dir) -> dict:
+def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
 
     store = CohortStore(store_path)
     out = Path(out_dir)
@@ -410,7 +412,7 @@ def _run_group(store_path, spec: StudySpec, out_dir) -> dict:
             f"{MIN_RELIABLE_DF}; add subjects or remove covariates")
     contrast_results = {}
     for c in spec.contrasts:
-        res, perm_table, perm_vars = _fit_contrast(mni[c.map].data[order], design, c, spec, template)
+        res, perm_table, perm_vars = _fit_contrast(mni[c.map].data[order], design, c, spec, template, client)
         _write_contrast(store, out, c, res, perm_table, perm_vars, design, spec, template.grid, digest)
         contrast_results[c.name] = res
         results["contrasts"][c.name] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
@@ -451,7 +453,7 @@ def _stack_subjects(store: CohortStore, subjects: list[str], table: pd.DataFrame
     return store.open_node("mni"), digest
 
 
-def _fit_contrast(Y, design, c: Contrast, spec: StudySpec, template):
+def _fit_contrast(Y, design, c: Contrast, spec: StudySpec, template, client=None):
     """One contrast of the spec: GLM, RFT tables, SVC and (if asked) permutation inference."""
     import dask.array as da
 
@@ -482,7 +484,8 @@ def _fit_contrast(Y, design, c: Contrast, spec: StudySpec, template):
     perm_table, perm_vars = None, {}
     n_perm = inf.permutations
     if n_perm > 0:
-        perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template)
+        perm_table, perm_vars = _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template,
+                                                       client)
         # each RFT cluster's permutation p: the clusters are the same (same T, height and
         # connectivity), so the one holding a row's peak voxel is that row's cluster
         cluster_p = perm_vars["p_fwe_cluster_mass"][1]
@@ -517,13 +520,13 @@ def _write_contrast(store: CohortStore, out: Path, c: Contrast, res, perm_table,
     save_nifti(res.mask, grid.affine, out / "group" / f"contrast-{c.name}_mask.nii.gz")
 
 
-def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template):
+def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template, client=None):
     """Freedman–Lane permutations of one contrast: a cluster table (cluster mass and TFCE FWE p) and maps."""
     from ferritin.stats.permutation import permutation_cluster
 
     tfce_dh = 0.1 if inf.tfce else None
     perm = permutation_cluster(Y, design.X, design.contrast(c.weights), res.mask, n_perm=n_perm,
-                               seed=inf.permutation_seed, cluster_forming_t=res.u, tfce_dh=tfce_dh)
+                               seed=inf.permutation_seed, cluster_forming_t=res.u, tfce_dh=tfce_dh, client=client)
     rows = []
     T = np.where(res.mask, perm.t_obs, -np.inf)
     for label in range(1, len(perm.cluster_mass)):

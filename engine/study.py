@@ -89,19 +89,19 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict,
     if "group" in levels:
         t0 = time.perf_counter()
         if remote:
-            result.group, result.report = _group_to_object_store(result.store, spec, out, report)
+            result.group, result.report = _group_to_object_store(result.store, spec, out, report, client)
         else:
-            result.group = run_group(result.store, spec, out)
+            result.group = run_group(result.store, spec, out, client)
             if report:
                 result.report = write_report(out)
         result.seconds["group"] = time.perf_counter() - t0
     return result
 
 
-def _group_to_object_store(store: str, spec, out_url: str, report: bool) -> tuple[dict, str | None]:
+def _group_to_object_store(store: str, spec, out_url: str, report: bool, client=None) -> tuple[dict, str | None]:
     """The group level with its files written locally, then uploaded beside the store."""
     with tempfile.TemporaryDirectory(prefix="ferritin-group-") as tmp:
-        group = run_group(store, spec, tmp)
+        group = run_group(store, spec, tmp, client)
         written = write_report(Path(tmp)) if report else None
         upload_folder(tmp, out_url)
     return group, (f"{out_url}/{written.relative_to(tmp).as_posix()}" if written else None)

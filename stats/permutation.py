@@ -246,7 +246,7 @@ def _fwe_p(null_max: np.ndarray, observed: np.ndarray) -> np.ndarray:
 
 def permutation_cluster(Y, X, c, mask, n_perm: int = 1000, seed: int = 0, cluster_forming_t: float | None = None,
                         tfce_dh: float | None = None, batch: int = 32, block_voxels: int = 50000,
-                        dtype=np.float64) -> ClusterPermutationResult:
+                        dtype=np.float64, client=None) -> ClusterPermutationResult:
     """Max-T, cluster-mass and TFCE FWE inference by Freedman–Lane permutation.
 
     Parameters
@@ -262,8 +262,12 @@ def permutation_cluster(Y, X, c, mask, n_perm: int = 1000, seed: int = 0, cluste
     tfce_dh : TFCE step; None: no TFCE
     batch : permutations whose T images are held together (memory: batch × voxels × 8 bytes)
     dtype : precision of the permutation products (see :func:`freedman_lane_t`)
+    client : dask.distributed.Client, optional
+        Runs the batches as tasks on its workers (the masked data are sent to each worker once);
+        default: in this process.
 
-    Results depend on ``seed`` and ``n_perm`` only, not on ``batch`` or ``block_voxels``.
+    Results depend on ``seed`` and ``n_perm`` only, not on ``batch``, ``block_voxels`` or where
+    the batches run.
     """
     X, n = _checked_design(Y, X, n_perm)
     mask = np.asarray(mask, dtype=bool)
@@ -272,44 +276,61 @@ def permutation_cluster(Y, X, c, mask, n_perm: int = 1000, seed: int = 0, cluste
     Ym = Y[:, mask] if not hasattr(Y, "dask") else Y.reshape(n, -1)[:, np.flatnonzero(mask.ravel())].compute()
     Ym = np.asarray(Ym, dtype=np.float64)
     perms = _permutations(n, n_perm, seed)
-    V = Ym.shape[1]
-    max_t = np.empty(n_perm)
-    max_mass = np.zeros(n_perm) if cluster_forming_t is not None else None
-    max_tfce = np.zeros(n_perm) if tfce_dh is not None else None
-    image = np.full(mask.shape, np.nan)
-    t_obs = tfce_obs = lab_obs = mass_obs = None
-    for b0 in range(0, n_perm, batch):
-        P = perms[b0 : b0 + batch]
-        T = np.empty((P.shape[0], V))
-        for v0 in range(0, V, block_voxels):
-            T[:, v0 : v0 + block_voxels] = freedman_lane_t(Ym[:, v0 : v0 + block_voxels], X, c, P, dtype=dtype)
-        finite = np.where(np.isfinite(T), T, -np.inf)
-        max_t[b0 : b0 + P.shape[0]] = finite.max(axis=1)
-        for r in range(P.shape[0]):
-            if max_mass is None and max_tfce is None and b0 + r > 0:
-                break
-            image[mask] = T[r]
-            if b0 + r == 0:
-                t_obs = image.copy()
-            if max_mass is not None:
-                lab, masses = cluster_masses(image, cluster_forming_t)
-                max_mass[b0 + r] = masses.max() if masses.size else 0.0
-                if b0 + r == 0:
-                    lab_obs, mass_obs = lab, masses
-            if max_tfce is not None:
-                t = tfce(image, dh=tfce_dh)
-                max_tfce[b0 + r] = t.max()
-                if b0 + r == 0:
-                    tfce_obs = np.where(mask, t, np.nan)
+    options = dict(cluster_forming_t=cluster_forming_t, tfce_dh=tfce_dh, block_voxels=block_voxels, dtype=dtype)
+    starts = range(0, n_perm, batch)
+    if client is None:
+        parts = [_batch_maxima(Ym, X, c, mask, perms[b0 : b0 + batch], b0 == 0, **options) for b0 in starts]
+    else:
+        data, where = client.scatter([Ym, mask], broadcast=True)
+        parts = client.gather([client.submit(_batch_maxima, data, X, c, where, perms[b0 : b0 + batch], b0 == 0,
+                                             **options, pure=False) for b0 in starts])
+    first = parts[0]
+    max_t = np.concatenate([p["max_t"] for p in parts])
+    t_obs = first["t_obs"]
     p_img = np.full(mask.shape, np.nan)
     p_img[mask] = _fwe_p(max_t, t_obs[mask])
     res = ClusterPermutationResult(t_obs, n_perm, max_t, p_img, cluster_forming_t)
-    if max_mass is not None:
-        cp = _fwe_p(max_mass, mass_obs)
+    if cluster_forming_t is not None:
+        max_mass = np.concatenate([p["max_mass"] for p in parts])
+        cp = _fwe_p(max_mass, first["mass_obs"])
         cp[0] = np.nan
-        res.cluster_labels, res.cluster_mass, res.cluster_p_fwe, res.max_mass_null = lab_obs, mass_obs, cp, max_mass
-    if max_tfce is not None:
+        res.cluster_labels, res.cluster_mass, res.cluster_p_fwe, res.max_mass_null = (
+            first["lab_obs"], first["mass_obs"], cp, max_mass)
+    if tfce_dh is not None:
+        max_tfce = np.concatenate([p["max_tfce"] for p in parts])
         tp = np.full(mask.shape, np.nan)
-        tp[mask] = _fwe_p(max_tfce, tfce_obs[mask])
-        res.tfce_obs, res.tfce_p_fwe, res.max_tfce_null = tfce_obs, tp, max_tfce
+        tp[mask] = _fwe_p(max_tfce, first["tfce_obs"][mask])
+        res.tfce_obs, res.tfce_p_fwe, res.max_tfce_null = first["tfce_obs"], tp, max_tfce
     return res
+
+
+def _batch_maxima(Ym, X, c, mask, P, identity_first: bool, cluster_forming_t, tfce_dh, block_voxels,
+                  dtype) -> dict:
+    """Per permutation of ``P``: the largest T, cluster mass and TFCE; the observed images when
+    ``identity_first`` (the first row of ``P`` is the identity)."""
+    V = Ym.shape[1]
+    T = np.empty((P.shape[0], V))
+    for v0 in range(0, V, block_voxels):
+        T[:, v0 : v0 + block_voxels] = freedman_lane_t(Ym[:, v0 : v0 + block_voxels], X, c, P, dtype=dtype)
+    out = {"max_t": np.where(np.isfinite(T), T, -np.inf).max(axis=1),
+           "max_mass": np.zeros(P.shape[0]) if cluster_forming_t is not None else None,
+           "max_tfce": np.zeros(P.shape[0]) if tfce_dh is not None else None}
+    image = np.full(mask.shape, np.nan)
+    for r in range(P.shape[0]):
+        observed = identity_first and r == 0
+        if cluster_forming_t is None and tfce_dh is None and not observed:
+            break
+        image[mask] = T[r]
+        if observed:
+            out["t_obs"] = image.copy()
+        if cluster_forming_t is not None:
+            lab, masses = cluster_masses(image, cluster_forming_t)
+            out["max_mass"][r] = masses.max() if masses.size else 0.0
+            if observed:
+                out["lab_obs"], out["mass_obs"] = lab, masses
+        if tfce_dh is not None:
+            t = tfce(image, dh=tfce_dh)
+            out["max_tfce"][r] = t.max()
+            if observed:
+                out["tfce_obs"] = np.where(mask, t, np.nan)
+    return out

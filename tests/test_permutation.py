@@ -121,6 +121,23 @@ def test_cluster_permutation_is_seeded_batch_free_and_agrees_with_max_t():
     np.testing.assert_array_equal(np.isnan(a.t_obs), ~mask)
 
 
+def test_cluster_permutation_on_dask_workers_is_identical_to_in_process(client):
+    rng = np.random.default_rng(5)
+    n, shape = 12, (9, 10, 8)
+    X = np.column_stack([np.r_[np.ones(6), np.zeros(6)], np.r_[np.zeros(6), np.ones(6)], rng.normal(0, 1, n)])
+    c = np.array([1.0, -1.0, 0.0])
+    Y = _smooth_images(rng, n, shape)
+    Y[:6, 3:6, 3:6, 3:6] += 1.5  # an effect, so that the observed clusters are not empty
+    mask = np.ones(shape, bool)
+    here = permutation_cluster(Y, X, c, mask, n_perm=30, seed=4, cluster_forming_t=2.0, tfce_dh=0.2, batch=8)
+    there = permutation_cluster(Y, X, c, mask, n_perm=30, seed=4, cluster_forming_t=2.0, tfce_dh=0.2, batch=8,
+                                client=client)
+    assert here.cluster_mass.size > 1
+    for name in ("t_obs", "max_t_null", "p_fwe", "cluster_labels", "cluster_mass", "cluster_p_fwe",
+                 "max_mass_null", "tfce_obs", "tfce_p_fwe", "max_tfce_null"):
+        np.testing.assert_array_equal(getattr(here, name), getattr(there, name), err_msg=name)
+
+
 @pytest.mark.slow
 def test_cluster_and_tfce_find_a_planted_blob_and_nothing_else():
     rng = np.random.default_rng(9)
