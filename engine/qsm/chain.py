@@ -13,7 +13,7 @@ from ..params import check_choices
 from .background import mask_depth, vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
-from .mask import brain_mask, dilate_by, largest_component
+from .mask import bounding_box, brain_mask, dilate_by, largest_component
 from .ringing import taper_kspace, taper_noise_gain, unring
 from .unwrap import combine_echoes, field_to_ppm
 
@@ -227,11 +227,7 @@ def support_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise ValueError("mask is empty")
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)
+    return bounding_box(mask, margin)
 
 
 def _paste(values: np.ndarray, box: tuple[slice, ...], shape) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["brain_mask", "otsu_threshold", "ball", "dilate_by", "erode_by", "largest_component"]
+__all__ = ["brain_mask", "otsu_threshold", "ball", "bounding_box", "dilate_by", "erode_by", "largest_component"]
 
 
 def ball(radius_vox) -> np.ndarray:
@@ -22,8 +22,9 @@ def ball(radius_vox) -> np.ndarray:
 _SMALL_BALL = 125
 
 
-def _bounding_box(mask: np.ndarray, margin) -> tuple[slice, ...]:
-    """Slices of the smallest box holding ``mask``'s voxels, grown by ``margin`` voxels per axis (within the array)."""
+def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``'s voxels, grown by ``margin`` voxels (one or one per axis),
+    within the array.  ``mask`` must hold a voxel."""
     box = []
     for axis, grow in enumerate(np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
@@ -45,7 +46,7 @@ def dilate_by(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
     element = ball(radius_mm * (1 + 1e-9) / vs)
     if element.sum() <= _SMALL_BALL:
         return ndimage.binary_dilation(mask, element)
-    box = _bounding_box(mask, np.floor(radius_mm * (1 + 1e-9) / vs).astype(int) + 1)
+    box = bounding_box(mask, np.floor(radius_mm * (1 + 1e-9) / vs).astype(int) + 1)
     out = np.zeros(mask.shape, bool)
     out[box] = ndimage.distance_transform_edt(~mask[box], sampling=vs) <= radius_mm * (1 + 1e-9)
     return out
@@ -66,7 +67,7 @@ def erode_by(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
     element = ball(radius_mm * (1 + 1e-9) / vs)
     if element.sum() <= _SMALL_BALL:
         return ndimage.binary_erosion(mask, element, border_value=0)
-    box = _bounding_box(mask, 0)
+    box = bounding_box(mask, 0)
     inner = (slice(1, -1),) * mask.ndim
     depth = ndimage.distance_transform_edt(np.pad(mask[box], 1), sampling=vs)[inner]
     out[box] = depth > radius_mm * (1 + 1e-9)
