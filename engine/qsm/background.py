@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
-from scipy import ndimage
 
-__all__ = ["vsharp", "pdf", "smv_kernel", "sphere_inside", "mask_depth"]
+from .mask import mask_depth
+
+__all__ = ["vsharp", "pdf", "smv_kernel"]
 
 
 def _field_and_mask(field, mask) -> tuple[np.ndarray, np.ndarray]:
@@ -37,24 +38,6 @@ def smv_kernel(shape, radius_mm: float, voxel_size=(1.0, 1.0, 1.0), half: bool =
     if half:
         return sfft.rfftn(sphere, workers=workers).real
     return sfft.fftn(sphere, workers=workers).real
-
-
-def sphere_inside(mask: np.ndarray, radius_mm: float, voxel_size, depth: np.ndarray | None = None) -> np.ndarray:
-    """Voxels whose sphere of ``radius_mm`` lies wholly inside ``mask`` (outside the array is outside).
-
-    A sphere fits where the nearest voxel outside the mask is farther than its radius: one
-    Euclidean distance transform (``depth``, when given, is that transform) answers every radius.
-    """
-    if depth is None:
-        depth = mask_depth(mask, voxel_size)
-    return depth > radius_mm * (1 + 1e-9)
-
-
-def mask_depth(mask: np.ndarray, voxel_size) -> np.ndarray:
-    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it (outside the array counts)."""
-    mask = np.asarray(mask, dtype=bool)
-    inner = (slice(1, -1),) * mask.ndim
-    return ndimage.distance_transform_edt(np.pad(mask, 1), sampling=voxel_size)[inner]
 
 
 def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radii_mm=None,
@@ -90,7 +73,7 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
         (as the chain's passes that drop outliers and remove the background again): the kernels'
         spectra are computed on the first call and reused.
     depth : array, optional
-        :func:`mask_depth` of ``mask``, when the caller has it already.
+        :func:`.mask.mask_depth` of ``mask``, when the caller has it already.
 
     Returns
     -------
@@ -123,7 +106,7 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
         key = (shape, r, tuple(vs))
         if key not in kernels:
             kernels[key] = smv_kernel(shape, r, vs, half=True, workers=workers, dtype=np.float32)
-        inside = sphere_inside(mask, r, vs, depth)
+        inside = depth > r * (1 + 1e-9)  # the sphere fits: the mask eroded by it (as :func:`.mask.erode_by`)
         new = inside & ~done
         if new.any():
             hp = f[core] - sfft.irfftn(kernels[key] * F, s=shape, workers=workers)[core]

@@ -10,10 +10,10 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from ..params import check_choices
-from .background import mask_depth, vsharp
+from .background import vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
-from .mask import bounding_box, brain_mask, dilate_by, largest_component
+from .mask import bounding_box, brain_mask, dilate_by, largest_component, mask_depth
 from .ringing import taper_kspace, taper_noise_gain, unring
 from .unwrap import combine_echoes, field_to_ppm
 

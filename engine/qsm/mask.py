@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["brain_mask", "otsu_threshold", "ball", "bounding_box", "dilate_by", "erode_by", "largest_component"]
+__all__ = ["brain_mask", "otsu_threshold", "ball", "bounding_box", "dilate_by", "erode_by", "largest_component",
+           "mask_depth"]
 
 
 def ball(radius_vox) -> np.ndarray:
@@ -68,10 +69,18 @@ def erode_by(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
     if element.sum() <= _SMALL_BALL:
         return ndimage.binary_erosion(mask, element, border_value=0)
     box = bounding_box(mask, 0)
-    inner = (slice(1, -1),) * mask.ndim
-    depth = ndimage.distance_transform_edt(np.pad(mask[box], 1), sampling=vs)[inner]
-    out[box] = depth > radius_mm * (1 + 1e-9)
+    out[box] = mask_depth(mask[box], vs) > radius_mm * (1 + 1e-9)
     return out
+
+
+def mask_depth(mask: np.ndarray, voxel_size) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it (outside the array counts).
+
+    A ball of radius r centred on a voxel lies inside the mask exactly where the depth exceeds r.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    inner = (slice(1, -1),) * mask.ndim
+    return ndimage.distance_transform_edt(np.pad(mask, 1), sampling=voxel_size)[inner]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
