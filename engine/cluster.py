@@ -12,6 +12,7 @@ independent of the number of workers.
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from importlib import resources
@@ -20,7 +21,7 @@ import dask.config
 import yaml
 from distributed import Client, LocalCluster
 
-__all__ = ["dask_client", "make_cluster", "settings", "SINGLE_THREAD_ENV", "KINDS"]
+__all__ = ["dask_client", "make_cluster", "settings", "subject_task", "SINGLE_THREAD_ENV", "KINDS"]
 
 KINDS = ("local", "scheduler", "k8s", "slurm", "pbs")
 
@@ -31,6 +32,25 @@ SINGLE_THREAD_ENV = {
     "MKL_NUM_THREADS": "1",
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
 }
+
+
+def subject_task(fn):
+    """``fn`` as a cluster task that reads its own inputs, in its own thread.
+
+    Inside a worker, dask hands any computation (a lazy xarray node's
+    ``.values``) to the cluster and gives up the task's thread meanwhile
+    (``secede``): the worker then starts the next subject on the same core,
+    so one worker runs several subjects at once while another has run out of
+    work.  With the synchronous scheduler a task reads its inputs itself and
+    a worker runs one subject per thread, as its thread count says.
+    """
+
+    @functools.wraps(fn)
+    def task(*args, **kwargs):
+        with dask.config.set(scheduler="synchronous"):
+            return fn(*args, **kwargs)
+
+    return task
 
 
 def _load_defaults() -> None:

@@ -15,6 +15,7 @@ from ferritin.cohort.errors import DatasetError, SubjectError
 from ferritin.cohort.layout import native_dataset, participants_dataset
 from ferritin.cohort.store import CohortStore, digest_files, digest_params, is_url
 
+from .cluster import subject_task
 from .progress import track
 
 __all__ = ["ingest", "IngestResult", "ingest_subject"]
@@ -41,6 +42,7 @@ class IngestResult:
         return "\n".join(lines)
 
 
+@subject_task
 def ingest_subject(files: SubjectFiles, store_path: str) -> tuple[str, str, str | None]:
     """Convert one subject; returns ``(status, subject, reason)``.
 

@@ -36,6 +36,7 @@ from ferritin.cohort.templates import atlas_labels, load_template
 from ferritin.stats.roi import label_image
 
 from .anat.stages import AnatParams, chi_to_mni, process_anatomy, renormalise_on_tissue, t1_brain_on_gre
+from .cluster import subject_task
 from .derivatives import export_subject, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .progress import peak_worker_memory, track
@@ -80,6 +81,7 @@ class RunSummary:
         return "\n".join(lines)
 
 
+@subject_task
 def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tuple[str, str, str | None]:
     """QSM of one subject: ``native/<sub>`` + ``derived/<sub>/anat`` → ``derived/<sub>/qsm``.
 
@@ -128,6 +130,7 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
     return ("written", subject, None)
 
 
+@subject_task
 def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixed: str = "mni",
                node: str | None = None) -> tuple[str, str, str | None]:
     """Anatomy and normalisation: ``native/<sub>`` → ``derived/<sub>/anat``.
@@ -232,6 +235,7 @@ def _finite_or_none(v):
     return float(v) if v is not None and np.isfinite(v) else None
 
 
+@subject_task
 def template_stage(store_path: str, spec: StudySpec, subjects: list[str], _after=()) -> tuple[str, str, str | None]:
     """The study template (DARTEL's idea, on ANTs): the mean of every subject's
     bias-corrected T1 brain (intensity-normalised per subject) and of its GM

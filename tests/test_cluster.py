@@ -89,3 +89,34 @@ def test_cli_reports_a_locked_store(tmp_path, capsys):
     store.lock_path.write_text('{"pid": 1, "host": "elsewhere", "purpose": "ingest", "started": "now"}')
     assert main(["run", str(tmp_path / "bids"), str(tmp_path / "out"), "group"]) == 4
     assert "in use by another run (ingest" in capsys.readouterr().err
+
+
+def _read_then_work(seconds: float) -> tuple[float, float]:
+    import time
+
+    import dask.array as da
+
+    start = time.monotonic()
+    da.ones(8, chunks=4).sum().compute()  # a task reading its inputs through dask, as the stages do
+    time.sleep(seconds)
+    return start, time.monotonic()
+
+
+def _spans(fn) -> list[tuple[float, float]]:
+    """Start and end of three tasks on a fresh one-thread worker process."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as lc, Client(lc) as client:
+        return sorted(client.gather([client.submit(fn, 0.5, pure=False, key=f"read-{i}") for i in range(3)]))
+
+
+def test_a_subject_task_keeps_its_worker_thread_while_it_reads():
+    """A one-thread worker runs one subject at a time: a stage that reads through
+    dask must not hand its thread to the next subject (which piled several subjects
+    on one worker while another idled)."""
+    def overlaps(spans):
+        return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+    assert overlaps(_spans(_read_then_work)), "dask no longer gives up a task's thread while it computes: update this test"
+    wrapped = _spans(cluster.subject_task(_read_then_work))
+    assert not overlaps(wrapped), wrapped
