@@ -19,6 +19,7 @@ export never leaves a truncated NIfTI behind.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -29,30 +30,46 @@ import numpy as np
 from ferritin import __version__
 from ferritin.cohort.store import CohortStore
 
-__all__ = ["write_dataset_description", "export_subject", "save_nifti", "TEMPLATE_SPACE"]
+from .cluster import subject_task
+
+__all__ = ["write_dataset_description", "export_subject", "export_subjects", "save_nifti", "nifti_gz", "TEMPLATE_SPACE"]
 
 TEMPLATE_SPACE = "MNI152NLin2009cSym"
 
 
-def save_nifti(data, affine, path: Path, sidecar: dict | None = None) -> None:
-    """Write ``data`` as float32 (or int) NIfTI atomically, with an optional JSON sidecar."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def nifti_gz(data, affine) -> bytes:
+    """``data`` as the bytes of a gzipped NIfTI-1 file: float32 for floats, uint8 for bools.
+
+    The gzip header carries no time stamp, so the same map gives the same bytes
+    (nibabel's own writer stamps the time of writing).
+    """
     data = np.asarray(data)
     if data.dtype == bool:
         data = data.astype(np.uint8)
     elif data.dtype.kind == "f":
         data = data.astype(np.float32)
-    tmp = path.with_name(f".part-{path.name}")  # keeps the .nii.gz ending nibabel needs
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm")
-    nib.save(img, str(tmp))
+    return gzip.compress(img.to_bytes(), compresslevel=nib.openers.Opener.default_compresslevel, mtime=0)
+
+
+def write_nifti_bytes(content: bytes, path: Path, sidecar: dict | None = None) -> None:
+    """Write an encoded NIfTI (:func:`nifti_gz`) atomically, with an optional JSON sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".part-{path.name}")
+    tmp.write_bytes(content)
     os.replace(tmp, path)
     if sidecar is not None:
         side = path.with_name(path.name.replace(".nii.gz", ".json"))
         tmp = side.with_name(f".{side.name}.part")
         tmp.write_text(json.dumps(sidecar, indent=2, default=_plain))
         os.replace(tmp, side)
+
+
+def save_nifti(data, affine, path: Path, sidecar: dict | None = None) -> None:
+    """Write ``data`` as float32 (or int) NIfTI atomically, with an optional JSON sidecar."""
+    write_nifti_bytes(nifti_gz(data, affine), path, sidecar)
 
 
 def _plain(v):
@@ -85,32 +102,84 @@ def _current(path: Path, digest: str) -> bool:
 
 def export_subject(store: CohortStore, subject: str, out: Path, voxel_size: float) -> list[Path]:
     """Write one subject's native and MNI maps as BIDS-derivative NIfTIs; return the paths written."""
-    anat_dir = Path(out) / subject / "anat"
+    return export_subjects(store, [subject], out, voxel_size)
+
+
+def export_subjects(store: CohortStore, subjects: list[str], out: Path, voxel_size: float, client=None) -> list[Path]:
+    """:func:`export_subject` for many subjects; with a Dask ``client`` the maps are encoded on its workers.
+
+    Reading a subject's maps and compressing them is the work; the workers
+    return the files' bytes and this process writes them, so the output folder
+    need not be one the workers can reach (an object-store run writes to a local
+    folder first).  Files are written as each subject arrives.
+    """
+    out = Path(out)
+    todo = []
+    for sub in subjects:
+        parts = _stale_parts(store, sub, out, voxel_size)
+        if parts:
+            todo.append((sub, parts))
+    if client is None:
+        results = (_encode_subject(str(store.path), sub, voxel_size, parts) for sub, parts in todo)
+    else:
+        from distributed import as_completed
+
+        futures = [client.submit(_encode_subject, str(store.path), sub, voxel_size, parts, pure=False,
+                                 key=f"export-{sub}") for sub, parts in todo]
+        results = (f.result() for f in as_completed(futures))
     written = []
-    stem = f"{subject}_space-{TEMPLATE_SPACE}_res-{voxel_size:g}mm"
+    for files in results:
+        for rel, content, sidecar in files:
+            write_nifti_bytes(content, out / rel, sidecar)
+            written.append(out / rel)
+    return sorted(written)
+
+
+def _stem(subject: str, voxel_size: float) -> str:
+    return f"{subject}_space-{TEMPLATE_SPACE}_res-{voxel_size:g}mm"
+
+
+def _stale_parts(store: CohortStore, subject: str, out: Path, voxel_size: float) -> tuple[str, ...]:
+    """Which of the subject's ``qsm`` and ``anat`` nodes have files missing or older than the node."""
+    anat_dir = out / subject / "anat"
+    stale = []
     qrec = store.record(f"derived/{subject}/qsm")
-    if qrec is not None:
-        chi_path = anat_dir / f"{subject}_Chimap.nii.gz"
-        if not _current(chi_path, qrec["digest"]):
-            q = store.open_node(f"derived/{subject}/qsm").load()
-            aff = np.asarray(q.attrs["gre_affine"])
-            meta = {"Units": "ppm", "Sources": [f"cohort.zarr/derived/{subject}/qsm"], "FerritinDigest": qrec["digest"],
-                    "QSMParameters": qrec.get("params", {})}
-            save_nifti(q["qsm_mask"].values > 0, aff, anat_dir / f"{subject}_desc-qsm_mask.nii.gz",
-                       {"FerritinDigest": qrec["digest"]})
-            save_nifti(q["chi"].values, aff, chi_path, meta)
-            mni_path = anat_dir / f"{stem}_Chimap.nii.gz"
-            save_nifti(q["chi_mni"].values, np.asarray(q.attrs["mni_affine"]), mni_path, meta)
-            written += [chi_path, mni_path]
+    if qrec is not None and not _current(anat_dir / f"{subject}_Chimap.nii.gz", qrec["digest"]):
+        stale.append("qsm")
     arec = store.record(f"derived/{subject}/anat")
-    if arec is not None:
-        gm_path = anat_dir / f"{stem}_label-GM_desc-modulated_probseg.nii.gz"
-        if not _current(gm_path, arec["digest"]):
-            a = store.open_node(f"derived/{subject}/anat").load()
-            aff = np.asarray(a.attrs["mni_affine"])
-            meta = {"Sources": [f"cohort.zarr/derived/{subject}/anat"], "FerritinDigest": arec["digest"]}
-            save_nifti(a["gm_mod"].values, aff, gm_path, meta)
-            save_nifti(a["gm_mod_s"].values, aff, anat_dir / f"{stem}_label-GM_desc-modulatedsmoothed_probseg.nii.gz",
-                       meta)
-            written += [gm_path]
-    return written
+    gm_path = anat_dir / f"{_stem(subject, voxel_size)}_label-GM_desc-modulated_probseg.nii.gz"
+    if arec is not None and not _current(gm_path, arec["digest"]):
+        stale.append("anat")
+    return tuple(stale)
+
+
+@subject_task
+def _encode_subject(store_path: str, subject: str, voxel_size: float, parts) -> list[tuple[str, bytes, dict | None]]:
+    """The subject's files of ``parts`` as (path relative to the output folder, NIfTI bytes, sidecar or None)."""
+    store = CohortStore(store_path)
+    anat_dir = f"{subject}/anat"
+    stem = _stem(subject, voxel_size)
+    files = []
+    if "qsm" in parts:
+        qrec = store.record(f"derived/{subject}/qsm")
+        node = store.open_node(f"derived/{subject}/qsm")
+        q = node[["chi", "qsm_mask", "chi_mni"]].load()
+        aff = np.asarray(node.attrs["gre_affine"])
+        meta = {"Units": "ppm", "Sources": [f"cohort.zarr/derived/{subject}/qsm"], "FerritinDigest": qrec["digest"],
+                "QSMParameters": qrec.get("params", {})}
+        files += [(f"{anat_dir}/{subject}_desc-qsm_mask.nii.gz", nifti_gz(q["qsm_mask"].values > 0, aff),
+                   {"FerritinDigest": qrec["digest"]}),
+                  # the native χ last among its files: its sidecar's digest marks the set complete
+                  (f"{anat_dir}/{stem}_Chimap.nii.gz", nifti_gz(q["chi_mni"].values, np.asarray(node.attrs["mni_affine"])),
+                   meta),
+                  (f"{anat_dir}/{subject}_Chimap.nii.gz", nifti_gz(q["chi"].values, aff), meta)]
+    if "anat" in parts:
+        arec = store.record(f"derived/{subject}/anat")
+        node = store.open_node(f"derived/{subject}/anat")
+        a = node[["gm_mod", "gm_mod_s"]].load()
+        aff = np.asarray(node.attrs["mni_affine"])
+        meta = {"Sources": [f"cohort.zarr/derived/{subject}/anat"], "FerritinDigest": arec["digest"]}
+        files += [(f"{anat_dir}/{stem}_label-GM_desc-modulatedsmoothed_probseg.nii.gz",
+                   nifti_gz(a["gm_mod_s"].values, aff), meta),
+                  (f"{anat_dir}/{stem}_label-GM_desc-modulated_probseg.nii.gz", nifti_gz(a["gm_mod"].values, aff), meta)]
+    return files

@@ -37,7 +37,7 @@ from ferritin.stats.roi import label_image
 
 from .anat.stages import AnatParams, chi_to_mni, process_anatomy, renormalise_on_tissue, t1_brain_on_gre
 from .cluster import subject_task
-from .derivatives import export_subject, save_nifti, write_dataset_description
+from .derivatives import export_subjects, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .progress import peak_worker_memory, track
 from .qc import qc_failures
@@ -427,8 +427,7 @@ def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
     results["findings"] = _findings(store, mni.isel(subject=order), contrast_results, spec, template, used, out,
                                     digest)
     write_dataset_description(out)
-    for sub in store.children("derived"):
-        export_subject(store, sub, out, vs)
+    export_subjects(store, store.children("derived"), out, vs, client)
     (out / "spec.yaml").write_text(spec.to_yaml())
     (out / "group" / "run.json").write_text(json.dumps({"store": str(store.path), "pipeline_version": PIPELINE_VERSION,
                                                         "warnings": results["warnings"]}))

@@ -171,6 +171,25 @@ def test_bids_derivatives(group_out):
     assert export_subject(store, sub, out, VS) == []
 
 
+
+def test_subject_export_on_dask_workers_writes_the_same_bytes(group_out, tmp_path):
+    """The workers encode, this process writes: the same files, byte for byte, as exporting in one process."""
+    from distributed import Client, LocalCluster
+
+    from ferritin.engine.derivatives import export_subjects
+
+    out, _, subjects = group_out
+    store = CohortStore(out.parent / "cohort.zarr")
+    here = export_subjects(store, subjects, tmp_path / "here", VS)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        there = export_subjects(store, subjects, tmp_path / "there", VS, client)
+        assert export_subjects(store, subjects, tmp_path / "there", VS, client) == []
+    assert len(here) == 5 * len(subjects)
+    assert [p.relative_to(tmp_path / "here") for p in here] == [p.relative_to(tmp_path / "there") for p in there]
+    for a, b in zip(here, there):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
 def test_report_is_self_contained(group_out):
     from ferritin.engine.report import build_report
 
