@@ -126,7 +126,8 @@ def atropos(image, mask, priors, workdir: str, *, mrf: float, iterations: int, p
     ants = _ants()
     from ants.internal import get_lib_fn, get_pointer_string, process_arguments
 
-    pattern = os.path.join(workdir, "atropos_prob%02d.nii.gz")
+    # uncompressed: the files live for one call, and gzip costs seconds per map at 1 mm
+    pattern = os.path.join(workdir, "atropos_prob%02d.nii")
     for k, prior in enumerate(priors, start=1):
         ants.image_write(prior, pattern % k)
     labels = image.clone("unsigned int")

@@ -306,7 +306,7 @@ def _bias_corrected(t1_img, params: AnatParams, tmp: str):
     """
     import ants
 
-    n4_file = os.path.join(tmp, "t1_n4.nii.gz")
+    n4_file = os.path.join(tmp, "t1_n4.nii")  # uncompressed: a scratch file
     ants.image_write(bias_correct(t1_img, params), n4_file)
     return ants.image_read(n4_file)
 
