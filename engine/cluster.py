@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from contextlib import contextmanager
 from importlib import resources
 
@@ -47,10 +48,39 @@ def subject_task(fn):
 
     @functools.wraps(fn)
     def task(*args, **kwargs):
-        with dask.config.set(scheduler="synchronous"):
+        with _synchronous_scheduler():
             return fn(*args, **kwargs)
 
     return task
+
+
+_sync_lock = threading.Lock()
+_sync_users = 0
+_sync_setting = None
+
+
+@contextmanager
+def _synchronous_scheduler():
+    """Dask's synchronous scheduler while any subject task of this process runs.
+
+    Dask's configuration is one per process: tasks running side by side in
+    threads (several threads per worker, or workers in the client's own
+    process) each setting and restoring it could leave it set after the last
+    one ended, so the first one in sets it and the last one out restores it.
+    """
+    global _sync_users, _sync_setting
+    with _sync_lock:
+        if _sync_users == 0:
+            _sync_setting = dask.config.set(scheduler="synchronous")
+        _sync_users += 1
+    try:
+        yield
+    finally:
+        with _sync_lock:
+            _sync_users -= 1
+            if _sync_users == 0:
+                _sync_setting.__exit__(None, None, None)
+                _sync_setting = None
 
 
 def _load_defaults() -> None:
