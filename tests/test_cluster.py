@@ -120,3 +120,16 @@ def test_a_subject_task_keeps_its_worker_thread_while_it_reads():
     assert overlaps(_spans(_read_then_work)), "dask no longer gives up a task's thread while it computes: update this test"
     wrapped = _spans(cluster.subject_task(_read_then_work))
     assert not overlaps(wrapped), wrapped
+
+
+def test_subject_tasks_in_the_clients_own_process_leave_its_scheduler_as_it_was():
+    """Threads of an in-process cluster share dask's configuration: many overlapping
+    subject tasks must leave the client's scheduler setting as they found it."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=4, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        before = dask.config.get("scheduler", None)
+        task = cluster.subject_task(_read_then_work)
+        client.gather([client.submit(task, 0.01 * (i % 5), pure=False, key=f"read-{i}") for i in range(40)])
+        assert dask.config.get("scheduler", None) == before
