@@ -67,6 +67,10 @@ class AnatParams:
     tissue_metric: str = "meansquares"  # similarity of the tissue SyN
     tissue_sampling: int = 0  # metric parameter (radius for CC)
     tissue_iterations: tuple = (40, 20, 10)  # tissue SyN iterations per level (shrink 4, 2, 1)
+    #: The rigid GRE → T1 registration runs against the bias-corrected T1 resampled to this voxel size
+    #: (mm) when the T1 is finer (None: the T1 as it is).  Six parameters need no 1 mm samples, and
+    #: the full-resolution level of a 1 mm T1 costs most of the registration's time.
+    coreg_voxel_mm: float | None = 2.0
     #: Weight of the template priors against the intensities in Atropos.  The priors
     #: are smooth population maps: a strong weight pulls GM into the sulcal CSF of a
     #: real T1; a weak one keeps them as the classes' start and guide.
@@ -350,7 +354,11 @@ def _coregister_gre(n4, gre_mag: np.ndarray, gre_affine: np.ndarray, params: Ana
     import ants
 
     gre_img = to_ants(np.asarray(gre_mag, dtype=np.float32), gre_affine)
-    rig = ants.registration(fixed=n4, moving=gre_img, type_of_transform="Rigid", aff_metric="mattes",
+    fixed = n4
+    t1, t1_affine = from_ants(n4)
+    if params.coreg_voxel_mm is not None and float(voxel_sizes(t1_affine).min()) < params.coreg_voxel_mm:
+        fixed = to_ants(*_resample_isotropic(t1, t1_affine, params.coreg_voxel_mm))
+    rig = ants.registration(fixed=fixed, moving=gre_img, type_of_transform="Rigid", aff_metric="mattes",
                             outprefix=os.path.join(tmp, "coreg_"), random_seed=params.seed)
     return itk_matrix_to_ras(rig["fwdtransforms"][0])
 
