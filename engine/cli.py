@@ -470,6 +470,29 @@ COMMANDS = {
 }
 
 
+class DaskChatterFilter(logging.Filter):
+    """Dask's own chatter (connections, worker start-up) only when asked for (``-vv``).
+
+    distributed gives its sub-loggers levels of their own, so a level on the
+    parent does not reach them: the filter sits on the handler instead.  Its
+    P2P rechunks log their start and end as warnings (one pair per rechunk of
+    the group level): those pass only at ``-vv`` too; their errors always do.
+    """
+
+    loggers = ("distributed", "bokeh", "tornado")
+    _lifecycle = "distributed.shuffle"
+
+    def __init__(self, verbose: int = 0):
+        super().__init__()
+        self.level = logging.WARNING - 10 * min(verbose, 2) if verbose >= 2 else logging.WARNING
+        self._lifecycle_level = self.level if verbose >= 2 else logging.ERROR
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(self._lifecycle):
+            return record.levelno >= self._lifecycle_level
+        return record.levelno >= self.level or not record.name.startswith(self.loggers)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -478,15 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Dask's own chatter (connections, worker start-up) only when asked for.
-    # distributed gives its sub-loggers levels of their own, so a level on the
-    # parent does not reach them: filter at the handler instead.
-    dask_level = level if args.verbose >= 2 else logging.WARNING
-    dask_loggers = ("distributed", "bokeh", "tornado")
-    for name in dask_loggers:
-        logging.getLogger(name).setLevel(dask_level)
+    chatter = DaskChatterFilter(args.verbose)
+    for name in DaskChatterFilter.loggers:
+        logging.getLogger(name).setLevel(chatter.level)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda r: r.levelno >= dask_level or not r.name.startswith(dask_loggers))
+        handler.addFilter(chatter)
     from ferritin.cohort.errors import FerritinError
     from ferritin.cohort.store import StoreLocked
 

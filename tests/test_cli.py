@@ -46,6 +46,25 @@ def test_simulate_refuses_non_empty_output(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "new"), "--preset", "nope"]) == 2
 
 
+def test_shuffle_lifecycle_warnings_are_chatter_but_errors_are_not():
+    """distributed logs every P2P rechunk's start and end as a warning (72 in a 4 + 4 study at 1 mm)."""
+    import logging
+
+    from ferritin.engine.cli import DaskChatterFilter
+
+    def record(name, level):
+        return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+    quiet, loud = DaskChatterFilter(0), DaskChatterFilter(2)
+    shuffle = "distributed.shuffle._scheduler_plugin"
+    assert not quiet.filter(record(shuffle, logging.WARNING))
+    assert quiet.filter(record(shuffle, logging.ERROR))
+    assert loud.filter(record(shuffle, logging.WARNING))
+    assert not quiet.filter(record("distributed.worker", logging.INFO))
+    assert quiet.filter(record("distributed.worker", logging.WARNING))
+    assert quiet.filter(record("ferritin.engine.pipeline", logging.WARNING))
+
+
 @pytest.mark.slow
 def test_dask_chatter_is_silent_unless_asked_for(tiny_bids, tmp_path):
     """distributed's sub-loggers carry levels of their own: without -vv the
