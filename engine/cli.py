@@ -484,7 +484,7 @@ class DaskChatterFilter(logging.Filter):
 
     def __init__(self, verbose: int = 0):
         super().__init__()
-        self.level = logging.WARNING - 10 * min(verbose, 2) if verbose >= 2 else logging.WARNING
+        self.level = logging.DEBUG if verbose >= 2 else logging.WARNING
         self._lifecycle_level = self.level if verbose >= 2 else logging.ERROR
 
     def filter(self, record: logging.LogRecord) -> bool:

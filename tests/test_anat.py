@@ -228,15 +228,11 @@ def test_jacobian_of_a_scaling():
     np.testing.assert_allclose(jacobian_determinant(pts, (2.0, 2.0, 2.0)), 1.1 * 0.9, rtol=1e-12)
 
 
-def _rotation(ax, ay, az):
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    return (np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-            @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]))
-
-
 def test_coregistration_of_a_1mm_t1_runs_on_a_coarser_copy_and_keeps_its_precision():
     """A 1 mm T1 is registered to the GRE on a 2 mm copy (``coreg_voxel_mm``): the GRE position of
     every brain point within a quarter of a millimetre of the true motion."""
+    from scipy.spatial.transform import Rotation
+
     from ferritin.engine.anat.antsbridge import scratch_dir, to_ants
     from ferritin.engine.anat.stages import _coregister_gre
 
@@ -244,7 +240,7 @@ def test_coregistration_of_a_1mm_t1_runs_on_a_coarser_copy_and_keeps_its_precisi
     t1 = np.where(template.brain_mask, template.t1, 0.0).astype(np.float32)
     t1_affine = template.grid.affine
     motion = np.eye(4)  # GRE point -> T1 point, as the simulator's head motion
-    motion[:3, :3] = _rotation(*np.deg2rad([2.0, -1.0, 1.5]))
+    motion[:3, :3] = Rotation.from_euler("xyz", [2.0, -1.0, 1.5], degrees=True).as_matrix()
     motion[:3, 3] = (1.2, -2.0, 0.8)
     gre_affine = np.diag([2.0, 2.0, 2.0, 1.0])
     gre_affine[:3, 3] = t1_affine[:3, 3]
