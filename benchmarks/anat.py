@@ -136,6 +136,9 @@ def parse_variant(text: str) -> AnatParams:
             fields[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
             fields[key.strip()] = value.strip()
+    unknown = set(fields) - set(AnatParams.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"--set {text}: {sorted(unknown)} not AnatParams fields")
     return AnatParams(**fields)
 
 
@@ -154,7 +157,10 @@ def main():
     if not args.no_builtin:
         variants.update({"no skull strip": AnatParams(skull_strip=False),
                          "T1 normalisation": AnatParams(normalise_on="t1")})
-    variants.update({text: parse_variant(text) for text in args.set})
+    try:
+        variants.update({text: parse_variant(text) for text in args.set})
+    except ValueError as exc:
+        ap.error(str(exc))
     spec = replace(preset("tiny", n_echoes=2, voxel_size=args.voxel), n_per_group={"ALS": 2, "NC": 2}, seed=3)
     template = load_template(args.mni_voxel or args.voxel)
     for i in range(args.first, args.first + args.subjects):
