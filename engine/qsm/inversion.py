@@ -102,8 +102,8 @@ def _neg_div(g, vs, out, tmp=None):
 
 
 def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), lam: float = 1e-4,
-            rho: float | None = None, mu: float = 1.0, weight: np.ndarray | None = None, iterations: int = 50,
-            tol: float = 1e-3, pad: int = 8, workers=None) -> np.ndarray:
+            rho: float | None = None, mu: float = 1.0, weight: np.ndarray | None = None, iterations: int = 20,
+            tol: float = 1e-3, pad: int = 8, relaxation: float = 1.5, workers=None) -> np.ndarray:
     """Total-variation regularised dipole inversion by ADMM (Bilgic et al. 2014; Milovic et al. 2018).
 
     Solves ``min_chi 1/2 ||W (D chi - f)||^2 + lam ||grad chi||_1`` where
@@ -117,6 +117,13 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     FFTs (the kernel's even part, :func:`even_dipole_kernel`, keeps every image real).
     ``lam`` is relative to a field in ppm and gradients per mm.
 
+    The iterations are over-relaxed (Eckstein & Bertsekas 1992; Boyd et al.
+    2011, section 3.4.3): the splittings' updates see ``relaxation`` times the
+    new ``grad chi`` and ``D chi`` plus ``1 - relaxation`` times the previous
+    ``z`` and ``y``.  ADMM on this problem approaches its solution slowly and
+    the chain stops it early; relaxation and a stiffer gradient penalty reach
+    the accuracy of 50 plain iterations in 20 (``docs/validation.md``).
+
     Parameters
     ----------
     local_field : array (x, y, z), ppm
@@ -127,7 +134,9 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     lam : float
         TV weight.
     rho, mu : float
-        ADMM penalties of the gradient and the field splitting (default ``rho = 100 lam``).
+        ADMM penalties of the gradient and the field splitting (default ``rho = 300 lam``).
+    relaxation : float
+        Over-relaxation factor in (0, 2); 1 is plain ADMM.
     weight : array, optional
         Data weights in [0, 1] inside the mask.
     iterations, tol
@@ -147,6 +156,8 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
             raise ValueError("weight must be finite and non-negative")
     if lam <= 0 or mu <= 0:
         raise ValueError(f"lam and mu must be positive, got {lam}, {mu}")
+    if not 0 < relaxation < 2:
+        raise ValueError(f"relaxation must be in (0, 2), got {relaxation}")
     # Single precision: the iterations' FFTs and updates move half the bytes, and a field in ppm
     # needs nowhere near float64's digits (relative rounding 6e-8 of an estimate whose error is ~20 %).
     real = np.float32
@@ -155,7 +166,7 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     shape = fp.shape
     # every image here is real: real-input FFTs on the half spectrum, with the even kernel
     D = even_dipole_kernel(shape, vs, b0_dir)[..., : shape[-1] // 2 + 1].astype(real)
-    rho = 100 * lam if rho is None else rho
+    rho = 300 * lam if rho is None else rho
     k = [sfft.fftfreq(n) for n in shape[:-1]] + [sfft.rfftfreq(shape[-1])]
     # |FFT of forward difference|^2 summed over axes
     E2 = sum(
@@ -176,6 +187,8 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     work = np.empty(shape, real)
     scratch = np.empty(shape, real)  # allocated once: a fresh array every iteration costs page faults
     t = real(lam / rho)  # the soft threshold
+    a = real(relaxation)
+    grad = np.empty_like(z)
     for _ in range(int(iterations)):
         np.subtract(z, u, out=z)  # z is rebuilt below: its buffer holds z - u meanwhile
         spectrum = muD_over * sfft.rfftn(np.subtract(y, u2, out=work), workers=workers)
@@ -183,8 +196,13 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
         new = sfft.irfftn(spectrum, s=shape, workers=workers)
         change = np.linalg.norm(np.subtract(new, chi, out=chi)) / max(np.linalg.norm(new), 1e-12)
         chi = new
-        v = _grad(chi, vs, out=z)
-        v += u
+        # v = a grad chi + (1 - a) z_old + u, with z_old = (z - u) + u: from the buffers at hand
+        v = np.multiply(_grad(chi, vs, out=grad), a, out=grad)
+        if a != 1:
+            v += np.multiply(z, 1 - a, out=z)
+            v += np.multiply(u, 2 - a, out=u)
+        else:
+            v += u
         # soft threshold: u = v - z is v clipped to [-t, t], z = v - u
         np.clip(v, -t, t, out=u)
         np.subtract(v, u, out=z)
@@ -192,6 +210,9 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
         # back would only return it again (to rounding)
         spectrum *= D
         v2 = sfft.irfftn(spectrum, s=shape, workers=workers)
+        if a != 1:
+            v2 *= a
+            v2 += np.multiply(y, 1 - a, out=work)
         v2 += u2
         np.multiply(v2, real(mu), out=y)
         y += W2f
