@@ -251,6 +251,19 @@ def test_distance_morphology_equals_the_ball(voxel_size, radius_mm):
     assert np.array_equal(erode_by(m, radius_mm, voxel_size), ndimage.binary_erosion(m, b))
 
 
+@pytest.mark.parametrize("voxel_size", [(1.0, 1.0, 1.0), (0.9, 0.9, 2.0)])
+def test_mask_depth_is_the_distance_to_the_outside_including_beyond_the_array(voxel_size):
+    from scipy import ndimage
+
+    from ferritin.engine.qsm.mask import mask_depth
+
+    rng = np.random.default_rng(3)
+    m = ndimage.gaussian_filter(rng.standard_normal((30, 34, 26)), 2) > 0.1
+    m[:, :, :3] = True  # tissue cut by the field of view: the array's edge is outside
+    expected = ndimage.distance_transform_edt(np.pad(m, 1), sampling=voxel_size)[1:-1, 1:-1, 1:-1]
+    np.testing.assert_allclose(mask_depth(m, voxel_size), expected, rtol=1e-6)
+
+
 def test_support_box():
     from ferritin.engine.qsm.chain import support_box
 
@@ -283,3 +296,17 @@ def test_chain_does_not_depend_on_empty_field_of_view():
     inner = (slice(7, 55), slice(5, 53), slice(0, 48))
     assert np.array_equal(big_mask[inner], small_mask) and big_mask.sum() == small_mask.sum()
     assert np.abs(big[inner] - small)[small_mask].max() < 1e-5
+
+
+def test_phasor_writes_into_a_given_buffer_and_refuses_a_wrong_one():
+    from ferritin.engine.qsm.phasor import phasor
+
+    rng = np.random.default_rng(0)
+    phase = rng.uniform(-np.pi, np.pi, (4, 5, 6)).astype(np.float32)
+    mag = rng.uniform(0, 2, phase.shape).astype(np.float32)
+    buffer = np.empty(phase.shape, np.complex64)
+    out = phasor(phase, mag, out=buffer)
+    assert out is buffer
+    np.testing.assert_allclose(out, mag * np.exp(1j * phase), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="complex array of shape"):
+        phasor(phase, mag, out=np.empty((4, 5), np.complex64))

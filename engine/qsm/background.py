@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-from .mask import mask_depth
+from .mask import inside_ball_depth, mask_depth
 
 __all__ = ["vsharp", "pdf", "smv_kernel"]
 
@@ -30,10 +30,13 @@ def smv_kernel(shape, radius_mm: float, voxel_size=(1.0, 1.0, 1.0), half: bool =
     """
     vs = np.asarray(voxel_size, dtype=float)
     r = radius_mm / vs
-    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    # distances with wrap-around so the sphere is centred at voxel 0
-    d = sum(((np.minimum(g, n - g)) / max(rr, 1e-6)) ** 2 for g, n, rr in zip(grids, shape, r))
-    sphere = (d <= 1.0).astype(dtype)
+    # the ball on a box just large enough for it, written into the grid with wrap-around so that it is
+    # centred at voxel 0; each voxel of the grid by its nearest offset from 0 (no more than half the grid)
+    spans = [np.arange(-min(int(rr), (int(n) - 1) // 2), min(int(rr), int(n) // 2) + 1) for rr, n in zip(r, shape)]
+    offsets = np.ix_(*spans)
+    inside = sum((o / max(rr, 1e-6)) ** 2 for o, rr in zip(offsets, r)) <= 1.0
+    sphere = np.zeros(shape, dtype)
+    sphere[np.ix_(*[o % int(n) for o, n in zip(spans, shape)])] = inside
     sphere /= sphere.sum()
     if half:
         return sfft.rfftn(sphere, workers=workers).real
@@ -106,7 +109,7 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
         key = (shape, r, tuple(vs))
         if key not in kernels:
             kernels[key] = smv_kernel(shape, r, vs, half=True, workers=workers, dtype=np.float32)
-        inside = depth > r * (1 + 1e-9)  # the sphere fits: the mask eroded by it (as :func:`.mask.erode_by`)
+        inside = depth > inside_ball_depth(r)  # the sphere fits: the mask eroded by it (as :func:`.mask.erode_by`)
         new = inside & ~done
         if new.any():
             hp = f[core] - sfft.irfftn(kernels[key] * F, s=shape, workers=workers)[core]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import edt
 import numpy as np
 from scipy import ndimage
 
 __all__ = ["brain_mask", "otsu_threshold", "ball", "bounding_box", "dilate_by", "erode_by", "largest_component",
-           "mask_depth"]
+           "mask_depth", "inside_ball_depth"]
 
 
 def ball(radius_vox) -> np.ndarray:
@@ -17,6 +18,10 @@ def ball(radius_vox) -> np.ndarray:
     d = sum((g / max(rr, 1e-6)) ** 2 for g, rr in zip(grids, r))
     return d <= 1.0
 
+
+#: relative margin of the distance comparisons: the distance transform is single precision (relative
+#: rounding 6e-8), so a voxel exactly a radius away must not fall on either side by rounding
+_TIE = 1e-6
 
 #: up to this many voxels in the ball, plain binary morphology is faster than a distance transform
 #: (a one- or two-voxel ball: several times faster; the transform's cost does not grow with the radius)
@@ -44,12 +49,12 @@ def dilate_by(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
     if not mask.any():
         return mask.copy()
     vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (mask.ndim,))
-    element = ball(radius_mm * (1 + 1e-9) / vs)
+    element = ball(radius_mm * (1 + _TIE) / vs)
     if element.sum() <= _SMALL_BALL:
         return ndimage.binary_dilation(mask, element)
-    box = bounding_box(mask, np.floor(radius_mm * (1 + 1e-9) / vs).astype(int) + 1)
+    box = bounding_box(mask, np.floor(radius_mm * (1 + _TIE) / vs).astype(int) + 1)
     out = np.zeros(mask.shape, bool)
-    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=vs) <= radius_mm * (1 + 1e-9)
+    out[box] = _distance_transform(~mask[box], vs, border_outside=False) <= radius_mm * (1 + _TIE)
     return out
 
 
@@ -65,22 +70,40 @@ def erode_by(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
     if not mask.any():
         return out
     vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (mask.ndim,))
-    element = ball(radius_mm * (1 + 1e-9) / vs)
+    element = ball(radius_mm * (1 + _TIE) / vs)
     if element.sum() <= _SMALL_BALL:
         return ndimage.binary_erosion(mask, element, border_value=0)
     box = bounding_box(mask, 0)
-    out[box] = mask_depth(mask[box], vs) > radius_mm * (1 + 1e-9)
+    out[box] = mask_depth(mask[box], vs) > radius_mm * (1 + _TIE)
     return out
 
 
 def mask_depth(mask: np.ndarray, voxel_size) -> np.ndarray:
     """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it (outside the array counts).
 
-    A ball of radius r centred on a voxel lies inside the mask exactly where the depth exceeds r.
+    A ball of radius r centred on a voxel lies inside the mask exactly where the depth exceeds r
+    (compare with :func:`inside_ball_depth`: the distances are single precision).
     """
     mask = np.asarray(mask, dtype=bool)
-    inner = (slice(1, -1),) * mask.ndim
-    return ndimage.distance_transform_edt(np.pad(mask, 1), sampling=voxel_size)[inner]
+    vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (mask.ndim,))
+    return _distance_transform(mask, vs, border_outside=True)
+
+
+def inside_ball_depth(radius_mm: float) -> float:
+    """The depth (:func:`mask_depth`) beyond which a ball of ``radius_mm`` fits inside the mask,
+    with the margin that keeps a voxel exactly ``radius_mm`` from the outside on the outside."""
+    return radius_mm * (1 + _TIE)
+
+
+def _distance_transform(foreground: np.ndarray, voxel_size, border_outside: bool) -> np.ndarray:
+    """Euclidean distance (mm, float32) from each foreground voxel to the nearest background voxel.
+
+    The ``edt`` package's transform: the same distances as ``scipy.ndimage.distance_transform_edt``
+    in a third of its time (one thread: a cluster runs one subject per core).  With
+    ``border_outside`` everything beyond the array counts as background.
+    """
+    return edt.edt(np.ascontiguousarray(foreground, dtype=bool), anisotropy=tuple(float(v) for v in voxel_size),
+                   black_border=border_outside, parallel=1)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

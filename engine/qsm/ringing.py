@@ -119,9 +119,10 @@ def taper_kspace(magnitude: np.ndarray, phase: np.ndarray, fraction: float = 0.3
     image, ringing or not.
 
     ``box`` (three slices) returns only that part of the filtered images.  The
-    inverse transform runs axis by axis (it is separable), and each axis is cropped
-    to the box as soon as it is transformed back, so the last one transforms only
-    what is kept.  Single-precision input is filtered in single precision.
+    window is separable, so the filter runs axis by axis, and each axis is cropped
+    to the box as soon as it is filtered: the axis that keeps the smallest share
+    first, so that the other axes transform as little as they can.
+    Single-precision input is filtered in single precision.
     """
     magnitude = np.asarray(magnitude)
     phase = np.asarray(phase)
@@ -133,17 +134,27 @@ def taper_kspace(magnitude: np.ndarray, phase: np.ndarray, fraction: float = 0.3
     if fraction == 0:
         return magnitude[(slice(None), *box)], phase[(slice(None), *box)]
     real = np.float32 if magnitude.dtype == np.float32 and phase.dtype == np.float32 else np.float64
-    window = _separable_taper(magnitude.shape[1:], fraction).astype(real)
-    mags, phases = [], []
-    for m, p in zip(magnitude, phase):
-        z = sfft.fftn(phasor(p, m, dtype=np.result_type(real, np.complex64)), workers=workers, overwrite_x=True)
-        z *= window
-        # back over the contiguous axes, crop them, then the first axis, crop it
-        z = sfft.ifftn(z, axes=(1, 2), workers=workers, overwrite_x=True)[:, box[1], box[2]]
-        z = sfft.ifft(z, axis=0, workers=workers, overwrite_x=True)[box[0]]
-        mags.append(np.abs(z).astype(magnitude.dtype, copy=False))
-        phases.append(np.angle(z).astype(phase.dtype, copy=False))
-    return np.stack(mags), np.stack(phases)
+    shape = magnitude.shape[1:]
+    kept = [range(n)[b] for n, b in zip(shape, box)]
+    windows = []
+    for axis, n in enumerate(shape):
+        along = [1] * 3
+        along[axis] = n
+        windows.append(tukey_taper(n, fraction).astype(real).reshape(along))
+    order = sorted(range(3), key=lambda a: len(kept[a]) / shape[a])
+    out_m = np.empty((len(magnitude), *(len(k) for k in kept)), magnitude.dtype)
+    out_p = np.empty(out_m.shape, phase.dtype)
+    signal = np.empty(shape, np.result_type(real, np.complex64))  # every echo's transforms run in this one
+    for m, p, m_box, p_box in zip(magnitude, phase, out_m, out_p):
+        z = phasor(p, m, out=signal)
+        for axis in order:
+            z = sfft.fft(z, axis=axis, workers=workers, overwrite_x=True)
+            z *= windows[axis]
+            z = sfft.ifft(z, axis=axis, workers=workers, overwrite_x=True)
+            z = z[tuple(box[axis] if a == axis else slice(None) for a in range(3))]
+        np.abs(z, out=m_box, casting="unsafe")
+        np.arctan2(z.imag, z.real, out=p_box, casting="unsafe")
+    return out_m, out_p
 
 
 def taper_noise_gain(shape, fraction: float) -> float:
