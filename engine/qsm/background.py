@@ -97,7 +97,7 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
     kernels = {} if kernels is None else kernels
     core = tuple(slice(pad, pad + n) for n in field.shape)
     f = np.zeros(shape, np.float32)
-    f[core] = field * mask
+    np.multiply(field, mask, out=f[core], casting="same_kind")
     F = sfft.rfftn(f, workers=workers)
     if depth is None:
         depth = mask_depth(mask, vs)
@@ -105,6 +105,7 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
         raise ValueError(f"depth {depth.shape} must have the mask's shape {mask.shape}")
     filtered = np.zeros(field.shape, np.float32)
     done = np.zeros(field.shape, bool)
+    product = np.empty_like(F)  # each radius' spectrum is formed in this one buffer
     for r in radii:
         key = (shape, r, tuple(vs))
         if key not in kernels:
@@ -112,18 +113,24 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), radi
         inside = depth > inside_ball_depth(r)  # the sphere fits: the mask eroded by it (as :func:`.mask.erode_by`)
         new = inside & ~done
         if new.any():
-            hp = f[core] - sfft.irfftn(kernels[key] * F, s=shape, workers=workers)[core]
-            filtered[new] = hp[new]
+            smooth = sfft.irfftn(np.multiply(kernels[key], F, out=product), s=shape, workers=workers,
+                                 overwrite_x=True)[core]
+            np.copyto(filtered, np.subtract(f[core], smooth, out=smooth), where=new)
         done |= inside
     final = done
-    one_minus = 1.0 - kernels[(shape, radii[0], tuple(vs))]
-    keep = np.abs(one_minus) >= threshold
-    inv = np.zeros_like(one_minus)
-    inv[keep] = 1.0 / one_minus[keep]
-    g = np.zeros(shape, np.float32)
-    g[core] = filtered * final
-    local = sfft.irfftn(inv * sfft.rfftn(g, workers=workers), s=shape, workers=workers)[core] * final
-    return local.astype(np.float64), final
+    inverse_key = (shape, radii[0], tuple(vs), "inverse", threshold)
+    if inverse_key not in kernels:
+        one_minus = 1.0 - kernels[(shape, radii[0], tuple(vs))]
+        keep = np.abs(one_minus) >= threshold
+        inverse = np.zeros_like(one_minus)
+        inverse[keep] = 1.0 / one_minus[keep]
+        kernels[inverse_key] = inverse
+    f.fill(0)
+    np.multiply(filtered, final, out=f[core])
+    spectrum = sfft.rfftn(f, workers=workers)
+    spectrum *= kernels[inverse_key]
+    local = sfft.irfftn(spectrum, s=shape, workers=workers, overwrite_x=True)[core]
+    return np.multiply(local, final, dtype=np.float64), final
 
 
 def pdf(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),

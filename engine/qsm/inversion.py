@@ -189,10 +189,13 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     t = real(lam / rho)  # the soft threshold
     a = real(relaxation)
     grad = np.empty_like(z)
+    product = np.empty((*shape[:-1], shape[-1] // 2 + 1), np.result_type(real, np.complex64))
     for _ in range(int(iterations)):
         np.subtract(z, u, out=z)  # z is rebuilt below: its buffer holds z - u meanwhile
-        spectrum = muD_over * sfft.rfftn(np.subtract(y, u2, out=work), workers=workers)
-        spectrum += rho_over * sfft.rfftn(_neg_div(z, vs, out=work, tmp=scratch), workers=workers)
+        spectrum = sfft.rfftn(np.subtract(y, u2, out=work), workers=workers)
+        spectrum *= muD_over
+        spectrum += np.multiply(rho_over, sfft.rfftn(_neg_div(z, vs, out=work, tmp=scratch), workers=workers),
+                                out=product)
         new = sfft.irfftn(spectrum, s=shape, workers=workers)
         change = np.linalg.norm(np.subtract(new, chi, out=chi)) / max(np.linalg.norm(new), 1e-12)
         chi = new

@@ -120,8 +120,10 @@ def combine_echoes(phase: np.ndarray, magnitude: np.ndarray, echo_times, voxel_s
         # in the images' own precision (single for the study's float32 images): a sum of eleven
         # products keeps far more digits than the phase's noise
         z = np.zeros(phase.shape[1:], dtype=np.result_type(phase.dtype, mag.dtype, np.complex64))
-        for e in range(len(te) - 1):  # echo by echo: a few volumes of memory
-            z += phasor(phase[e + 1] - phase[e], mag[e + 1] * mag[e])
+        step, weight, term = np.empty(z.shape, phase.dtype), np.empty(z.shape, mag.dtype), np.empty_like(z)
+        for e in range(len(te) - 1):  # echo by echo, in buffers reused for each: a few volumes of memory
+            np.subtract(phase[e + 1], phase[e], out=step)
+            z += phasor(step, np.multiply(mag[e + 1], mag[e], out=weight), out=term)
         dte = steps[0]
         # Per voxel, the echo-difference frequency is right modulo 2 pi / dte;
         # refining it with every echo keeps that ambiguity but averages the
@@ -173,34 +175,47 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
     # 3e-7 rad; the noise of a phase is ~1e-2 rad), the sums of weights and the update in double.
     single = np.asarray(phase[0]).dtype == np.float32 and np.asarray(magnitude[0]).dtype == np.float32
     real = np.float32 if single else np.float64
-    # one echo at a time: memory stays a few volumes whatever the echo count
-    # (broadcasting over (echo, x, y, z) needed ~10 GiB at 256x256x150x12)
-    def weight(e):
-        m = np.asarray(magnitude[e], dtype=real)
-        return m * m + real(1e-12)
+    # One echo at a time, in a few buffers reused for every echo: memory stays a few volumes whatever
+    # the echo count (broadcasting over (echo, x, y, z) needed ~10 GiB at 256x256x150x12), and no
+    # fresh volume is asked of the operating system per echo.
+    w = np.empty(omega.shape, real)
+    r = np.empty(omega.shape, real)
+    turns = np.empty(omega.shape, real)
+    signal = np.empty(omega.shape, np.result_type(real, np.complex64))
+
+    def weight(e):  # magnitude squared: the inverse noise variance of the phase
+        np.multiply(magnitude[e], magnitude[e], out=w, casting="same_kind")
+        return np.add(w, real(1e-12), out=w)
+
+    def residual(e, om, offset=None):  # phase - (offset +) omega TE, in r
+        np.multiply(om, real(-te[e]), out=r)
+        np.add(r, phase[e], out=r, casting="same_kind")
+        if offset is not None:
+            np.subtract(r, offset, out=r, casting="same_kind")
+        return r
 
     sw = np.zeros(omega.shape)
     st = np.zeros(omega.shape)
     stt = np.zeros(omega.shape)
     for e, t in enumerate(te):
-        w = weight(e)
-        sw += w
-        st += w * t
-        stt += w * (t * t)
+        sw += weight(e)
+        w *= real(t)
+        st += w
+        w *= real(t)
+        stt += w
     det = sw * stt - st**2
     det = np.where(det == 0, np.inf, det)
     for _ in range(int(iterations)):
         om = omega.astype(real)
-        acc = np.zeros(omega.shape, dtype=np.result_type(real, np.complex64))
-        for e, t in enumerate(te):
-            acc += phasor(np.asarray(phase[e], dtype=real) - om * real(t), weight(e))
+        acc = np.zeros(omega.shape, dtype=signal.dtype)
+        for e in range(len(te)):
+            acc += phasor(residual(e, om), weight(e), out=signal)
         phi0 = np.angle(acc)
         sr = np.zeros(omega.shape, real)
         str_ = np.zeros(omega.shape, real)
         for e, t in enumerate(te):
-            w = weight(e)
-            r = _wrap(np.asarray(phase[e], dtype=real) - phi0 - om * real(t))
-            r *= w
+            _wrap(residual(e, om, phi0), scratch=turns)
+            r *= weight(e)
             sr += r
             r *= real(t)
             str_ += r
@@ -208,10 +223,12 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
     return omega
 
 
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    """``angle`` wrapped into [-pi, pi] (in place)."""
-    turns = np.rint(angle / (2 * np.pi))
-    angle -= 2 * np.pi * turns
+def _wrap(angle: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """``angle`` wrapped into [-pi, pi] (in place; ``scratch``, an array like it, spares an allocation)."""
+    turns = np.multiply(angle, 1 / (2 * np.pi), out=scratch)
+    np.rint(turns, out=turns)
+    turns *= 2 * np.pi
+    angle -= turns
     return angle
 
 
