@@ -156,7 +156,9 @@ def brain_mask(magnitude: np.ndarray, voxel_size=(1.0, 1.0, 1.0), detach_mm: flo
     -------
     ndarray of bool
     """
-    mag = np.asarray(magnitude, dtype=np.float64)
+    mag = np.asarray(magnitude)
+    if not np.issubdtype(mag.dtype, np.floating):
+        mag = mag.astype(np.float64)
     if mag.ndim == 4:
         mag = np.sqrt((mag**2).sum(axis=0))
     if mag.ndim != 3:
@@ -166,7 +168,7 @@ def brain_mask(magnitude: np.ndarray, voxel_size=(1.0, 1.0, 1.0), detach_mm: flo
     if mag.max() <= 0:
         raise ValueError("magnitude is all zeros")
     vs = np.asarray(voxel_size, dtype=float)
-    root = np.sqrt(np.clip(mag, 0, None))
+    root = np.sqrt(np.maximum(mag, 0))  # in the image's own precision: a threshold needs no more
     thr = otsu_threshold(root[root > 0]) if threshold is None else np.sqrt(threshold)
     # No hole filling yet: a closed scalp shell would fill the skull gap too.
     fg = root > thr
