@@ -41,7 +41,7 @@ def child(args):
         calls.append((time.perf_counter() - t0, r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime))
     err, ref = chi[mask] - truth[mask], truth[mask]
     nrmse = 100 * np.linalg.norm(err - err.mean()) / np.linalg.norm(ref - ref.mean())
-    print(json.dumps({"tree": str(Path(ferritin.__file__).resolve().parent), "calls": calls, "nrmse": nrmse,
+    print(json.dumps({"tree": str(Path(ferritin.__file__).resolve().parent), "calls": calls, "nrmse": float(nrmse),
                       "mask": int(mask.sum())}))
 
 
@@ -76,7 +76,9 @@ def main():
             for name, path in (("baseline", str(link)), ("this", "")):
                 env = dict(os.environ, PYTHONPATH=path) if path else dict(os.environ)
                 out = subprocess.run([sys.executable, __file__, str(baseline), "--child", "--phantom", str(npz)],
-                                     env=env, cwd=tmp, capture_output=True, text=True, check=True)
+                                     env=env, cwd=tmp, capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"the {name} run failed:\n{out.stderr}")
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 results[name].append(res)
                 calls = "  ".join(f"{w:.1f} s (user {u:.1f}, sys {s:.1f})" for w, u, s in res["calls"])

@@ -98,8 +98,8 @@ def inside_ball_depth(radius_mm: float) -> float:
 def _distance_transform(foreground: np.ndarray, voxel_size, border_outside: bool) -> np.ndarray:
     """Euclidean distance (mm, float32) from each foreground voxel to the nearest background voxel.
 
-    The ``edt`` package's transform: the same distances as ``scipy.ndimage.distance_transform_edt``
-    in a third of its time (one thread: a cluster runs one subject per core).  With
+    The ``edt`` package's transform: the same distances as ``scipy.ndimage.distance_transform_edt``,
+    faster (``docs/validation.md``); one thread, as a cluster runs one subject per core.  With
     ``border_outside`` everything beyond the array counts as background.
     """
     return edt.edt(np.ascontiguousarray(foreground, dtype=bool), anisotropy=tuple(float(v) for v in voxel_size),
