@@ -74,7 +74,7 @@ def erode_by(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
     if element.sum() <= _SMALL_BALL:
         return ndimage.binary_erosion(mask, element, border_value=0)
     box = bounding_box(mask, 0)
-    out[box] = mask_depth(mask[box], vs) > radius_mm * (1 + _TIE)
+    out[box] = mask_depth(mask[box], vs) > inside_ball_depth(radius_mm)
     return out
 
 

@@ -100,13 +100,21 @@ def tukey_taper(n: int, fraction: float) -> np.ndarray:
     return np.where(f <= edge, 1.0, 0.5 * (1.0 + np.cos(np.pi * (f - edge) / fraction)))
 
 
-def _separable_taper(shape, fraction: float) -> np.ndarray:
-    """The product of :func:`tukey_taper` along each axis, on the FFT grid of ``shape``."""
-    window = np.ones(())
+def _axis_tapers(shape, fraction: float, dtype=np.float64) -> list[np.ndarray]:
+    """:func:`tukey_taper` along each axis of the FFT grid of ``shape``, each shaped to broadcast along it."""
+    windows = []
     for axis, n in enumerate(shape):
         along = [1] * len(shape)
         along[axis] = int(n)
-        window = window * tukey_taper(int(n), fraction).reshape(along)
+        windows.append(tukey_taper(int(n), fraction).astype(dtype).reshape(along))
+    return windows
+
+
+def _separable_taper(shape, fraction: float) -> np.ndarray:
+    """The product of :func:`tukey_taper` along each axis, on the FFT grid of ``shape``."""
+    window = np.ones(())
+    for along in _axis_tapers(shape, fraction):
+        window = window * along
     return window
 
 
@@ -136,11 +144,7 @@ def taper_kspace(magnitude: np.ndarray, phase: np.ndarray, fraction: float = 0.3
     real = np.float32 if magnitude.dtype == np.float32 and phase.dtype == np.float32 else np.float64
     shape = magnitude.shape[1:]
     kept = [range(n)[b] for n, b in zip(shape, box)]
-    windows = []
-    for axis, n in enumerate(shape):
-        along = [1] * 3
-        along[axis] = n
-        windows.append(tukey_taper(n, fraction).astype(real).reshape(along))
+    windows = _axis_tapers(shape, fraction, real)
     order = sorted(range(3), key=lambda a: len(kept[a]) / shape[a])
     out_m = np.empty((len(magnitude), *(len(k) for k in kept)), magnitude.dtype)
     out_p = np.empty(out_m.shape, phase.dtype)
