@@ -101,7 +101,7 @@ class QSMParams:
     inversion: str = "tv"  # dipole inversion: total variation (ADMM), STAR-QSM, TKD or iLSQR
     tkd_threshold: float = 0.15  # truncation of the dipole kernel for TKD
     tv_lambda: float = 1e-4  # weight of the total variation (before the noise scaling below)
-    tv_iterations: int = 20  # ADMM iterations (TV and STAR; over-relaxed, see :func:`.inversion.tv_admm`)
+    tv_iterations: int = 20  # over-relaxed ADMM iterations of TV and STAR (see engine.qsm.inversion.tv_admm)
     star_lambda_large: float = 3e-3  # STAR-QSM's weight for the large-susceptibility stage
     star_lambda_small: float = 1e-4  # STAR-QSM's weight for the small-susceptibility stage
     #: The regularisation weights above hold for a local field whose noise is at most
