@@ -188,33 +188,31 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     scratch = np.empty(shape, real)  # allocated once: a fresh array every iteration costs page faults
     t = real(lam / rho)  # the soft threshold
     a = real(relaxation)
+    aD = D * a  # D chi comes out of the inverse transform already relaxed
     grad = np.empty_like(z)
     product = np.empty((*shape[:-1], shape[-1] // 2 + 1), np.result_type(real, np.complex64))
     for _ in range(int(iterations)):
-        np.subtract(z, u, out=z)  # z is rebuilt below: its buffer holds z - u meanwhile
+        zmu = np.subtract(z, u, out=grad)  # the gradient's buffer is free until the gradient below
         spectrum = sfft.rfftn(np.subtract(y, u2, out=work), workers=workers)
         spectrum *= muD_over
-        spectrum += np.multiply(rho_over, sfft.rfftn(_neg_div(z, vs, out=work, tmp=scratch), workers=workers),
+        spectrum += np.multiply(rho_over, sfft.rfftn(_neg_div(zmu, vs, out=work, tmp=scratch), workers=workers),
                                 out=product)
         new = sfft.irfftn(spectrum, s=shape, workers=workers)
         change = np.linalg.norm(np.subtract(new, chi, out=chi)) / max(np.linalg.norm(new), 1e-12)
         chi = new
-        # v = a grad chi + (1 - a) z_old + u, with z_old = (z - u) + u: from the buffers at hand
-        v = np.multiply(_grad(chi, vs, out=grad), a, out=grad)
+        # v = a grad chi + (1 - a) z + u, the gradient taken of a chi (one volume to scale, not three)
+        v = _grad(np.multiply(chi, a, out=work) if a != 1 else chi, vs, out=grad)
         if a != 1:
             v += np.multiply(z, 1 - a, out=z)
-            v += np.multiply(u, 2 - a, out=u)
-        else:
-            v += u
+        v += u
         # soft threshold: u = v - z is v clipped to [-t, t], z = v - u
         np.clip(v, -t, t, out=u)
         np.subtract(v, u, out=z)
         # D chi from chi's own spectrum: the half spectrum above is Hermitian, so transforming chi
         # back would only return it again (to rounding)
-        spectrum *= D
+        spectrum *= aD
         v2 = sfft.irfftn(spectrum, s=shape, workers=workers)
         if a != 1:
-            v2 *= a
             v2 += np.multiply(y, 1 - a, out=work)
         v2 += u2
         np.multiply(v2, real(mu), out=y)
