@@ -190,7 +190,7 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     a = real(relaxation)
     aD = D * a  # D chi comes out of the inverse transform already relaxed
     grad = np.empty_like(z)
-    product = np.empty((*shape[:-1], shape[-1] // 2 + 1), np.result_type(real, np.complex64))
+    product = np.empty(D.shape, np.result_type(real, np.complex64))  # a half spectrum, like the kernel
     for _ in range(int(iterations)):
         zmu = np.subtract(z, u, out=grad)  # the gradient's buffer is free until the gradient below
         spectrum = sfft.rfftn(np.subtract(y, u2, out=work), workers=workers)
