@@ -22,7 +22,8 @@ import dask.config
 import yaml
 from distributed import Client, LocalCluster
 
-__all__ = ["dask_client", "make_cluster", "settings", "subject_task", "SINGLE_THREAD_ENV", "KINDS"]
+__all__ = ["dask_client", "make_cluster", "settings", "subject_task", "SINGLE_THREAD_ENV", "MEMORY_REUSE_ENV",
+           "WORKER_ENV", "KINDS"]
 
 KINDS = ("local", "scheduler", "k8s", "slurm", "pbs")
 
@@ -33,6 +34,23 @@ SINGLE_THREAD_ENV = {
     "MKL_NUM_THREADS": "1",
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
 }
+
+#: Environment for worker processes: the C library (glibc) keeps the memory a step frees for the
+#: next step and the next subject instead of handing it back to the operating system.  A subject's
+#: steps free and ask again for volumes of tens to hundreds of MB; memory handed back is zeroed and
+#: faulted in again on its next use, which costs system time (on virtual machines, as much as a
+#: third of the QSM chain's wall time, ``docs/worker-memory.md``).  The price: a worker's resident
+#: memory stays at its largest subject's peak between tasks instead of shrinking (Dask's own default
+#: trims it).  Large blocks come from the heap rather than fresh mappings, freed heap is not trimmed,
+#: and every thread allocates from the one heap (other arenas map large blocks afresh each time).
+MEMORY_REUSE_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(2**32),
+    "MALLOC_TRIM_THRESHOLD_": str(2**36),
+    "MALLOC_ARENA_MAX": "1",
+}
+
+#: Everything a worker process is started with (local, Kubernetes, batch jobs, the container image).
+WORKER_ENV = {**SINGLE_THREAD_ENV, **MEMORY_REUSE_ENV}
 
 
 def subject_task(fn):
@@ -102,7 +120,7 @@ def _kube_cluster(cfg: dict, workers: int | None):
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
         raise RuntimeError("kind 'k8s' needs dask-kubernetes: pip install 'ferritin[k8s]'") from exc
     k8s = cfg["k8s"]
-    env = dict(SINGLE_THREAD_ENV)
+    env = dict(WORKER_ENV)
     return KubeCluster(name=k8s["name"], image=k8s["image"], namespace=k8s.get("namespace"),
                        n_workers=workers or cfg.get("workers") or 2, resources=k8s["resources"], env=env,
                        worker_command=["dask", "worker", "--nthreads", str(cfg["threads-per-worker"])])
@@ -115,7 +133,7 @@ def _jobqueue_cluster(kind: str, cfg: dict, workers: int | None):
         raise RuntimeError(f"kind {kind!r} needs dask-jobqueue: pip install 'ferritin[hpc]'") from exc
     jq = cfg["jobqueue"]
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
-    prologue = [f"export {k}={v}" for k, v in SINGLE_THREAD_ENV.items()]
+    prologue = [f"export {k}={v}" for k, v in WORKER_ENV.items()]
     cluster = cls(cores=jq["cores"], processes=jq["processes"], memory=jq["memory"], walltime=jq["walltime"],
                   queue=jq.get("queue"), account=jq.get("account"),
                   job_extra_directives=list(jq.get("job-extra-directives") or []),
@@ -142,13 +160,16 @@ def make_cluster(kind: str | None = None, workers: int | None = None, processes:
     if kind in ("slurm", "pbs"):
         return _jobqueue_cluster(kind, cfg, workers)
     n = workers or cfg.get("workers") or os.cpu_count() or 1
-    env = SINGLE_THREAD_ENV if processes else {}
+    env = WORKER_ENV if processes else {}  # a process's allocator and thread pools are set when it starts
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # inherited by the worker processes started now
+    # and kept by each nanny for the workers it restarts later (after a crash or `Client.restart`)
+    respawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}
     try:
-        return LocalCluster(n_workers=n, threads_per_worker=int(cfg["threads-per-worker"]), processes=processes,
-                            memory_limit=cfg["memory-limit"], dashboard_address=":0",
-                            silence_logs=50 if quiet else 30)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": respawn}):
+            return LocalCluster(n_workers=n, threads_per_worker=int(cfg["threads-per-worker"]), processes=processes,
+                                memory_limit=cfg["memory-limit"], dashboard_address=":0",
+                                silence_logs=50 if quiet else 30)
     finally:
         for k, v in old.items():
             if v is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -49,7 +50,8 @@ def test_jobqueue_cluster_writes_a_single_threaded_job(kind, directive):
     finally:
         c.close()
     assert directive in script and "01:30:00" in script
-    assert "export OMP_NUM_THREADS=1" in script and "export ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1" in script
+    for k, v in cluster.WORKER_ENV.items():
+        assert f"export {k}={v}" in script, k
     assert "--nthreads 1" in script and "--memory-limit 7.00GiB" in script
 
 
@@ -133,3 +135,35 @@ def test_subject_tasks_in_the_clients_own_process_leave_its_scheduler_as_it_was(
         task = cluster.subject_task(_read_then_work)
         client.gather([client.submit(task, 0.01 * (i % 5), pure=False, key=f"read-{i}") for i in range(40)])
         assert dask.config.get("scheduler", None) == before
+
+
+def test_local_workers_start_with_the_worker_environment():
+    """The nanny's own default (trim freed memory at 64 KiB) must not win over ferritin's."""
+    def env():
+        return {k: os.environ.get(k) for k in cluster.WORKER_ENV}
+
+    with cluster.dask_client(workers=1, quiet=True) as client:
+        seen = client.run(env)
+        client.restart()  # new worker processes, started by the nannies long after the cluster
+        again = client.run(env)
+    assert list(seen.values()) == [cluster.WORKER_ENV] and list(again.values()) == [cluster.WORKER_ENV]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are the GNU C library's")
+def test_memory_reuse_env_keeps_freed_volumes_for_the_next_allocation():
+    """A volume freed and asked again is not faulted in again (page faults of the second allocation)."""
+    code = ("import resource, numpy as np\n"
+            "def faults():\n"
+            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    np.ones(25_000_000)  # 200 MB, freed at once\n"
+            "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+            "print(faults(), faults())")
+    counts = {}
+    for name, extra in (("default", {}), ("reuse", cluster.MEMORY_REUSE_ENV)):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, "NUMPY_MADVISE_HUGEPAGE": "0", **extra},
+                             capture_output=True, text=True, check=True)
+        counts[name] = [int(n) for n in out.stdout.split()]
+    # 200 MB is ~49,000 pages of 4 KiB: without reuse both allocations fault them in, with it only the first
+    assert counts["default"][1] > 20_000
+    assert counts["reuse"][0] > 20_000 and counts["reuse"][1] < 1_000

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ferritin.engine.cluster import WORKER_ENV
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 K8S = DEPLOY / "kubernetes"
 CRD_KINDS = {"DaskCluster", "DaskJob", "DaskWorkerGroup", "DaskAutoscaler"}
@@ -65,7 +67,7 @@ def test_every_container_is_sized_and_workers_are_single_threaded():
                     args = c["args"]
                     assert args[:2] == ["dask", "worker"] and args[args.index("--nthreads") + 1] == "1", name
                     env = {e["name"]: e["value"] for e in c["env"]}
-                    assert env["OMP_NUM_THREADS"] == "1" and env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "1"
+                    assert env.items() >= WORKER_ENV.items(), f"{name}: worker env lacks {WORKER_ENV.keys() - env.keys()}"
                 if role == "job":
                     assert "ferritin run" in " ".join(c["args"]) and "DASK_SCHEDULER_ADDRESS" in " ".join(c["args"])
             for v in volumes.values():
@@ -164,6 +166,7 @@ def test_helm_values_hold_valid_kubernetes_objects():
 def test_helm_values_and_jobqueue_config_parse_with_the_expected_keys():
     values = yaml.safe_load((K8S / "helm-values.yaml").read_text())
     assert values["worker"]["threads_per_worker"] == 1 and "memory" in values["worker"]["resources"]["limits"]
+    assert {e["name"]: e["value"] for e in values["worker"]["env"]}.items() >= WORKER_ENV.items()
     jq = yaml.safe_load((DEPLOY / "hpc" / "jobqueue.yaml").read_text())
     shipped = yaml.safe_load((DEPLOY.parent / "engine" / "ferritin.yaml").read_text())
     # the example only sets keys ferritin knows
@@ -180,8 +183,14 @@ def test_batch_scripts_are_valid_bash(script):
 def test_image_runs_every_role():
     text = (DEPLOY / "container" / "Dockerfile").read_text()
     assert "ENTRYPOINT" not in text.replace("No ENTRYPOINT", "")  # manifests run `dask ...` and `ferritin ...`
-    for var in ("OMP_NUM_THREADS=1", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1"):
-        assert var in text
+    for k, v in WORKER_ENV.items():
+        assert f"{k}={v}" in text, k
+
+
+def test_scheduler_file_script_starts_workers_with_the_worker_environment():
+    text = (DEPLOY / "hpc" / "scheduler-file.sbatch").read_text()
+    for k, v in WORKER_ENV.items():
+        assert f"{k}={v}" in text, k
 
 
 def test_tls_scheduler_and_worker_on_loopback():

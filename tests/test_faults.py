@@ -23,7 +23,7 @@ from distributed import Client  # noqa: E402
 
 from ferritin.cohort.store import CohortStore  # noqa: E402
 from ferritin.engine import pipeline  # noqa: E402
-from ferritin.engine.cluster import SINGLE_THREAD_ENV  # noqa: E402
+from ferritin.engine.cluster import WORKER_ENV  # noqa: E402
 from ferritin.engine.ingest import ingest  # noqa: E402
 
 pytestmark = pytest.mark.slow  # real scheduler and worker processes
@@ -37,7 +37,7 @@ class LoopbackCluster:
 
     def __init__(self, tmp: Path):
         self.file = tmp / "scheduler.json"
-        self.env = {**os.environ, **SINGLE_THREAD_ENV}
+        self.env = {**os.environ, **WORKER_ENV}
         self.procs = {}
         self.procs["scheduler"] = subprocess.Popen(
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
