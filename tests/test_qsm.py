@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ferritin.engine.qsm.background import vsharp
+from ferritin.engine.qsm.background import smv_kernel, vsharp
 from ferritin.engine.qsm.dipole import forward_field
 from ferritin.engine.qsm.inversion import reference_to_mean, tkd, tv_admm
 from ferritin.engine.qsm.mask import brain_mask
@@ -330,3 +330,19 @@ def test_phasor_writes_into_a_given_buffer_and_refuses_a_wrong_one():
     np.testing.assert_allclose(out, mag * np.exp(1j * phase), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="complex array of shape"):
         phasor(phase, mag, out=np.empty((4, 5), np.complex64))
+
+
+@pytest.mark.parametrize("shape, voxel, radius", [((24, 25, 16), (1.0, 1.0, 1.0), 5.0),
+                                                  ((31, 20, 18), (0.7, 1.2, 2.5), 4.0),
+                                                  ((6, 7, 6), (1.0, 1.0, 1.0), 12.0)])  # ball wider than the grid
+def test_smv_kernel_is_the_fft_of_the_normalised_ball(shape, voxel, radius):
+    # the ball drawn on the whole periodic grid, each voxel at its nearest offset from voxel 0
+    offsets = np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij")
+    ball = sum((o * v / radius) ** 2 for o, v in zip(offsets, voxel)) <= 1.0
+    expected = np.fft.fftn(ball / ball.sum())
+    assert np.abs(expected.imag).max() < 1e-12  # even, so real
+    full = smv_kernel(shape, radius, voxel)
+    half = smv_kernel(shape, radius, voxel, half=True, dtype=np.float32)
+    np.testing.assert_allclose(full, expected.real, atol=1e-12)
+    assert half.dtype == np.float32 and half.shape == (*shape[:2], shape[2] // 2 + 1)
+    np.testing.assert_allclose(half, expected.real[..., : shape[2] // 2 + 1], atol=1e-6)
