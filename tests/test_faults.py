@@ -124,6 +124,14 @@ def test_worker_killed_mid_run_gives_identical_results_with_two_workers(loopback
     assert_same_outputs(stage_outputs(store, subjects), ref)
 
 
+def _anatomy_recorded(store, subjects) -> bool:
+    """Whether any subject's anatomy node is complete; False while the client is still creating the store."""
+    try:
+        return any(CohortStore(store).record(f"derived/{s}/anat") for s in subjects)
+    except FileNotFoundError:  # the folder exists before the store's own metadata is written
+        return False
+
+
 def test_killed_client_resumes_and_matches(loopback, reference, tiny_bids, tmp_path):
     subjects, ref = reference
     root, _ = tiny_bids
@@ -136,7 +144,7 @@ def test_killed_client_resumes_and_matches(loopback, reference, tiny_bids, tmp_p
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     store = out / "cohort.zarr"
     for _ in range(1200):  # kill the client once the first anatomy node is complete
-        if store.exists() and any(CohortStore(store).record(f"derived/{s}/anat") for s in subjects):
+        if _anatomy_recorded(store, subjects):
             break
         if first.poll() is not None:
             break
