@@ -23,7 +23,7 @@ import yaml
 from distributed import Client, LocalCluster
 
 __all__ = ["dask_client", "make_cluster", "settings", "subject_task", "SINGLE_THREAD_ENV", "MEMORY_REUSE_ENV",
-           "WORKER_ENV", "KINDS"]
+           "WORKER_ENV", "KINDS", "release_memory_near_limit"]
 
 KINDS = ("local", "scheduler", "k8s", "slurm", "pbs")
 
@@ -41,7 +41,8 @@ SINGLE_THREAD_ENV = {
 #: faulted in again on its next use, which costs system time (on virtual machines, as much as a
 #: third of the QSM chain's wall time, ``docs/worker-memory.md``).  The price: a worker's resident
 #: memory stays at its largest subject's peak between tasks instead of shrinking (Dask's own default
-#: trims it).  Large blocks come from the heap rather than fresh mappings, freed heap is not trimmed,
+#: trims it; :func:`release_memory_near_limit` hands it back after a subject that leaves a worker near
+#: its memory limit).  Large blocks come from the heap rather than fresh mappings, freed heap is not trimmed,
 #: and every thread allocates from the one heap (other arenas map large blocks afresh each time).
 MEMORY_REUSE_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(2**32),
@@ -66,10 +67,50 @@ def subject_task(fn):
 
     @functools.wraps(fn)
     def task(*args, **kwargs):
-        with _synchronous_scheduler():
-            return fn(*args, **kwargs)
+        try:
+            with _synchronous_scheduler():
+                return fn(*args, **kwargs)
+        finally:
+            release_memory_near_limit()
 
     return task
+
+
+def release_memory_near_limit() -> bool:
+    """On a Dask worker whose memory is past its spill threshold, hand the freed heap back.
+
+    Workers keep freed memory for the next subject (:data:`MEMORY_REUSE_ENV`).  Dask's memory
+    monitor counts that memory as the worker's: a worker left above its pause threshold by a
+    large subject would pause, and with nothing of its own to spill, stay paused.  After each
+    subject task, a worker above the lowest of its target, spill and pause fractions returns
+    what it freed to the operating system (``malloc_trim``), as Dask's own default would have.
+    Returns whether it did; outside a worker, or without glibc, it does nothing.
+    """
+    try:
+        from distributed import get_worker
+
+        manager = get_worker().memory_manager
+    except (ValueError, AttributeError):  # not running on a worker
+        return False
+    limit = manager.memory_limit
+    fractions = [f for f in (manager.memory_target_fraction, manager.memory_spill_fraction,
+                             manager.memory_pause_fraction) if f]
+    if not limit or not fractions:
+        return False
+    import psutil
+
+    if psutil.Process().memory_info().rss <= min(fractions) * limit:
+        return False
+    return _malloc_trim()
+
+
+def _malloc_trim() -> bool:
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not the GNU C library
+        return False
 
 
 _sync_lock = threading.Lock()

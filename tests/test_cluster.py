@@ -167,3 +167,35 @@ def test_memory_reuse_env_keeps_freed_volumes_for_the_next_allocation():
     # 200 MB is ~49,000 pages of 4 KiB: without reuse both allocations fault them in, with it only the first
     assert counts["default"][1] > 20_000
     assert counts["reuse"][0] > 20_000 and counts["reuse"][1] < 1_000
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are the GNU C library's")
+def test_a_subject_that_leaves_a_worker_near_its_memory_limit_hands_the_memory_back():
+    """Kept freed memory must not leave a worker above Dask's pause threshold, paused for good."""
+    def allocate_and_free():
+        import numpy as np
+        import psutil
+
+        np.ones(700 * 2**20 // 8).sum()  # 700 MiB, touched and freed: past 60 % of the 1 GiB limit
+        return psutil.Process().memory_info().rss
+
+    def resident():
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+    mib = 2**20
+    with dask.config.set({"ferritin.cluster.memory-limit": "1GiB"}):
+        with cluster.dask_client(workers=1, quiet=True) as client:
+            base = client.submit(resident, pure=False).result()
+            kept = client.submit(allocate_and_free, pure=False).result()  # not a subject task: kept
+            handed_back = client.submit(cluster.subject_task(allocate_and_free), pure=False).result()
+            after = client.submit(resident, pure=False).result()
+    assert kept > base + 600 * mib  # the workers' environment keeps freed memory...
+    assert handed_back > base + 600 * mib and after < base + 150 * mib  # ...unless the worker is near its limit
+
+
+def test_memory_is_not_handed_back_outside_a_worker_or_below_the_threshold():
+    assert cluster.release_memory_near_limit() is False  # this process is not a worker
+    with cluster.dask_client(workers=1, quiet=True) as client:  # a worker far below its limit keeps it
+        assert client.submit(cluster.release_memory_near_limit, pure=False).result() is False
