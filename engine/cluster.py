@@ -23,7 +23,7 @@ import yaml
 from distributed import Client, LocalCluster
 
 __all__ = ["dask_client", "make_cluster", "settings", "subject_task", "SINGLE_THREAD_ENV", "MEMORY_REUSE_ENV",
-           "WORKER_ENV", "KINDS", "release_memory_near_limit"]
+           "WORKER_ENV", "KINDS", "release_memory_near_limit", "worker_env"]
 
 KINDS = ("local", "scheduler", "k8s", "slurm", "pbs")
 
@@ -155,13 +155,24 @@ def settings() -> dict:
     return dask.config.get("ferritin.cluster")
 
 
+def worker_env() -> dict[str, str]:
+    """The environment of the worker processes ferritin starts.
+
+    :data:`WORKER_ENV`; without :data:`MEMORY_REUSE_ENV` where the setting
+    ``ferritin.cluster.reuse-memory`` is false (workers then hand freed memory
+    back as Dask's do by default: for machines where a worker's memory must
+    shrink between subjects).
+    """
+    return dict(WORKER_ENV) if settings().get("reuse-memory", True) else dict(SINGLE_THREAD_ENV)
+
+
 def _kube_cluster(cfg: dict, workers: int | None):
     try:
         from dask_kubernetes.operator import KubeCluster
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
         raise RuntimeError("kind 'k8s' needs dask-kubernetes: pip install 'ferritin[k8s]'") from exc
     k8s = cfg["k8s"]
-    env = dict(WORKER_ENV)
+    env = worker_env()
     return KubeCluster(name=k8s["name"], image=k8s["image"], namespace=k8s.get("namespace"),
                        n_workers=workers or cfg.get("workers") or 2, resources=k8s["resources"], env=env,
                        worker_command=["dask", "worker", "--nthreads", str(cfg["threads-per-worker"])])
@@ -174,7 +185,7 @@ def _jobqueue_cluster(kind: str, cfg: dict, workers: int | None):
         raise RuntimeError(f"kind {kind!r} needs dask-jobqueue: pip install 'ferritin[hpc]'") from exc
     jq = cfg["jobqueue"]
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
-    prologue = [f"export {k}={v}" for k, v in WORKER_ENV.items()]
+    prologue = [f"export {k}={v}" for k, v in worker_env().items()]
     cluster = cls(cores=jq["cores"], processes=jq["processes"], memory=jq["memory"], walltime=jq["walltime"],
                   queue=jq.get("queue"), account=jq.get("account"),
                   job_extra_directives=list(jq.get("job-extra-directives") or []),
@@ -201,7 +212,7 @@ def make_cluster(kind: str | None = None, workers: int | None = None, processes:
     if kind in ("slurm", "pbs"):
         return _jobqueue_cluster(kind, cfg, workers)
     n = workers or cfg.get("workers") or os.cpu_count() or 1
-    env = WORKER_ENV if processes else {}  # a process's allocator and thread pools are set when it starts
+    env = worker_env() if processes else {}  # a process's allocator and thread pools are set when it starts
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # inherited by the worker processes started now
     # and kept by each nanny for the workers it restarts later (after a crash or `Client.restart`)

@@ -55,6 +55,19 @@ def test_jobqueue_cluster_writes_a_single_threaded_job(kind, directive):
     assert "--nthreads 1" in script and "--memory-limit 7.00GiB" in script
 
 
+def test_memory_reuse_can_be_turned_off_in_the_settings():
+    pytest.importorskip("dask_jobqueue")
+    assert cluster.worker_env() == cluster.WORKER_ENV
+    with dask.config.set({"ferritin.cluster.reuse-memory": False}):
+        assert cluster.worker_env() == cluster.SINGLE_THREAD_ENV
+        c = cluster.make_cluster("slurm")
+        try:
+            script = c.job_script()
+        finally:
+            c.close()
+    assert "MALLOC_" not in script and "export OMP_NUM_THREADS=1" in script
+
+
 def test_second_run_on_a_store_is_refused_and_a_killed_holder_is_taken_over(tmp_path):
     store = CohortStore(tmp_path / "c.zarr", create=True)
     holder = subprocess.Popen(
