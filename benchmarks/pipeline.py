@@ -1,28 +1,35 @@
 """Pipeline throughput: wall time per stage and subjects/hour for cohorts of N subjects on 1 and 2 workers.
 
 Run by hand:  .venv/bin/python benchmarks/pipeline.py [--subjects 8 16 32] [--workers 1 2] [--voxel 3]
+                  [--reuse-memory on off]
 
 For each N a demo-design cohort (N/2 + N/2, 6 echoes) is simulated once; then for each
 worker count the whole study runs from a fresh store (participant level with ingest, group
 level) and the script prints seconds per stage, subjects/hour, and the scaling
-efficiency of 2 workers against 1 (ideal 1.0) in the same command.
+efficiency of 2 workers against 1 (ideal 1.0) in the same command.  ``--reuse-memory on off``
+runs each worker count with the workers keeping freed memory (the default,
+``ferritin.cluster.reuse-memory``) and without, one after the other.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import dask.config
+
 from ferritin import dask_client, load_spec, run_study
 from ferritin.cohort.simulate import preset, simulate_cohort
 
 
-def run_once(bids: Path, workdir: Path, workers: int, voxel: float) -> dict:
+def run_once(bids: Path, workdir: Path, workers: int, voxel: float, reuse_memory: bool = True) -> dict:
     spec = replace(load_spec(), mni_voxel_size=max(2.0, voxel))
-    with dask_client(workers=workers, quiet=True) as client:
+    with dask.config.set({"ferritin.cluster.reuse-memory": reuse_memory}), \
+            dask_client(workers=workers, quiet=True) as client:
         res = run_study(bids, workdir / "out", spec, client, progress=False, report=False)
     t = dict(res.seconds)
     t["total"] = sum(t.values())
@@ -35,8 +42,9 @@ def main():
     ap.add_argument("--subjects", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--voxel", type=float, default=3.0)
+    ap.add_argument("--reuse-memory", nargs="+", choices=["on", "off"], default=["on"])
     args = ap.parse_args()
-    print(f"{'N':>4s} {'workers':>7s} {'particip. s':>11s} {'group s':>8s} {'total s':>8s} "
+    print(f"{'N':>4s} {'workers':>7s} {'reuse':>5s} {'particip. s':>11s} {'group s':>8s} {'total s':>8s} "
           f"{'subj/h':>7s} {'peak GiB':>8s} {'efficiency':>10s}")
     for n in args.subjects:
         root = Path(tempfile.mkdtemp(prefix="ferritin-bench-"))
@@ -44,15 +52,14 @@ def main():
             spec = replace(preset("demo", voxel_size=args.voxel), n_per_group={"ALS": n // 2, "NC": n - n // 2})
             with dask_client(workers=2, quiet=True) as client:
                 simulate_cohort(root / "bids", spec, client=client, progress=False)
-            base = None
-            for w in args.workers:
-                work = root / f"w{w}"
-                t = run_once(root / "bids", work, w, args.voxel)
+            base = {}
+            for w, reuse in itertools.product(args.workers, args.reuse_memory):
+                work = root / f"w{w}-{reuse}"
+                t = run_once(root / "bids", work, w, args.voxel, reuse_memory=reuse == "on")
                 rate = n / t["total"] * 3600
-                if base is None:
-                    base = (w, t["total"])
-                eff = base[1] * base[0] / (t["total"] * w)
-                print(f"{n:4d} {w:7d} {t['participant']:11.1f} {t['group']:8.1f} {t['total']:8.1f} "
+                base.setdefault(reuse, (w, t["total"]))
+                eff = base[reuse][1] * base[reuse][0] / (t["total"] * w)
+                print(f"{n:4d} {w:7d} {reuse:>5s} {t['participant']:11.1f} {t['group']:8.1f} {t['total']:8.1f} "
                       f"{rate:7.1f} {t['peak_worker_gib']:8.2f} {eff:10.2f}", flush=True)
                 shutil.rmtree(work, ignore_errors=True)
         finally:
