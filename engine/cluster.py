@@ -77,7 +77,7 @@ def subject_task(fn):
 
 
 def release_memory_near_limit() -> bool:
-    """On a Dask worker whose memory is past its spill threshold, hand the freed heap back.
+    """On a Dask worker whose memory is past the lowest of its thresholds, hand the freed heap back.
 
     Workers keep freed memory for the next subject (:data:`MEMORY_REUSE_ENV`).  Dask's memory
     monitor counts that memory as the worker's: a worker left above its pause threshold by a
