@@ -175,6 +175,9 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     if method in ("phase-difference", "nonlinear") and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):
         method = "laplacian-wls"  # unequal echo spacing: fit each unwrapped echo instead
     omega = combine_echoes(phase, magnitude, echo_times, vs, method=method, mask=mask, unwrapper=params.unwrapper)
+    # the echoes' filtered copies (half a GiB at 1 mm with 12 echoes) are not needed after this: freed
+    # here rather than at the return, the background removal and the inversion run without them
+    del magnitude, phase
     total = field_to_ppm(omega, b0_tesla)
     step = max(vs)
     radii = np.arange(params.vsharp_max_radius_mm, params.vsharp_min_radius_vox * step - 1e-6, -step)
@@ -200,6 +203,7 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         depth = mask_depth(mask, vs)
         local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold,
                               kernels=kernels, depth=depth)
+    del kernels  # V-SHARP's spectra (a quarter of a GiB at 1 mm), freed before the inversion's own buffers
     b = b0_direction(affine)
     gain = taper_noise_gain(full_shape, params.kspace_taper) if params.ringing == "taper" else 1.0
     scale = regularisation_scale(local, lmask, params.reference_noise_ppm, gain)

@@ -204,7 +204,10 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
         w *= real(t)
         stt += w
     det = sw * stt - st**2
-    det = np.where(det == 0, np.inf, det)
+    del stt  # (one volume fewer held through the loop below, as the update's terms are formed in place)
+    det[det == 0] = np.inf
+    omega = omega.copy()  # updated in place below, never the caller's array
+    step = np.empty(omega.shape)
     for _ in range(int(iterations)):
         om = omega.astype(real)
         acc = np.zeros(omega.shape, dtype=signal.dtype)
@@ -219,7 +222,11 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
             sr += r
             r *= real(t)
             str_ += r
-        omega = omega + (sw * str_ - st * sr) / det
+        # omega += (sw * str_ - st * sr) / det
+        np.multiply(sw, str_, out=step)
+        step -= np.multiply(st, sr, dtype=np.float64)
+        step /= det
+        omega += step
     return omega
 
 
