@@ -7,7 +7,7 @@ from ferritin.engine.qsm.background import smv_kernel, vsharp
 from ferritin.engine.qsm.dipole import forward_field
 from ferritin.engine.qsm.inversion import reference_to_mean, tkd, tv_admm
 from ferritin.engine.qsm.mask import brain_mask
-from ferritin.engine.qsm.unwrap import combine_echoes, laplacian_unwrap, path_unwrap
+from ferritin.engine.qsm.unwrap import combine_echoes, laplacian_unwrap, path_unwrap, refine_frequency
 
 
 def _grid(n=64):
@@ -346,3 +346,20 @@ def test_smv_kernel_is_the_fft_of_the_normalised_ball(shape, voxel, radius):
     np.testing.assert_allclose(full, expected.real, atol=1e-12)
     assert half.dtype == np.float32 and half.shape == (*shape[:2], shape[2] // 2 + 1)
     np.testing.assert_allclose(half, expected.real[..., : shape[2] // 2 + 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_refine_frequency_averages_every_echo_and_leaves_the_start_untouched(dtype):
+    rng = np.random.default_rng(3)
+    te = np.arange(1, 9) * 4e-3
+    omega = rng.uniform(-300, 300, (12, 13, 14))  # rad/s: up to ~1.2 turns at the last echo
+    clean = 0.4 + omega[None] * te[:, None, None, None]
+    phase = np.angle(np.exp(1j * (clean + rng.normal(0, 0.05, clean.shape)))).astype(dtype)
+    magnitude = np.ones(phase.shape, dtype)
+    start = omega + rng.normal(0, 20, omega.shape)  # within pi / TE_max of the truth
+    before = start.copy()
+    refined = refine_frequency(phase, magnitude, te, start)
+    assert np.array_equal(start, before)
+    # the weighted fit's noise over 8 echoes: 0.05 rad / sqrt(sum (TE - mean)^2) ~ 3.4 rad/s
+    assert np.sqrt(np.mean((refined - omega) ** 2)) < 6.0
+    assert np.sqrt(np.mean((start - omega) ** 2)) > 15.0

@@ -170,7 +170,7 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
     equally spaced echoes (that ambiguity is kept, not resolved).
     """
     te = np.asarray(echo_times, dtype=np.float64)
-    omega = np.asarray(omega0, dtype=np.float64)
+    omega = np.array(omega0, dtype=np.float64)  # a copy: updated in place below
     # Single-precision phases are fitted in single precision (a residual of at most pi keeps
     # 3e-7 rad; the noise of a phase is ~1e-2 rad), the sums of weights and the update in double.
     single = np.asarray(phase[0]).dtype == np.float32 and np.asarray(magnitude[0]).dtype == np.float32
@@ -204,9 +204,8 @@ def refine_frequency(phase, magnitude, echo_times, omega0, iterations: int = 2):
         w *= real(t)
         stt += w
     det = sw * stt - st**2
-    del stt  # (one volume fewer held through the loop below, as the update's terms are formed in place)
+    del stt  # not needed in the loop: one volume less held through it
     det[det == 0] = np.inf
-    omega = omega.copy()  # updated in place below, never the caller's array
     step = np.empty(omega.shape)
     for _ in range(int(iterations)):
         om = omega.astype(real)
