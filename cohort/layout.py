@@ -14,22 +14,27 @@ import pandas as pd
 import xarray as xr
 
 from .bids import SubjectImages
+from .packing import packed_variable
 from .store import affine_attr
 
 __all__ = ["native_dataset", "participants_dataset", "participants_frame", "mni_coords", "mni_stack_dataset"]
 
 
 def native_dataset(img: SubjectImages, sources: dict[str, str] | None = None) -> xr.Dataset:
-    """The ``/native/<sub>`` node of one subject."""
+    """The ``/native/<sub>`` node of one subject.
+
+    Images acquired as integers are kept as their integer codes with CF scaling
+    (:mod:`~ferritin.cohort.packing`); :meth:`CohortStore.open_node` reads them back as float32.
+    """
     echo = np.arange(1, img.mag.shape[0] + 1)
     ds = xr.Dataset(
         {
-            "megre_mag": (("echo", "i", "j", "k"), img.mag,
-                          {"long_name": "multi-echo GRE magnitude", "units": "a.u.",
-                           "affine": affine_attr(img.gre_affine)}),
-            "megre_phase": (("echo", "i", "j", "k"), img.phase,
-                            {"long_name": "multi-echo GRE phase", "units": "rad",
-                             "affine": affine_attr(img.gre_affine)}),
+            "megre_mag": packed_variable(("echo", "i", "j", "k"), img.mag,
+                                         {"long_name": "multi-echo GRE magnitude", "units": "a.u.",
+                                          "affine": affine_attr(img.gre_affine)}),
+            "megre_phase": packed_variable(("echo", "i", "j", "k"), img.phase,
+                                           {"long_name": "multi-echo GRE phase", "units": "rad",
+                                            "affine": affine_attr(img.gre_affine)}),
         },
         coords={
             "echo": ("echo", echo),
@@ -43,8 +48,9 @@ def native_dataset(img: SubjectImages, sources: dict[str, str] | None = None) ->
         },
     )
     if img.t1w is not None:
-        ds["t1w"] = (("t1_i", "t1_j", "t1_k"), img.t1w,
-                     {"long_name": "T1-weighted image", "units": "a.u.", "affine": affine_attr(img.t1w_affine)})
+        ds["t1w"] = packed_variable(("t1_i", "t1_j", "t1_k"), img.t1w,
+                                    {"long_name": "T1-weighted image", "units": "a.u.",
+                                     "affine": affine_attr(img.t1w_affine)})
         ds.attrs["t1w_affine"] = affine_attr(img.t1w_affine)
     if sources:
         ds.attrs["sources"] = dict(sources)

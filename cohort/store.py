@@ -38,6 +38,7 @@ import xarray as xr
 import zarr
 
 from .errors import FerritinError
+from .packing import unpack_floats
 
 __all__ = ["CohortStore", "StoreError", "StoreLocked", "is_url", "digest_files", "digest_params", "RECORD_KEY", "LAYOUT_VERSION"]
 
@@ -317,13 +318,13 @@ class CohortStore:
         """Open the whole store lazily as a DataTree (dask-backed variables)."""
         tree = xr.open_datatree(str(self.path), engine="zarr", consolidated=False,
                                 chunks={} if chunks is None else chunks)
-        return tree
+        return tree.map_over_datasets(unpack_floats)
 
     def open_node(self, node: str, chunks: dict | None = None) -> xr.Dataset:
         if not self.exists(node):
             raise KeyError(f"{self.path}: no node {node!r}")
-        return xr.open_zarr(str(self.path), group=node.strip("/"), consolidated=False,
-                            chunks={} if chunks is None else chunks, zarr_format=3)
+        return unpack_floats(xr.open_zarr(str(self.path), group=node.strip("/"), consolidated=False,
+                                          chunks={} if chunks is None else chunks, zarr_format=3))
 
 
 class StoreError(FerritinError, ValueError):

@@ -37,6 +37,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from .packing import unpack_floats
 from .store import (
     LAYOUT_VERSION,
     RECORD_KEY,
@@ -186,14 +187,15 @@ class TransactionalCohortStore(CohortStore):
 
     def open_tree(self, chunks: dict | None = None, snapshot: str | None = None) -> xr.DataTree:
         """The whole store (at ``snapshot``, default the latest) lazily as a DataTree."""
-        return xr.open_datatree(self._session(snapshot).store, engine="zarr", consolidated=False,
+        tree = xr.open_datatree(self._session(snapshot).store, engine="zarr", consolidated=False,
                                 chunks={} if chunks is None else chunks)
+        return tree.map_over_datasets(unpack_floats)
 
     def open_node(self, node: str, chunks: dict | None = None) -> xr.Dataset:
         if not self.exists(node):
             raise KeyError(f"{self.path}: no node {node!r}")
-        return xr.open_zarr(self._session().store, group=node.strip("/"), consolidated=False,
-                            chunks={} if chunks is None else chunks, zarr_format=3)
+        return unpack_floats(xr.open_zarr(self._session().store, group=node.strip("/"), consolidated=False,
+                                          chunks={} if chunks is None else chunks, zarr_format=3))
 
     def history(self) -> list[dict]:
         """Every commit of the store, newest first: snapshot id, time and message."""
