@@ -27,6 +27,7 @@ of the reference study (see ``PRESETS``).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from scipy import ndimage
 from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
 
 from .calibration import calibrated_effects, power_matched_part, score_noise, severity_loadings
+from .store import digest_params
 from .templates import Template, load_template
 
 __all__ = [
@@ -365,6 +367,12 @@ PD = {"gm": 0.85, "wm": 0.70, "csf": 1.0, "scalp": 0.6, "skull": 0.05}
 T1W = {"gm": 0.55, "wm": 0.85, "csf": 0.15, "scalp": 0.65, "skull": 0.08}
 #: Anti-aliasing of strong background sources before the FFT forward model (voxels).
 ANTIALIAS_SIGMA_VOX = 0.7
+# A scanner digitises its images: magnitude and T1w to 12-bit codes scaled by
+# one slope per series, phase to 12-bit codes over one period (the scaled
+# integers DICOM and dcm2niix write).
+ADC_LEVELS = 4095
+SIMULATOR_VERSION = 1  # bump when the images a given spec produces change: resumed cohorts then start afresh
+PHASE_STEP = float(np.float32(np.pi / 4096))
 #: R2* per ppm of iron-related chi (Yao 2009-like order of magnitude).
 R2S_PER_PPM = 150.0
 NUCLEI = ("Caudate", "Putamen", "Pallidum", "Thalamus")
@@ -770,6 +778,8 @@ class SubjectTruth:
     mni: dict
     tiv_ml: float
     placement: Placement
+    mag_step: float  # the magnitude series' slope: mag holds multiples of it
+    t1w_step: float
 
 
 def _pull(maps: dict, names, template: Template, mni_xyz: np.ndarray, order: int = 1) -> dict:
@@ -783,6 +793,23 @@ def _pull_air(maps: dict, template: Template, mni_xyz: np.ndarray) -> np.ndarray
     inv = np.linalg.inv(template.grid.affine)
     ijk = np.einsum("ab,b...->a...", inv[:3, :3], mni_xyz) + inv[:3, 3].reshape(3, 1, 1, 1)
     return ndimage.map_coordinates(maps["air"], ijk, order=1, mode="constant", cval=1.0).astype(np.float32)
+
+
+def _series_step(values: np.ndarray) -> float:
+    """The slope that maps a series' largest value to the top 12-bit code (a float32, as NIfTI stores it)."""
+    return float(np.float32(float(values.max()) / ADC_LEVELS))
+
+
+def _digitised(values: np.ndarray, step: float) -> np.ndarray:
+    """``values`` rounded to multiples of ``step``: what reading the scanner's scaled integers gives."""
+    return (np.rint(values / step) * step).astype(np.float32)
+
+
+def _digitised_phase(phase: np.ndarray) -> np.ndarray:
+    """Phase rounded to 12-bit codes -4096..4095 of ``PHASE_STEP``; +pi wraps to -pi like any angle."""
+    codes = np.rint(phase / PHASE_STEP)
+    codes[codes >= 4096] -= 8192
+    return (codes * PHASE_STEP).astype(np.float32)
 
 
 def _bias_field(shape, rng, amplitude=0.15) -> np.ndarray:
@@ -844,6 +871,8 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     sigma_t1 = T1W["wm"] / spec.t1_snr
     noisy = np.hypot(signal + sigma_t1 * rng.standard_normal(t1_shape), sigma_t1 * rng.standard_normal(t1_shape))
     t1w = (noisy * 1000).astype(np.float32)
+    t1w_step = _series_step(t1w)
+    t1w = _digitised(t1w, t1w_step)
     tiv = float((tis["gm"] + tis["wm"] + tis["csf"]).sum() * vs**3 / 1000.0)
     # --- GRE grid (oblique slab) --------------------------------------------
     tilt = np.deg2rad(rng.uniform(-spec.oblique_deg, spec.oblique_deg))
@@ -897,10 +926,10 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
     for s_te in echoes:
         s_te = s_te + sigma * (rng.standard_normal(gre_shape) + 1j * rng.standard_normal(gre_shape))
         mags.append(np.abs(s_te).astype(np.float32))
-        ph = np.angle(s_te).astype(np.float32)
-        ph[ph >= np.pi] -= np.float32(2 * np.pi)
-        phases.append(ph)
+        phases.append(_digitised_phase(np.angle(s_te)))
     mag = np.stack(mags) * np.float32(1000)
+    mag_step = _series_step(mag)
+    mag = _digitised(mag, mag_step)
     phase = np.stack(phases)
     mni = {k: maps[k] for k in ("gm", "wm", "csf", "chi_brain")}
     # What VBM's modulated GM should find: the template's GM carried back by
@@ -911,7 +940,7 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
         t1w_affine=t1_aff, echo_times=tes, chi_native=chi_brain, brain_mask_native=brain.astype(np.uint8),
         local_field_ppm=np.where(brain, local, 0).astype(np.float32), total_field_ppm=total,
         gm_t1=tis["gm"], wm_t1=tis["wm"], csf_t1=tis["csf"], mni_to_scanner=np.zeros(0), mni=mni, tiv_ml=tiv,
-        placement=place,
+        placement=place, mag_step=mag_step, t1w_step=t1w_step,
     )
 
 
@@ -919,8 +948,13 @@ def simulate_subject(spec: SimulationSpec, row: dict, index: int) -> SubjectTrut
 # writing BIDS
 
 
-def _save(data, affine, path: Path, dtype=np.float32):
-    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+def _save(data, affine, path: Path, dtype=np.float32, step: float | None = None):
+    """Write an image; one held as multiples of ``step`` as a scanner does, int16 codes with ``scl_slope``."""
+    if step is None:
+        img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    else:
+        img = nib.Nifti1Image(np.rint(np.asarray(data, dtype=np.float64) / step).astype(np.int16), affine)
+        img.header.set_slope_inter(step, 0.0)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -928,26 +962,31 @@ def _save(data, affine, path: Path, dtype=np.float32):
     nib.save(img, str(path))
 
 
-def write_bids_subject(root: Path, truth: SubjectTruth, spec: SimulationSpec) -> None:
-    """Write one subject's images, sidecars and ground truth."""
+def write_bids_subject(root: Path, truth: SubjectTruth, spec: SimulationSpec, truth_maps: bool = True) -> None:
+    """Write one subject's images and sidecars, and (``truth_maps``) its ground-truth images."""
     root = Path(root)
     sub = truth.subject
     anat = root / sub / "anat"
     anat.mkdir(parents=True, exist_ok=True)
     for n, te in enumerate(truth.echo_times, start=1):
-        for part, data in (("mag", truth.mag[n - 1]), ("phase", truth.phase[n - 1])):
+        for part, data, step in (("mag", truth.mag[n - 1], truth.mag_step), ("phase", truth.phase[n - 1], PHASE_STEP)):
             base = anat / f"{sub}_echo-{n}_part-{part}_MEGRE"
-            _save(data, truth.gre_affine, base.with_name(base.name + ".nii.gz"))
+            _save(data, truth.gre_affine, base.with_name(base.name + ".nii.gz"), step=step)
             meta = {"EchoTime": float(te), "MagneticFieldStrength": spec.b0, "FlipAngle": 20,
                     "RepetitionTime": 0.0311, "Manufacturer": "ferritin-simulator"}
             if part == "phase":
                 meta["Units"] = "rad"
             base.with_name(base.name + ".json").write_text(json.dumps(meta, indent=2))
-    _save(truth.t1w, truth.t1w_affine, anat / f"{sub}_T1w.nii.gz")
+    _save(truth.t1w, truth.t1w_affine, anat / f"{sub}_T1w.nii.gz", step=truth.t1w_step)
     (anat / f"{sub}_T1w.json").write_text(json.dumps(
         {"MagneticFieldStrength": spec.b0, "RepetitionTime": 0.00666, "EchoTime": 0.00293, "InversionTime": 0.45,
          "FlipAngle": 12, "Manufacturer": "ferritin-simulator"}, indent=2))
-    gt = root / "derivatives" / "ground-truth" / sub
+    if truth_maps:
+        _write_truth_maps(root / "derivatives" / "ground-truth" / sub, truth, spec)
+
+
+def _write_truth_maps(gt: Path, truth: SubjectTruth, spec: SimulationSpec) -> None:
+    sub = truth.subject
     _save(truth.chi_native, truth.gre_affine, gt / f"{sub}_space-GRE_Chimap.nii.gz")
     _save(truth.brain_mask_native, truth.gre_affine, gt / f"{sub}_space-GRE_desc-brain_mask.nii.gz", np.uint8)
     _save(truth.local_field_ppm, truth.gre_affine, gt / f"{sub}_space-GRE_desc-local_fieldmap.nii.gz")
@@ -999,18 +1038,50 @@ def write_dataset_files(root: Path, spec: SimulationSpec, participants: pd.DataF
         _save(w, template.grid.affine, gt / f"effect-{name}_space-MNI152NLin2009cSym_mask.nii.gz")
 
 
-def _simulate_and_write(spec: SimulationSpec, row: dict, index: int, root: str) -> dict:
+def _subject_digest(spec: SimulationSpec, row: dict, index: int, truth_maps: bool) -> str:
+    return digest_params(spec.to_json(), row, index, truth_maps, SIMULATOR_VERSION)
+
+
+def _done_marker(root: Path, subject: str) -> Path:
+    return root / "derivatives" / "ground-truth" / subject / f"{subject}_simulation.json"
+
+
+def _finished_subject(root: Path, subject: str, digest: str) -> dict | None:
+    """The record of a subject already written by this very simulation, or None."""
+    try:
+        done = json.loads(_done_marker(root, subject).read_text())
+    except (OSError, ValueError):
+        return None
+    return done if done.get("digest") == digest else None
+
+
+def _simulate_and_write(spec: SimulationSpec, row: dict, index: int, root: str, truth_maps: bool = True) -> dict:
+    root = Path(root)
+    digest = _subject_digest(spec, row, index, truth_maps)
+    if (done := _finished_subject(root, row["participant_id"], digest)) is not None:
+        return done
     truth = simulate_subject(spec, row, index)
-    write_bids_subject(Path(root), truth, spec)
-    return {"subject": truth.subject, "tiv_ml": truth.tiv_ml}
+    write_bids_subject(root, truth, spec, truth_maps=truth_maps)
+    done = {"subject": truth.subject, "tiv_ml": truth.tiv_ml, "digest": digest}
+    marker = _done_marker(root, truth.subject)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(done, indent=2))
+    os.replace(tmp, marker)  # written last: a subject without it is simulated again
+    return done
 
 
-def simulate_cohort(out: str | Path, spec: SimulationSpec, client=None, progress: bool = False) -> pd.DataFrame:
+def simulate_cohort(out: str | Path, spec: SimulationSpec, client=None, progress: bool = False,
+                    truth_maps: bool = True) -> pd.DataFrame:
     """Simulate a cohort and write it as a BIDS dataset at ``out``.
 
     Subjects are generated in parallel on ``client`` (a distributed Client)
-    when given, else one after another.  Returns the participants table with
-    the hidden truth columns (severity, head scale, TIV).
+    when given, else one after another.  A subject this same simulation has
+    already written completely (an interrupted run) is kept, not simulated
+    again.  ``truth_maps=False`` leaves out each subject's ground-truth images
+    (the dataset's planted effects and truth table are always written), which
+    at 1 mm take about a third of the dataset.  Returns the participants table
+    with the hidden truth columns (severity, head scale, TIV).
     """
     out = Path(out)
     participants = sample_participants(spec)
@@ -1018,13 +1089,14 @@ def simulate_cohort(out: str | Path, spec: SimulationSpec, client=None, progress
     truths: dict = {}
     if client is None:
         for i, row in enumerate(rows):
-            r = _simulate_and_write(spec, row, i, str(out))
+            r = _simulate_and_write(spec, row, i, str(out), truth_maps)
             truths[r["subject"]] = r
     else:
         from ferritin.engine.progress import track
 
-        futures = client.map(_simulate_and_write, [spec] * len(rows), rows, list(range(len(rows))),
-                             [str(out)] * len(rows), pure=False, key=[f"simulate-{r['participant_id']}" for r in rows])
+        n = len(rows)
+        futures = client.map(_simulate_and_write, [spec] * n, rows, list(range(n)), [str(out)] * n, [truth_maps] * n,
+                             pure=False, key=[f"simulate-{r['participant_id']}" for r in rows])
         for fut in track(futures, "simulate", enabled=progress):
             r = fut.result()
             truths[r["subject"]] = r

@@ -152,7 +152,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "measures the published statistics) once per seed, run the whole study on "
                                    "each, and write every number of the paper's results beside ferritin's "
                                    "(OUT/reproduction.csv, OUT/reproduction_bars.csv, OUT/report.html).  A seed "
-                                   "already run is measured again, not recomputed.")
+                                   "already run is measured again, not recomputed; an interrupted one goes on "
+                                   "where it stopped when run again.")
     p.add_argument("out", type=Path, help="output folder (one sub-folder per seed)")
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="number of simulated cohorts (default 3)")
     p.add_argument("--first-seed", type=int, default=0, metavar="S", help="seed of the first cohort (default 0)")

@@ -238,7 +238,9 @@ def reproduce(out_dir: str | Path, seeds, client, *, n_per_group: int = publishe
     """Simulate the reference design once per seed, run the whole study on each, and compare with the paper.
 
     Each seed's study goes to ``out_dir/seed-<seed>`` (a complete output folder with its report and a
-    one-seed ``tables/reproduction.csv``); a seed already run is measured again, not recomputed.  Writes
+    one-seed ``tables/reproduction.csv``); a seed already run is measured again, not recomputed, and an
+    interrupted one goes on from the subjects it had finished.  The simulated datasets hold no per-subject
+    ground-truth images (the results are compared with the paper, not with the truth).  Writes
     ``out_dir/reproduction.csv`` (published, mean, s.d. and each seed's value of every number) and
     ``out_dir/reproduction_bars.csv``, and ``out_dir/report.html``: the first seed's report with the
     table of all seeds.
@@ -265,7 +267,7 @@ def reproduce(out_dir: str | Path, seeds, client, *, n_per_group: int = publishe
         spec = preset("reference-study", seed=seed, voxel_size=float(voxel_size), n_echoes=n_echoes,
                       n_per_group={g: n_per_group for g in ("ALS", "NC")})
         if not (folder / "bids" / "participants.tsv").exists():
-            simulate_cohort(folder / "bids", spec, client=client, progress=progress)
+            simulate_cohort(folder / "bids", spec, client=client, progress=progress, truth_maps=False)
         run_study(folder / "bids", folder, study, client, levels=("participant",), progress=progress)
         run_study(folder / "bids", folder, study, levels=("group",), progress=progress, report=False)
         runs.append(measure_run(folder))

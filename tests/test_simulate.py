@@ -120,6 +120,58 @@ def test_written_dataset_is_valid_bids(tiny_bids, tiny_spec):
     assert not np.allclose(img.gre_affine, img.t1w_affine)
 
 
+def test_images_are_written_as_a_scanner_digitises_them(tiny_bids, tiny_spec):
+    """12-bit integer codes with one slope per series (NIfTI scl_slope), phase in codes of pi/4096."""
+    root, table = tiny_bids
+    sub = table.participant_id[0]
+    anat = root / sub / "anat"
+    mags = [nib.load(anat / f"{sub}_echo-{n}_part-mag_MEGRE.nii.gz") for n in range(1, tiny_spec.n_echoes + 1)]
+    assert all(m.get_data_dtype() == np.int16 for m in mags)
+    assert len({float(m.dataobj.slope) for m in mags}) == 1  # one scaling for the whole series
+    assert max(int(np.asanyarray(m.dataobj.get_unscaled()).max()) for m in mags) == 4095
+    phase = nib.load(anat / f"{sub}_echo-2_part-phase_MEGRE.nii.gz")
+    codes = np.asanyarray(phase.dataobj.get_unscaled())
+    assert phase.get_data_dtype() == np.int16 and codes.min() >= -4096 and codes.max() <= 4095
+    np.testing.assert_allclose(float(phase.dataobj.slope), np.pi / 4096, rtol=1e-7)
+    t1 = nib.load(anat / f"{sub}_T1w.nii.gz")
+    assert t1.get_data_dtype() == np.int16 and int(np.asanyarray(t1.dataobj.get_unscaled()).max()) == 4095
+
+
+def test_the_simulated_subject_is_what_its_files_hold(one_subject, tiny_spec, tmp_path):
+    from ferritin.cohort.simulate import write_bids_subject
+
+    write_bids_subject(tmp_path, one_subject, tiny_spec, truth_maps=False)
+    sub = one_subject.subject
+    mag = nib.load(tmp_path / sub / "anat" / f"{sub}_echo-3_part-mag_MEGRE.nii.gz").get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(mag, one_subject.mag[2])
+    t1 = nib.load(tmp_path / sub / "anat" / f"{sub}_T1w.nii.gz").get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(t1, one_subject.t1w)
+    assert not (tmp_path / "derivatives" / "ground-truth" / sub).exists()
+
+
+def test_an_interrupted_simulation_resumes_where_it_stopped(tmp_path):
+    from ferritin.cohort.simulate import simulate_cohort
+
+    spec = preset("tiny", seed=5, n_per_group={"ALS": 1, "NC": 1}, n_echoes=2)
+    root = tmp_path / "bids"
+    first = simulate_cohort(root, spec, truth_maps=False)
+    subs = list(first.participant_id)
+    kept = root / subs[0] / "anat" / f"{subs[0]}_T1w.nii.gz"
+    redone = root / subs[1] / "anat" / f"{subs[1]}_T1w.nii.gz"
+    before = nib.load(redone).get_fdata()
+    kept_mtime = kept.stat().st_mtime_ns
+    # a run killed while writing the second subject: its files exist, its completion record does not
+    (root / "derivatives" / "ground-truth" / subs[1] / f"{subs[1]}_simulation.json").unlink()
+    redone.write_bytes(redone.read_bytes()[:1000])
+    again = simulate_cohort(root, spec, truth_maps=False)
+    assert kept.stat().st_mtime_ns == kept_mtime  # the finished subject was not simulated again
+    np.testing.assert_array_equal(nib.load(redone).get_fdata(), before)  # the unfinished one was, the same
+    pd.testing.assert_frame_equal(again, first)
+    # another simulation into the same folder does not keep the first one's subjects
+    simulate_cohort(root, replace(spec, seed=6), truth_maps=False)
+    assert kept.stat().st_mtime_ns != kept_mtime
+
+
 def test_atrophy_shrinks_the_region_and_nothing_else():
     from scipy import ndimage
 
