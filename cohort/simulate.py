@@ -59,6 +59,7 @@ __all__ = [
     "severity_factor",
     "simulate_subject",
     "simulate_cohort",
+    "unfinished_simulation",
     "write_bids_subject",
 ]
 
@@ -1069,6 +1070,14 @@ def _simulate_and_write(spec: SimulationSpec, row: dict, index: int, root: str, 
     tmp.write_text(json.dumps(done, indent=2))
     os.replace(tmp, marker)  # written last: a subject without it is simulated again
     return done
+
+
+def unfinished_simulation(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a simulation that was stopped before it wrote its participants table."""
+    folder = Path(folder)
+    if (folder / "participants.tsv").exists():
+        return False
+    return any((folder / "derivatives" / "ground-truth").glob("sub-*/sub-*_simulation.json"))
 
 
 def simulate_cohort(out: str | Path, spec: SimulationSpec, client=None, progress: bool = False,

@@ -166,7 +166,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_simulate(args) -> int:
-    from ferritin.cohort.simulate import preset, read_effects, simulate_cohort
+    from ferritin.cohort.simulate import preset, read_effects, simulate_cohort, unfinished_simulation
 
     overrides = {"seed": args.seed}
     if args.voxel_size:
@@ -187,8 +187,11 @@ def _cmd_simulate(args) -> int:
 
         spec = replace(spec, n_per_group={g: args.subjects for g in spec.n_per_group})
     if args.out_bids.exists() and any(args.out_bids.iterdir()):
-        print(f"ferritin simulate: {args.out_bids} is not empty; choose a new folder", file=sys.stderr)
-        return 2
+        if not unfinished_simulation(args.out_bids):
+            print(f"ferritin simulate: {args.out_bids} is not empty; choose a new folder", file=sys.stderr)
+            return 2
+        print(f"going on with the unfinished simulation in {args.out_bids} (subjects it finished are kept "
+              "when they are the same simulation)")
     from .cluster import dask_client
 
     t0 = time.perf_counter()

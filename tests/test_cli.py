@@ -46,6 +46,25 @@ def test_simulate_refuses_non_empty_output(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "new"), "--preset", "nope"]) == 2
 
 
+@pytest.mark.slow
+def test_simulate_goes_on_with_an_interrupted_simulation(tmp_path, capsys):
+    out = tmp_path / "bids"
+    args = ["simulate", str(out), "--preset", "tiny", "--subjects", "1", "--echoes", "2", "--workers", "1",
+            "--no-progress"]
+    assert main(args) == 0
+    subs = sorted(p.name for p in out.glob("sub-*"))
+    # stopped before the end: one subject finished, the other not, no participants table yet
+    (out / "participants.tsv").unlink()
+    (out / "derivatives" / "ground-truth" / subs[1] / f"{subs[1]}_simulation.json").unlink()
+    kept = out / subs[0] / "anat" / f"{subs[0]}_T1w.nii.gz"
+    mtime = kept.stat().st_mtime_ns
+    assert main(args) == 0
+    assert "unfinished simulation" in capsys.readouterr().out
+    assert (out / "participants.tsv").exists() and kept.stat().st_mtime_ns == mtime
+    assert main(args) == 2  # a finished one is never written over
+    assert "not empty" in capsys.readouterr().err
+
+
 def test_shuffle_lifecycle_warnings_are_chatter_but_errors_are_not():
     """distributed logs every P2P rechunk's start and end as a warning (72 in a 4 + 4 study at 1 mm)."""
     import logging
