@@ -122,7 +122,7 @@ def integer_coding(values: np.ndarray, seed: int = 0) -> IntegerCoding | None:
     for slab in x2:
         r = (slab.astype(np.float64) - origin) / step
         codes = np.rint(r)
-        if np.abs(r - codes).max() > _OFF_GRID:
+        if not np.abs(r - codes).max() <= _OFF_GRID:  # NaN and infinity fail the comparison too
             return None
         lo_code, hi_code = min(lo_code, codes.min()), max(hi_code, codes.max())
     span = hi_code - lo_code

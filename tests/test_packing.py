@@ -49,6 +49,13 @@ def test_one_stray_value_between_grid_points_keeps_the_image_float():
     assert integer_coding(values) is None
 
 
+@pytest.mark.parametrize("stray", [np.nan, np.inf])
+def test_one_value_that_is_not_a_number_keeps_the_image_float(stray):
+    _, values = _scanner_image(12, 0.25, 0.0, shape=(3, 30, 30, 20))
+    values[1, 2, 3, 4] = stray  # one voxel: the sample used for the step misses it, the check does not
+    assert integer_coding(values) is None
+
+
 def test_store_keeps_codes_and_reads_back_float32(tmp_path):
     k, mag = _scanner_image(12, 2.36166056166056, 0.0)
     _, phase = _scanner_image(12, np.pi / 4096, -np.pi, seed=1)
