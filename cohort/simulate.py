@@ -372,8 +372,9 @@ ANTIALIAS_SIGMA_VOX = 0.7
 # one slope per series, phase to 12-bit codes over one period (the scaled
 # integers DICOM and dcm2niix write).
 ADC_LEVELS = 4095
-SIMULATOR_VERSION = 1  # bump when the images a given spec produces change: resumed cohorts then start afresh
 PHASE_STEP = float(np.float32(np.pi / 4096))
+#: Bumped when the images a given spec produces change: an interrupted cohort then starts afresh.
+SIMULATOR_VERSION = 1
 #: R2* per ppm of iron-related chi (Yao 2009-like order of magnitude).
 R2S_PER_PPM = 150.0
 NUCLEI = ("Caudate", "Putamen", "Pallidum", "Thalamus")
