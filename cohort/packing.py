@@ -38,12 +38,17 @@ class IntegerCoding:
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         codes = np.empty(values.shape, self.dtype)
-        for i in range(values.shape[0]):  # one slab at a time keeps the float64 temporary small
-            codes[i] = np.rint((values[i].astype(np.float64) - self.offset) / self.scale)
+        for slab, out in zip(_slabs(values), _slabs(codes), strict=True):
+            out[:] = np.rint((slab.astype(np.float64) - self.offset) / self.scale)
         return codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return (codes.astype(np.float64) * self.scale + self.offset).astype(np.float32)
+
+
+def _slabs(x: np.ndarray) -> np.ndarray:
+    """``x`` as rows along its first axis (one row for 1-D), viewed in place: one float64 temporary per row."""
+    return x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
 
 
 def _sampled_levels(flat: np.ndarray, seed: int) -> np.ndarray:
@@ -118,8 +123,7 @@ def integer_coding(values: np.ndarray, seed: int = 0) -> IntegerCoding | None:
         origin = 0.0  # zero is a grid point (scanners' intercept is usually 0): keep it exactly zero
     step, origin = _as_header_scaling(levels, step, origin)
     lo_code, hi_code = np.inf, -np.inf
-    x2 = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
-    for slab in x2:
+    for slab in _slabs(x):
         r = (slab.astype(np.float64) - origin) / step
         codes = np.rint(r)
         if not np.abs(r - codes).max() <= _OFF_GRID:  # NaN and infinity fail the comparison too
@@ -137,8 +141,7 @@ def packed_variable(dims, values: np.ndarray, attrs: dict, seed: int = 0) -> xr.
     coding = integer_coding(values, seed=seed)
     if coding is None:
         return xr.Variable(dims, values, attrs)
-    codes = coding.encode(values.reshape(values.shape[0], -1) if values.ndim > 1 else values.reshape(1, -1))
-    return xr.Variable(dims, codes.reshape(values.shape),
+    return xr.Variable(dims, coding.encode(values),
                        {**attrs, "scale_factor": coding.scale, "add_offset": coding.offset})
 
 
