@@ -40,7 +40,7 @@ import zarr
 from .errors import FerritinError
 from .packing import unpack_floats
 
-__all__ = ["CohortStore", "StoreError", "StoreLocked", "is_url", "digest_files", "digest_params", "RECORD_KEY", "LAYOUT_VERSION"]
+__all__ = ["CohortStore", "StoreError", "StoreLocked", "is_url", "digest_files", "digest_params", "completion_record", "RECORD_KEY", "LAYOUT_VERSION"]
 
 # Text coordinates (group, sex, subject) are stored as Zarr v3 fixed-width
 # strings, which zarr-python flags on every write and read as not yet in the
@@ -68,6 +68,15 @@ def digest_files(paths, extra: dict | None = None) -> str:
 def digest_params(*parts) -> str:
     """SHA-256 of JSON-serialisable parts (digests of inputs, parameters)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def completion_record(stage: str, digest: str, params: dict | None, seconds: float | None) -> dict:
+    """The record written with a node: what made it, from what (``digest``), when, and how long it took."""
+    record = {"stage": stage, "digest": digest, "params": params or {},
+              "completed": datetime.now(UTC).isoformat(timespec="seconds")}
+    if seconds is not None:
+        record["seconds"] = round(float(seconds), 1)
+    return record
 
 
 def is_url(location) -> bool:
@@ -162,12 +171,13 @@ class CohortStore:
 
     # -- writing -----------------------------------------------------------
     def write_node(self, node: str, ds: xr.Dataset, *, stage: str, digest: str, params: dict | None = None,
-                   encoding: dict | None = None) -> None:
+                   encoding: dict | None = None, seconds: float | None = None) -> None:
         """Write ``ds`` as ``node`` atomically, with its completion record.
 
         The dataset is written into a staging folder on the same file system
         and renamed into place; an existing node is replaced only once the
-        new one is complete.
+        new one is complete.  ``seconds``, the wall time that computed the
+        node, goes into the record (provenance; not part of the digest).
         """
         target = self.node_path(node)
         if not target.parent.joinpath("zarr.json").exists():
@@ -175,12 +185,7 @@ class CohortStore:
         self.staging.mkdir(parents=True, exist_ok=True)
         tmp = self.staging / f"{uuid.uuid4().hex}"
         ds = ds.copy()
-        ds.attrs[RECORD_KEY] = {
-            "stage": stage,
-            "digest": digest,
-            "params": params or {},
-            "completed": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        ds.attrs[RECORD_KEY] = completion_record(stage, digest, params, seconds)
         try:
             ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})
             old = None

@@ -29,7 +29,6 @@ or Ceph), which every worker of a cluster must also see.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 
 import dask
 import dask.array as da
@@ -44,6 +43,7 @@ from .store import (
     CohortStore,
     StoreError,
     StoreLocked,
+    completion_record,
     is_stale_lock,
     locked_message,
     replace_stage_failures,
@@ -225,13 +225,12 @@ class TransactionalCohortStore(CohortStore):
                             "is a second run writing this store?")
 
     def write_node(self, node: str, ds: xr.Dataset, *, stage: str, digest: str, params: dict | None = None,
-                   encoding: dict | None = None) -> None:
+                   encoding: dict | None = None, seconds: float | None = None) -> None:
         """Write ``ds`` as ``node`` with its completion record, in one commit."""
         self.node_path(node)
         self._ensure_groups(node)
         ds = ds.copy()
-        ds.attrs[RECORD_KEY] = {"stage": stage, "digest": digest, "params": params or {},
-                                "completed": datetime.now(UTC).isoformat(timespec="seconds")}
+        ds.attrs[RECORD_KEY] = completion_record(stage, digest, params, seconds)
 
         def write(root, session):
             group = node.strip("/")

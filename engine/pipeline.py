@@ -103,6 +103,7 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
     node = f"derived/{subject}/qsm"
     if store.is_current(node, digest):
         return ("skipped", subject, None)
+    t0 = time.perf_counter()
     try:
         nat = store.open_node(f"native/{subject}")
         anat = store.open_node(f"derived/{subject}/anat")
@@ -126,7 +127,8 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
         attrs={"subject": subject, "gre_affine": affine_attr(affine), "mni_affine": anat.attrs["mni_affine"],
                "mask_source": params.mask_source},
     )
-    store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict())
+    store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict(),
+                     seconds=time.perf_counter() - t0)
     return ("written", subject, None)
 
 
@@ -166,6 +168,7 @@ def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixe
     digest = digest_params(*parts)
     if store.is_current(node, digest):
         return ("skipped", subject, None)
+    t0 = time.perf_counter()
     try:
         nat = store.open_node(f"native/{subject}")  # lazy: each path reads only what it uses
         template = load_template(vs)
@@ -202,7 +205,8 @@ def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixe
                "affine_itk": r["affine_itk"]},
     )
     store.write_node(node, ds, stage="anat", digest=digest,
-                     params={**params.to_dict(), "mni_voxel_size": vs, "fixed": fixed})
+                     params={**params.to_dict(), "mni_voxel_size": vs, "fixed": fixed},
+                     seconds=time.perf_counter() - t0)
     return ("written", subject, None)
 
 

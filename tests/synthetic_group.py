@@ -67,14 +67,16 @@ def write_group_store(store, n_per_group: int = 9, seed: int = 5) -> tuple[list[
                         "chi_mni": (("x", "y", "z"), chi)},
                        coords={ax: (ax, v) for ax, v in grid.coords().items()},
                        attrs={"subject": sub, "gre_affine": affine_attr(aff), "mni_affine": affine_attr(grid.affine)})
-        store.write_node(f"derived/{sub}/qsm", q, stage="qsm", digest=f"q{n}", params={"inversion": "tv"})
+        store.write_node(f"derived/{sub}/qsm", q, stage="qsm", digest=f"q{n}", params={"inversion": "tv"},
+                         seconds=None if n == 0 else 10.0 + n)  # the first as a store from before the times
         qc = 0.3 if sub == subjects[-1] else float(rng.uniform(0.8, 0.95))
         a = xr.Dataset({"gm_mod_s": (("x", "y", "z"), gm),
                         "gm_mod": (("x", "y", "z"), gm)},
                        coords={ax: (ax, v) for ax, v in grid.coords().items()},
                        attrs={"subject": sub, "tiv_ml": float(rng.normal(1450, 100)), "qc_gm_corr": qc,
                               "qc_dice": qc, "mni_affine": affine_attr(grid.affine)})
-        store.write_node(f"derived/{sub}/anat", a, stage="anat", digest=f"a{n}", params={"syn_metric": "mattes"})
+        store.write_node(f"derived/{sub}/anat", a, stage="anat", digest=f"a{n}", params={"syn_metric": "mattes"},
+                         seconds=100.0 + n)
     table = pd.DataFrame(rows).set_index("participant_id")
     store.write_node("participants", participants_dataset(table), stage="ingest", digest="p")
     spec = load_spec().to_dict()

@@ -203,6 +203,18 @@ def test_report_is_self_contained(group_out):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'<link|src="http|href="http', page)
     assert "V-SHARP" in page and "Thalamus_L" in page
+    assert "Processing time per subject" in page
+
+
+def test_report_gives_the_recorded_processing_times(group_out):
+    from ferritin.engine.report import _compute_times
+
+    out, _, subjects = group_out
+    times = _compute_times(CohortStore(out.parent / "cohort.zarr"), subjects).set_index("stage")
+    n = len(subjects)  # subject k took 100 + k s of anatomy and 10 + k s of QSM; the first has no QSM time
+    assert times.loc["anatomy", "subjects"] == n and times.loc["anatomy", "median (s)"] == 100 + (n - 1) / 2
+    assert times.loc["QSM", "subjects"] == n - 1 and times.loc["QSM", "fastest (s)"] == 11
+    assert times.loc["anatomy", "total (h)"] == pytest.approx(sum(100 + k for k in range(n)) / 3600)
 
 
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),

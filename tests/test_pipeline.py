@@ -38,6 +38,8 @@ def test_stages_write_records(processed):
     s = CohortStore(store)
     for sub in subjects:
         assert s.record(f"derived/{sub}/qsm")["stage"] == "qsm"
+        # each computed node records how long it took (provenance, reported as processing time)
+        assert all(s.record(f"derived/{sub}/{stage}")["seconds"] > 0 for stage in ("anat", "qsm"))
         anat = s.open_node(f"derived/{sub}/anat")
         qsm = s.open_node(f"derived/{sub}/qsm")
         assert qsm["chi_mni"].dims == ("x", "y", "z") and 1000 < anat.attrs["tiv_ml"] < 2500

@@ -370,10 +370,25 @@ def _methods_section(st: _Study, all_subjects: list[str]) -> Section:
     return Section("methods", "Methods", [text(p) for p in paragraphs])
 
 
-def _software_section(st: _Study, versions: dict) -> Section:
-    return Section("software", "Software", [
-        table(pd.DataFrame(list(versions.items()), columns=["software", "version"])),
-        heading("Study spec"), Block("pre", st.spec.to_yaml())])
+def _compute_times(store: CohortStore, subjects) -> pd.DataFrame:
+    """Wall time of each per-subject stage as recorded with its outputs: median, range and total."""
+    rows = []
+    for stage in ("anat", "qsm"):
+        seconds = [rec["seconds"] for s in subjects
+                   if (rec := store.record(f"derived/{s}/{stage}")) is not None and "seconds" in rec]
+        if seconds:
+            rows.append({"stage": {"anat": "anatomy", "qsm": "QSM"}[stage], "subjects": len(seconds),
+                         "median (s)": float(np.median(seconds)), "fastest (s)": min(seconds),
+                         "slowest (s)": max(seconds), "total (h)": sum(seconds) / 3600})
+    return pd.DataFrame(rows, columns=["stage", "subjects", "median (s)", "fastest (s)", "slowest (s)", "total (h)"])
+
+
+def _software_section(st: _Study, versions: dict, all_subjects: list[str]) -> Section:
+    blocks = [table(pd.DataFrame(list(versions.items()), columns=["software", "version"]))]
+    times = _compute_times(st.store, all_subjects)
+    if len(times):
+        blocks.append(table(times, "Processing time per subject (each subject on one worker)"))
+    return Section("software", "Software", [*blocks, heading("Study spec"), Block("pre", st.spec.to_yaml())])
 
 
 def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> Path:
@@ -383,7 +398,7 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     versions = software_versions()
     sections = [_findings_section(st), _table1_section(st), _maps_section(st), _roi_section(st),
                 _clinical_section(st), _planted_section(st), _reproduction_section(st), _qc_section(st, all_subjects),
-                _methods_section(st, all_subjects), _software_section(st, versions)]
+                _methods_section(st, all_subjects), _software_section(st, versions, all_subjects)]
     page = _environment().get_template("report.html.j2").render(
         study=st.spec.name, n_used=len(st.used), n_excluded=len(st.excluded),
         generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), version=versions["ferritin"],
