@@ -81,6 +81,26 @@ class RunSummary:
         return "\n".join(lines)
 
 
+class _StepClock:
+    """Wall time of a stage and of its named steps (recorded with its output: where a subject's time went)."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.steps: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.steps[step] = round(now - self.last, 1)
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _rounded(seconds: dict) -> dict:
+    return {step: round(float(s), 1) for step, s in seconds.items()}
+
+
 @subject_task
 def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tuple[str, str, str | None]:
     """QSM of one subject: ``native/<sub>`` + ``derived/<sub>/anat`` → ``derived/<sub>/qsm``.
@@ -103,20 +123,23 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
     node = f"derived/{subject}/qsm"
     if store.is_current(node, digest):
         return ("skipped", subject, None)
-    t0 = time.perf_counter()
+    clock = _StepClock()
     try:
         nat = store.open_node(f"native/{subject}")
         anat = store.open_node(f"derived/{subject}/anat")
         affine = np.asarray(nat.attrs["gre_affine"])
-        mag = nat["megre_mag"].values
+        mag, phase = nat["megre_mag"].values, nat["megre_phase"].values
         gre_to_t1 = np.asarray(anat.attrs["gre_to_t1"])
         brain = None
         if params.mask_source == "t1":
             brain = t1_brain_on_gre(anat["brain_mask"].values > 0, np.asarray(nat.attrs["t1w_affine"]), gre_to_t1,
                                     mag.shape[1:], affine)
-        chi, mask = reconstruct_qsm(mag, nat["megre_phase"].values, nat["echo_time"].values, affine,
+        clock.lap("inputs and T1 brain mask")
+        chi, mask = reconstruct_qsm(mag, phase, nat["echo_time"].values, affine,
                                     float(nat.attrs["b0_tesla"]), params, brain=brain)
+        clock.lap("QSM chain")
         chi_mni = chi_to_mni(chi, mask, affine, gre_to_t1, anat["t1_points"].values)
+        clock.lap("χ to MNI")
     except Exception as exc:  # one subject's failure must not stop the cohort
         return ("failed", subject, f"{subject}: QSM failed: {type(exc).__name__}: {exc}")
     ds = xr.Dataset(
@@ -125,10 +148,9 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
          "chi_mni": (("x", "y", "z"), chi_mni, {"units": "ppm", "long_name": "magnetic susceptibility in MNI space"})},
         coords={ax: (ax, anat[ax].values, {"units": "mm"}) for ax in ("x", "y", "z")},  # the anatomy's MNI grid
         attrs={"subject": subject, "gre_affine": affine_attr(affine), "mni_affine": anat.attrs["mni_affine"],
-               "mask_source": params.mask_source},
+               "mask_source": params.mask_source, "seconds": clock.steps},
     )
-    store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict(),
-                     seconds=time.perf_counter() - t0)
+    store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict(), seconds=clock.total())
     return ("written", subject, None)
 
 
@@ -168,7 +190,7 @@ def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixe
     digest = digest_params(*parts)
     if store.is_current(node, digest):
         return ("skipped", subject, None)
-    t0 = time.perf_counter()
+    clock = _StepClock()
     try:
         nat = store.open_node(f"native/{subject}")  # lazy: each path reads only what it uses
         template = load_template(vs)
@@ -202,11 +224,10 @@ def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixe
                **{k: _finite_or_none(r.get(k)) for k in QC_MEASURES},
                "preparation": r.get("preparation") or {},
                "gre_to_t1": affine_attr(r["gre_to_t1"]), "mni_affine": affine_attr(grid.affine), "fixed": fixed,
-               "affine_itk": r["affine_itk"]},
+               "affine_itk": r["affine_itk"], "seconds": _rounded(r.get("seconds") or {})},
     )
     store.write_node(node, ds, stage="anat", digest=digest,
-                     params={**params.to_dict(), "mni_voxel_size": vs, "fixed": fixed},
-                     seconds=time.perf_counter() - t0)
+                     params={**params.to_dict(), "mni_voxel_size": vs, "fixed": fixed}, seconds=clock.total())
     return ("written", subject, None)
 
 

@@ -40,6 +40,13 @@ def test_stages_write_records(processed):
         assert s.record(f"derived/{sub}/qsm")["stage"] == "qsm"
         # each computed node records how long it took (provenance, reported as processing time)
         assert all(s.record(f"derived/{sub}/{stage}")["seconds"] > 0 for stage in ("anat", "qsm"))
+        # ... and where it went: the steps' times add up to no more than the whole
+        for node, step in ((anat_node := s.open_node(f"derived/{sub}/anat"), "segmentation (Atropos)"),
+                           (s.open_node(f"derived/{sub}/qsm"), "QSM chain")):
+            steps = node.attrs["seconds"]
+            assert steps[step] > 0
+            assert sum(steps.values()) <= node.attrs["ferritin_record"]["seconds"] + 0.5
+        assert "normalisation (SyN)" in anat_node.attrs["seconds"]
         anat = s.open_node(f"derived/{sub}/anat")
         qsm = s.open_node(f"derived/{sub}/qsm")
         assert qsm["chi_mni"].dims == ("x", "y", "z") and 1000 < anat.attrs["tiv_ml"] < 2500
