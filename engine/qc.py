@@ -79,8 +79,8 @@ def qc_failures(measures: dict, criteria: QCCriteria) -> list[str]:
     if gm is not None and tiv and np.isfinite(gm):
         share = gm / tiv
         if share < criteria.min_gm_fraction:
-            out.append(f"GM share of TIV {share:.2f} < {criteria.min_gm_fraction}")
+            out.append(f"GM share of TIV {share:.3f} < {criteria.min_gm_fraction}")
         if share > criteria.max_gm_fraction:
-            out.append(f"GM share of TIV {share:.2f} > {criteria.max_gm_fraction}")
-    above("qc_brain_top_gap_mm", criteria.max_brain_top_gap_mm, "brain top below the head top (mm)", "{:.0f}")
+            out.append(f"GM share of TIV {share:.3f} > {criteria.max_gm_fraction}")
+    above("qc_brain_top_gap_mm", criteria.max_brain_top_gap_mm, "brain top below the head top (mm)", "{:.1f}")
     return out

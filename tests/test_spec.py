@@ -119,3 +119,12 @@ def test_a_message_about_a_whole_entry_names_the_entry():
         complete_spec({"svc": [{"name": "s"}]})
     with pytest.raises(SpecError, match=r"^svc\[0\]\.radius_mm must be positive"):
         complete_spec({"svc": [{"name": "s", "region": "Thalamus_L", "radius_mm": -1}]})
+
+
+def test_qc_reasons_show_the_value_beyond_the_limit():
+    from ferritin.engine.qc import qc_failures
+
+    # a GM share just over the limit must not read "0.54 > 0.54"
+    reasons = qc_failures({"gm_ml": 0.5412 * 1500.0, "tiv_ml": 1500.0}, QCCriteria(max_gm_fraction=0.54))
+    assert reasons == ["GM share of TIV 0.541 > 0.54"]
+    assert qc_failures({"gm_ml": 0.5399 * 1500.0, "tiv_ml": 1500.0}, QCCriteria(max_gm_fraction=0.54)) == []
