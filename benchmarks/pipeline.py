@@ -27,12 +27,7 @@ import numpy as np
 from ferritin import dask_client, load_spec, run_study
 from ferritin.cohort.simulate import preset, simulate_cohort
 from ferritin.cohort.store import CohortStore
-
-
-def stage_seconds(store: CohortStore, stage: str) -> list[float]:
-    """Each subject's recorded wall time of one stage (as its worker ran it)."""
-    return [rec["seconds"] for s in store.children("derived")
-            if (rec := store.record(f"derived/{s}/{stage}")) is not None and "seconds" in rec]
+from ferritin.engine.pipeline import stage_seconds
 
 
 def run_once(bids: Path, workdir: Path, workers: int, voxel: float, reuse_memory: bool = True,
@@ -45,7 +40,7 @@ def run_once(bids: Path, workdir: Path, workers: int, voxel: float, reuse_memory
     t["total"] = sum(res.seconds.values())
     t["peak_worker_gib"] = res.participants.peak_worker_gib if res.participants else float("nan")
     store = CohortStore(res.store)
-    t["stages"] = {stage: stage_seconds(store, stage) for stage in ("anat", "qsm")}
+    t["stages"] = {stage: stage_seconds(store, stage, store.children("derived")) for stage in ("anat", "qsm")}
     return t
 
 

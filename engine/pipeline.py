@@ -46,7 +46,8 @@ from .qsm.mask import largest_component
 from .spec import Contrast, StudySpec, complete_spec
 from .tables import write_csv
 
-__all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "PIPELINE_VERSION"]
+__all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "stage_seconds",
+           "PIPELINE_VERSION"]
 
 # Raised whenever a stage computes something different from the same inputs and
 # parameters, so that stores made by an earlier version recompute it.
@@ -95,6 +96,12 @@ class _StepClock:
 
     def total(self) -> float:
         return time.perf_counter() - self.start
+
+
+def stage_seconds(store: CohortStore, stage: str, subjects) -> list[float]:
+    """The wall times recorded with ``derived/<sub>/<stage>`` of the subjects that have one."""
+    return [rec["seconds"] for s in subjects
+            if (rec := store.record(f"derived/{s}/{stage}")) is not None and "seconds" in rec]
 
 
 def _rounded(seconds: dict) -> dict:

@@ -24,6 +24,7 @@ import pandas as pd
 from ferritin.cohort.store import CohortStore
 from ferritin.cohort.templates import load_template
 
+from ..pipeline import stage_seconds
 from ..spec import StudySpec, load_spec
 from . import figures
 from .blocks import Block, Section, empty, figure, finding, format_value, heading, table, text
@@ -374,8 +375,7 @@ def _compute_times(store: CohortStore, subjects) -> pd.DataFrame:
     """Wall time of each per-subject stage as recorded with its outputs: median, range and total."""
     rows = []
     for stage in ("anat", "qsm"):
-        seconds = [rec["seconds"] for s in subjects
-                   if (rec := store.record(f"derived/{s}/{stage}")) is not None and "seconds" in rec]
+        seconds = stage_seconds(store, stage, subjects)
         if seconds:
             rows.append({"stage": {"anat": "anatomy", "qsm": "QSM"}[stage], "subjects": len(seconds),
                          "median (s)": float(np.median(seconds)), "fastest (s)": min(seconds),
