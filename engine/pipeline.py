@@ -45,6 +45,7 @@ from .qsm.chain import reconstruct_qsm
 from .qsm.mask import largest_component
 from .spec import Contrast, StudySpec, complete_spec
 from .tables import write_csv
+from .timing import StepClock
 
 __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "stage_seconds",
            "PIPELINE_VERSION"]
@@ -82,22 +83,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-class _StepClock:
-    """Wall time of a stage and of its named steps (recorded with its output: where a subject's time went)."""
-
-    def __init__(self):
-        self.start = self.last = time.perf_counter()
-        self.steps: dict[str, float] = {}
-
-    def lap(self, step: str) -> None:
-        now = time.perf_counter()
-        self.steps[step] = round(now - self.last, 1)
-        self.last = now
-
-    def total(self) -> float:
-        return time.perf_counter() - self.start
-
-
 def stage_seconds(store: CohortStore, stage: str, subjects) -> list[float]:
     """The wall times recorded with ``derived/<sub>/<stage>`` of the subjects that have one."""
     return [rec["seconds"] for s in subjects
@@ -130,7 +115,7 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
     node = f"derived/{subject}/qsm"
     if store.is_current(node, digest):
         return ("skipped", subject, None)
-    clock = _StepClock()
+    clock = StepClock()
     try:
         nat = store.open_node(f"native/{subject}")
         anat = store.open_node(f"derived/{subject}/anat")
@@ -155,7 +140,7 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
          "chi_mni": (("x", "y", "z"), chi_mni, {"units": "ppm", "long_name": "magnetic susceptibility in MNI space"})},
         coords={ax: (ax, anat[ax].values, {"units": "mm"}) for ax in ("x", "y", "z")},  # the anatomy's MNI grid
         attrs={"subject": subject, "gre_affine": affine_attr(affine), "mni_affine": anat.attrs["mni_affine"],
-               "mask_source": params.mask_source, "seconds": clock.steps},
+               "mask_source": params.mask_source, "seconds": _rounded(clock.steps)},
     )
     store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict(), seconds=clock.total())
     return ("written", subject, None)
@@ -197,7 +182,7 @@ def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixe
     digest = digest_params(*parts)
     if store.is_current(node, digest):
         return ("skipped", subject, None)
-    clock = _StepClock()
+    clock = StepClock()
     try:
         nat = store.open_node(f"native/{subject}")  # lazy: each path reads only what it uses
         template = load_template(vs)

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from ..params import check_choices
 from ..qsm.mask import brain_mask, dilate_by
+from ..timing import StepClock
 from .antsbridge import (
     LPS,
     atropos,
@@ -233,13 +234,8 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         raise ValueError(f"unknown normalisation targets {sorted(unknown)}; use 't1', 'gm' and 'wm'")
     targets = {"t1": template.t1, "gm": template.gm, "wm": template.wm, **(targets or {})}
     _check_target_shapes(targets, grid)
-    seconds = {}
-    clock = [time.perf_counter()]
-
-    def lap(name):
-        now = time.perf_counter()
-        seconds[name] = now - clock[0]
-        clock[0] = now
+    clock = StepClock()
+    lap = clock.lap
 
     work, work_affine, box, preparation = _prepare_t1(t1, np.asarray(t1_affine, float), params)
     work_voxel = tuple(float(v) for v in voxel_sizes(work_affine))
@@ -296,7 +292,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                               t1_aff_ants, box, t1.shape, np.asarray(t1_affine, float))
     lap("resampling, modulation, smoothing")
     return AnatResult(gm=native["gm"], wm=native["wm"], csf=native["csf"], brain_mask=native["brain_mask"] > 0.5,
-                      tiv_ml=tiv, gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=seconds, affine_itk=affine_itk,
+                      tiv_ml=tiv, gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=clock.steps, affine_itk=affine_itk,
                       qc_t1_corr=_t1_similarity(mni["t1_mni"], targets["t1"], template.brain_mask),
                       qc_brain_top_gap_mm=box.top_mm - brain_top, preparation=preparation, **volumes, **mni)
 
