@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test,anat]"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

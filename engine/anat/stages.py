@@ -21,7 +21,7 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from ..params import check_choices
-from ..qsm.mask import brain_mask, dilate_by
+from ..qsm.mask import brain_mask, dilate_by, largest_component
 from ..timing import StepClock
 from .antsbridge import (
     LPS,
@@ -33,6 +33,7 @@ from .antsbridge import (
     scratch_dir,
     to_ants,
 )
+from .extraction import extract_brain
 from .fov import HeadBox, find_head, working_voxel_size
 
 __all__ = ["AnatParams", "AnatResult", "process_anatomy", "renormalise_on_tissue", "bias_correct", "sample_at",
@@ -48,6 +49,8 @@ class AnatParams:
         "syn_metric": ("mattes", "CC", "meansquares"),
         "normalise_on": ("t1", "tissue"),
         "tissue_metric": ("meansquares", "CC", "mattes"),
+        "brain_extraction": ("deepbet", "template"),
+        "affine_start": ("search", "centre"),
     }
 
     n4_shrink: int = 4  # N4 works on the image shrunk by this factor (ANTs' default; the field is smooth)
@@ -80,7 +83,20 @@ class AnatParams:
     seg_mrf: float = 0.1  # Atropos Markov random field smoothing weight
     vbm_fwhm_mm: float = 4.0  # Gaussian smoothing of the modulated GM (FWHM)
     seed: int = 1  # random seed of the registrations and Atropos (results are repeatable)
-    skull_strip: bool = True  # affine to MNI, template brain mask back to the T1, SyN on the brain only
+    skull_strip: bool = True  # register and segment the brain only (extracted first), not the whole head
+    #: How the brain is found before any registration: "deepbet" (a network trained on
+    #: thousands of T1w scans, :mod:`.extraction`) or "template" (the template's brain
+    #: mask carried back through an affine from a rough intensity mask: the fallback
+    #: when the network's mask is not a plausible brain).
+    brain_extraction: str = "deepbet"
+    #: Where the affine to the template starts: "search" (the extracted brain against
+    #: the template's brain from many rotations, ITK's antsAffineInitializer, best by
+    #: mutual information) or "centre" (a translation to the estimated brain centre).
+    #: A subject whose normalisation fails QC is tried once more from the other start.
+    affine_start: str = "search"
+    search_degrees: float = 30.0  # the start search covers rotations up to this about each axis
+    search_step_degrees: float = 15.0  # in steps of this
+    search_voxel_mm: float = 4.0  # both brains are resampled to this for the search (it sets the start only)
     strip_detach_mm: float = 5.0  # erosion that cuts the scalp off the first, intensity-based brain mask
     strip_margin_mm: float = 4.0  # margin kept around that mask for the affine
     #: Field of view kept below the top of the head (FSL's robustfov keeps 170 mm):
@@ -240,6 +256,13 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
     work, work_affine, box, preparation = _prepare_t1(t1, np.asarray(t1_affine, float), params)
     work_voxel = tuple(float(v) for v in voxel_sizes(work_affine))
     lap("field of view")
+    extracted = None
+    if params.skull_strip and params.brain_extraction == "deepbet":
+        extracted, preparation["brain_extraction"] = _extracted_brain(t1[box.slices], box.affine, work.shape,
+                                                                      work_affine)
+        lap("brain extraction")
+    if params.skull_strip and extracted is None:
+        preparation.setdefault("brain_extraction", {})["method"] = "template brain mask through an affine"
     with deterministic(params.seed), scratch_dir() as tmp:
         t1_img = to_ants(work, work_affine)
         n4 = _bias_corrected(t1_img, params, tmp)
@@ -250,7 +273,15 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         centre = _centre_transform(box.centre_mm, template, os.path.join(tmp, "centre.mat"))
         moving, initial = n4, [centre]
         if params.skull_strip:
-            moving, initial = _affine_and_skull_strip(n4, mni_t1, mni_mask, centre, box.centre_mm, params, tmp)
+            if extracted is not None:
+                moving = n4 * n4.new_image_like(extracted.astype(np.float32))
+                start = centre
+                if params.affine_start == "search":
+                    start = _searched_start(moving, mni_t1, params, os.path.join(tmp, "search.mat"))
+                initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
+            else:
+                moving, initial = _affine_and_skull_strip(n4, mni_t1, mni_mask, centre, box.centre_mm, params, tmp)
+            preparation["affine_start"] = params.affine_start if extracted is not None else "centre"
             lap("affine + skull strip")
         reg = ants.registration(fixed=mni_t1, moving=moving,
                                 type_of_transform="SyNOnly" if params.skull_strip else "SyN",
@@ -260,6 +291,8 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                                 outprefix=os.path.join(tmp, "norm_"), random_seed=params.seed)
         lap("normalisation (SyN)")
         priors, brain_prob, mask_img = _priors_on_subject(n4, template, reg["invtransforms"])
+        if extracted is not None:  # the subject's own brain, not the template's carried back
+            mask_img = n4.new_image_like(extracted.astype(np.float32))
         post = [p.numpy() for p in atropos(n4, mask_img, priors, tmp, mrf=params.seg_mrf,
                                             iterations=params.seg_iterations,
                                             prior_weight=params.seg_prior_weight)]
@@ -309,6 +342,60 @@ def _bias_corrected(t1_img, params: AnatParams, tmp: str):
     n4_file = os.path.join(tmp, "t1_n4.nii")  # uncompressed: a scratch file
     ants.image_write(bias_correct(t1_img, params), n4_file)
     return ants.image_read(n4_file)
+
+
+#: an extraction whose volume lies outside this range (ml) is not a brain: the template's mask is used instead
+PLAUSIBLE_BRAIN_ML = (250.0, 2600.0)
+
+
+def _extracted_brain(t1_box: np.ndarray, box_affine: np.ndarray, work_shape, work_affine: np.ndarray):
+    """The trained brain extraction of the cut T1 at its own resolution, as a mask on the working grid.
+
+    Returns the mask (None where the network's mask is not a plausible brain)
+    and the provenance record of the extraction.
+    """
+    found = extract_brain(t1_box, box_affine)
+    volume = found.volume_ml(box_affine)
+    record = {"method": found.method, "volume_ml": round(volume, 1)}
+    if not PLAUSIBLE_BRAIN_ML[0] <= volume <= PLAUSIBLE_BRAIN_ML[1]:
+        record["fallback"] = (f"the network's mask ({volume:.0f} ml) is outside {PLAUSIBLE_BRAIN_ML[0]:.0f}-"
+                              f"{PLAUSIBLE_BRAIN_ML[1]:.0f} ml: the template's brain mask was used")
+        return None, record
+    mask = found.mask
+    if mask.shape != tuple(work_shape) or not np.allclose(box_affine, work_affine, atol=1e-4):
+        ijk = np.indices(tuple(work_shape), dtype=np.float64).reshape(3, -1)
+        pts = (work_affine[:3, :3] @ ijk + work_affine[:3, 3:4]).reshape((3, *tuple(work_shape)))
+        mask = sample_at(found.probability, box_affine, pts, order=1, cval=0.0) > 0.5
+        mask = ndimage.binary_fill_holes(largest_component(mask))
+    return mask, record
+
+
+def _searched_start(brain, mni_t1, params: AnatParams, path: str) -> str:
+    """The best of many starts of the brain-to-template affine, by mutual information (antsAffineInitializer).
+
+    Both brains are resampled to ``params.search_voxel_mm``: the search only has
+    to land in the right basin, which the full affine then refines.  Rotations
+    up to ``search_degrees`` about each axis in ``search_step_degrees`` steps,
+    each followed by a short local affine optimisation; the centres of mass are
+    aligned first.
+    """
+    import ants
+
+    spacing = (params.search_voxel_mm,) * 3
+    fixed = ants.resample_image(mni_t1, spacing, use_voxels=False, interp_type=0)
+    moving = ants.resample_image(brain, spacing, use_voxels=False, interp_type=0)
+    return ants.affine_initializer(fixed, moving, search_factor=params.search_step_degrees,
+                                   radian_fraction=params.search_degrees / 180.0, use_principal_axis=False,
+                                   local_search_iterations=10, txfn=path)
+
+
+def _brain_affine(brain, mni_t1, mni_mask, start: str, params: AnatParams, tmp: str) -> list:
+    """The affine of the extracted brain to the template's brain from ``start`` (its transform files)."""
+    import ants
+
+    aff = ants.registration(fixed=mni_t1, moving=brain, type_of_transform="Affine", mask=mni_mask,
+                            initial_transform=[start], outprefix=os.path.join(tmp, "aff_"), random_seed=params.seed)
+    return aff["fwdtransforms"]
 
 
 def _affine_and_skull_strip(n4, mni_t1, mni_mask, centre: str, centre_mm, params: AnatParams, tmp: str):
