@@ -35,7 +35,7 @@ from ferritin.cohort.store import CohortStore, affine_attr, digest_params
 from ferritin.cohort.templates import atlas_labels, load_template
 from ferritin.stats.roi import label_image
 
-from .anat.stages import AnatParams, chi_to_mni, process_anatomy, renormalise_on_tissue, t1_brain_on_gre
+from .anat.stages import AnatParams, chi_to_mni, process_anatomy_checked, renormalise_on_tissue, t1_brain_on_gre
 from .cluster import subject_task
 from .derivatives import export_subjects, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
@@ -164,7 +164,8 @@ def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixe
     nrec = store.record(f"native/{subject}")
     if nrec is None:
         return ("failed", subject, f"{subject}: not ingested")
-    parts = [nrec["digest"], params.to_dict(), vs, PIPELINE_VERSION]
+    # the QC limits decide whether a subject's normalisation is tried again from another start
+    parts = [nrec["digest"], params.to_dict(), vs, PIPELINE_VERSION, asdict(spec.qc)]
     # The second pass of a study template on tissue maps reuses the first
     # pass's segmentation, affine and coregistration: only the tissue SyN runs.
     second_pass = fixed == "study" and params.normalise_on == "tissue"
@@ -193,9 +194,10 @@ def anat_stage(subject: str, store_path: str, spec: StudySpec, _after=None, fixe
         if second_pass:
             r = _second_pass(store, init_node, nat, template, targets, params)
         else:
-            r = vars(process_anatomy(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]),
-                                     nat["megre_mag"][0].values, np.asarray(nat.attrs["gre_affine"]),
-                                     template, params, targets=targets))
+            r = vars(process_anatomy_checked(nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]),
+                                             nat["megre_mag"][0].values, np.asarray(nat.attrs["gre_affine"]),
+                                             template, params, targets=targets,
+                                             failures=lambda res: qc_failures(vars(res), spec.qc)))
     except Exception as exc:
         return ("failed", subject, f"{subject}: anatomy failed: {type(exc).__name__}: {exc}")
     grid = template.grid

@@ -154,7 +154,7 @@ def _run(name: str, x: np.ndarray) -> np.ndarray:
     return _session(name).run(None, {"t1": x[None, None]})[0][0, 1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _session(name: str):
     """One onnxruntime session per network and process, single-threaded (the same result on every worker)."""
     import onnxruntime as ort

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -36,7 +37,7 @@ from .antsbridge import (
 from .extraction import extract_brain
 from .fov import HeadBox, find_head, working_voxel_size
 
-__all__ = ["AnatParams", "AnatResult", "process_anatomy", "renormalise_on_tissue", "bias_correct", "sample_at",
+__all__ = ["AnatParams", "AnatResult", "process_anatomy", "process_anatomy_checked", "renormalise_on_tissue", "bias_correct", "sample_at",
            "t1_brain_on_gre", "chi_to_mni", "jacobian_determinant", "smooth_fwhm"]
 
 
@@ -273,15 +274,15 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         centre = _centre_transform(box.centre_mm, template, os.path.join(tmp, "centre.mat"))
         moving, initial = n4, [centre]
         if params.skull_strip:
-            if extracted is not None:
-                moving = n4 * n4.new_image_like(extracted.astype(np.float32))
-                start = centre
-                if params.affine_start == "search":
-                    start = _searched_start(moving, mni_t1, params, os.path.join(tmp, "search.mat"))
-                initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
-            else:
-                moving, initial = _affine_and_skull_strip(n4, mni_t1, mni_mask, centre, box.centre_mm, params, tmp)
-            preparation["affine_start"] = params.affine_start if extracted is not None else "centre"
+            brain = extracted if extracted is not None else _rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
+            moving = n4 * n4.new_image_like(brain.astype(np.float32))
+            start = centre
+            if params.affine_start == "search":
+                start = _searched_start(moving, mni_t1, params, os.path.join(tmp, "search.mat"))
+            initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
+            if extracted is None:  # the template's brain mask, back through the affine, strips the T1
+                moving = _template_stripped(n4, mni_mask, initial)
+            preparation["affine_start"] = params.affine_start
             lap("affine + skull strip")
         reg = ants.registration(fixed=mni_t1, moving=moving,
                                 type_of_transform="SyNOnly" if params.skull_strip else "SyN",
@@ -328,6 +329,38 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                       tiv_ml=tiv, gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=clock.steps, affine_itk=affine_itk,
                       qc_t1_corr=_t1_similarity(mni["t1_mni"], targets["t1"], template.brain_mask),
                       qc_brain_top_gap_mm=box.top_mm - brain_top, preparation=preparation, **volumes, **mni)
+
+
+def process_anatomy_checked(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, gre_affine: np.ndarray,
+                            template, params: AnatParams = AnatParams(), targets: dict | None = None,
+                            failures: Callable[[AnatResult], list[str]] | None = None) -> AnatResult:
+    """:func:`process_anatomy`, tried once more from the other affine start when its result fails ``failures``.
+
+    A registration that starts in the wrong basin ends there; QC catches it,
+    but the subject would be lost.  The second attempt starts the affine the
+    other way (:attr:`AnatParams.affine_start`); the attempt with fewer QC
+    failures is kept (the first on a tie), and both are recorded in
+    ``preparation["attempts"]`` so the report can say what happened.
+
+    Parameters
+    ----------
+    failures : callable, optional
+        The QC failures of a result in words (empty: it passes); without it,
+        this is :func:`process_anatomy`.
+    """
+    first = process_anatomy(t1, t1_affine, gre_mag, gre_affine, template, params, targets)
+    problems = failures(first) if failures is not None else []
+    if not problems or not params.skull_strip:
+        return first
+    retry = replace(params, affine_start="centre" if params.affine_start == "search" else "search")
+    second = process_anatomy(t1, t1_affine, gre_mag, gre_affine, template, retry, targets)
+    again = failures(second)
+    kept = second if len(again) < len(problems) else first
+    kept.preparation["attempts"] = [{"affine_start": params.affine_start, "qc_failures": problems},
+                                    {"affine_start": retry.affine_start, "qc_failures": again}]
+    other = first if kept is second else second
+    kept.seconds = {**kept.seconds, "the other attempt": float(sum(other.seconds.values()))}
+    return kept
 
 
 def _bias_corrected(t1_img, params: AnatParams, tmp: str):
@@ -398,24 +431,17 @@ def _brain_affine(brain, mni_t1, mni_mask, start: str, params: AnatParams, tmp: 
     return aff["fwdtransforms"]
 
 
-def _affine_and_skull_strip(n4, mni_t1, mni_mask, centre: str, centre_mm, params: AnatParams, tmp: str):
-    """The affine to the template, brain against brain, and the T1 stripped by the template's brain mask.
+def _template_stripped(n4, mni_mask, affine_files: list):
+    """The T1 stripped by the template's brain mask carried back through the affine (the fallback extraction).
 
-    The template is brain only: the affine is computed from a rough intensity
-    mask (threshold, erosion to cut the scalp off, the largest part near the
-    brain centre, as for the GRE); it then brings the template's brain mask
-    back to the subject, which strips the T1 for SyN.  Returns the stripped T1
-    and the affine's transform files (SyN's initial transform).
+    The affine was computed from a rough intensity mask (threshold, erosion to
+    cut the scalp off, the largest part near the brain centre, as for the GRE).
     """
     import ants
 
-    rough = _rough_brain_mask(n4.numpy(), n4, centre_mm, params)
-    aff = ants.registration(fixed=mni_t1, moving=n4 * n4.new_image_like(rough.astype(np.float32)),
-                            type_of_transform="Affine", mask=mni_mask, initial_transform=[centre],
-                            outprefix=os.path.join(tmp, "aff_"), random_seed=params.seed)
-    head_mask = ants.apply_transforms(n4, mni_mask, aff["invtransforms"], interpolator="nearestNeighbor",
+    head_mask = ants.apply_transforms(n4, mni_mask, affine_files, interpolator="nearestNeighbor",
                                       whichtoinvert=[True])
-    return n4 * ants.copy_image_info(n4, head_mask), aff["fwdtransforms"]
+    return n4 * ants.copy_image_info(n4, head_mask)
 
 
 def _priors_on_subject(n4, template, invtransforms: list):
