@@ -263,7 +263,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                                                                       work_affine)
         lap("brain extraction")
     if params.skull_strip and extracted is None:
-        preparation.setdefault("brain_extraction", {})["method"] = "template brain mask through an affine"
+        preparation.setdefault("brain_extraction", {})["method"] = TEMPLATE_EXTRACTION
     with deterministic(params.seed), scratch_dir() as tmp:
         t1_img = to_ants(work, work_affine)
         n4 = _bias_corrected(t1_img, params, tmp)
@@ -280,6 +280,18 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
             if params.affine_start == "search":
                 start = _searched_start(moving, mni_t1, params, os.path.join(tmp, "search.mat"))
             initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
+            fit = _affine_fit(moving, mni_t1, initial, template.brain_mask)
+            preparation["brain_extraction"]["affine_t1_correlation"] = round(fit, 3)
+            if extracted is not None and fit < MIN_AFFINE_FIT:
+                # what the network found does not look like the template's brain: not a brain, or not all of it
+                preparation["brain_extraction"]["fallback"] = (
+                    f"the network's brain, placed by its affine, correlates {fit:.2f} < {MIN_AFFINE_FIT} with the "
+                    f"template T1: the template's brain mask was used")
+                preparation["brain_extraction"]["method"] = TEMPLATE_EXTRACTION
+                extracted = None
+                moving = n4 * n4.new_image_like(_rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
+                                                .astype(np.float32))
+                initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
             if extracted is None:  # the template's brain mask, back through the affine, strips the T1
                 moving = _template_stripped(n4, mni_mask, initial)
             preparation["affine_start"] = params.affine_start
@@ -356,8 +368,9 @@ def process_anatomy_checked(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.n
     second = process_anatomy(t1, t1_affine, gre_mag, gre_affine, template, retry, targets)
     again = failures(second)
     kept = second if len(again) < len(problems) else first
-    kept.preparation["attempts"] = [{"affine_start": params.affine_start, "qc_failures": problems},
-                                    {"affine_start": retry.affine_start, "qc_failures": again}]
+    kept.preparation["attempts"] = [
+        {"affine_start": params.affine_start, "qc_failures": problems, "kept": kept is first},
+        {"affine_start": retry.affine_start, "qc_failures": again, "kept": kept is second}]
     other = first if kept is second else second
     kept.seconds = {**kept.seconds, "the other attempt": float(sum(other.seconds.values()))}
     return kept
@@ -379,6 +392,10 @@ def _bias_corrected(t1_img, params: AnatParams, tmp: str):
 
 #: an extraction whose volume lies outside this range (ml) is not a brain: the template's mask is used instead
 PLAUSIBLE_BRAIN_ML = (250.0, 2600.0)
+#: nor is one whose T1, after its affine to the template, correlates less than this with the template T1 in
+#: the template's brain (a head's brain reaches about 0.6-0.8 after the affine; noise or a neck about 0)
+MIN_AFFINE_FIT = 0.4
+TEMPLATE_EXTRACTION = "template brain mask through an affine"
 
 
 def _extracted_brain(t1_box: np.ndarray, box_affine: np.ndarray, work_shape, work_affine: np.ndarray):
@@ -420,6 +437,14 @@ def _searched_start(brain, mni_t1, params: AnatParams, path: str) -> str:
     return ants.affine_initializer(fixed, moving, search_factor=params.search_step_degrees,
                                    radian_fraction=params.search_degrees / 180.0, use_principal_axis=False,
                                    local_search_iterations=10, txfn=path)
+
+
+def _affine_fit(brain, mni_t1, affine_files: list, template_brain: np.ndarray) -> float:
+    """Correlation of the brain, moved by its affine, with the template T1 inside the template's brain."""
+    import ants
+
+    moved = ants.apply_transforms(mni_t1, brain, affine_files, interpolator="linear").numpy()
+    return _t1_similarity(moved, mni_t1.numpy(), template_brain)
 
 
 def _brain_affine(brain, mni_t1, mni_mask, start: str, params: AnatParams, tmp: str) -> list:

@@ -109,10 +109,28 @@ def _subject_qc(store: CohortStore, subjects) -> pd.DataFrame:
         row = {"subject": sub, "qc_gm_corr": a["qc_gm_corr"], "qc_dice": a["qc_dice"], "tiv_ml": a["tiv_ml"]}
         for key in ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml"):
             row[key] = a.get(key)
+        row.update(_extraction_and_attempts(a.get("preparation") or {}))
         rows.append(row)
     columns = ["subject", "qc_gm_corr", "qc_t1_corr", "qc_dice", "tiv_ml", "gm_ml", "wm_ml", "csf_ml",
-               "qc_brain_top_gap_mm"]
+               "qc_brain_top_gap_mm", "brain_extraction", "normalisation"]
     return pd.DataFrame(rows, columns=columns).set_index("subject")
+
+
+def _extraction_and_attempts(preparation: dict) -> dict:
+    """How a subject's brain was found and whether its normalisation was tried twice, in words for the QC table."""
+    extraction = preparation.get("brain_extraction") or {}
+    found = extraction.get("method", "")
+    if "fallback" in extraction:
+        found = f"{found} ({extraction['fallback'].split(':')[0]})"
+    attempts = preparation.get("attempts") or []
+    if len(attempts) > 1:
+        first = attempts[0]
+        kept = "second" if attempts[1].get("kept") else "first"
+        how = (f"retried from the {attempts[1]['affine_start']} start after the {first['affine_start']} start "
+               f"failed QC ({'; '.join(first['qc_failures'])}); {kept} attempt kept")
+    else:
+        how = f"{preparation.get('affine_start', 'centre')} start" if preparation else ""
+    return {"brain_extraction": found, "normalisation": how}
 
 
 def _subject_qc_figures(store: CohortStore, subjects, template, excluded: dict, limit: int = 100):
