@@ -8,7 +8,9 @@ Heads: the three of tests/data/real-t1 (Siemens Prisma adult, Philips 0.7 mm TFE
 For each: the anatomy's wall time (one thread), TIV, GM share, the brain extraction's volume, the
 QC measures and verdict, and the Dice of the subject's brain mask carried to MNI against the
 template's brain mask.  With --variants, each head is also moved (20 mm, 15°) and resampled to
-0.5 × 1 × 1 mm and to 2 mm, and TIV and GM are compared with the head as scanned.  Writes the
+0.5 × 1 × 1 mm and to 2 mm, and TIV and GM are compared with the head as scanned.  The move is
+done twice: by whole voxels and an oblique grid (the image as sharp as scanned, as a second scan
+would be), and by cubic resampling (which blurs it).  Writes the
 segmentation drawn over each T1 into --out, and every figure with the command, commit and
 machine into --json.
 """
@@ -30,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from heads import ADULTS, CHILD, load_t1, moved_and_resampled  # noqa: E402
+from heads import ADULTS, CHILD, load_t1, moved_and_resampled, moved_in_field_of_view  # noqa: E402
 
 from ferritin.cohort.bids import discover, load_subject  # noqa: E402
 from ferritin.cohort.dicom import convert_dicom  # noqa: E402
@@ -40,8 +42,9 @@ from ferritin.engine.qc import QCCriteria, qc_failures  # noqa: E402
 from ferritin.engine.report.figures import subject_qc  # noqa: E402
 
 PHILIPS_DICOM = ROOT / "tests" / "data" / "real-philips-3t" / "dicom"
-VARIANTS = {  # name: (voxel size, shift mm, rotation degrees about x, y, z)
-    "moved 20 mm, rotated 15°": (1.0, (20.0, -12.0, 10.0), (15.0, -10.0, 8.0)),
+VARIANTS = {  # name: (voxel size, shift mm, rotation degrees about x, y, z); voxel size None: not resampled
+    "moved 20 mm, rotated 15°": (None, (20.0, -12.0, 10.0), (15.0, -10.0, 8.0)),
+    "moved and rotated, resampled to 1 mm": (1.0, (20.0, -12.0, 10.0), (15.0, -10.0, 8.0)),
     "0.5 × 1 × 1 mm": ((0.5, 1.0, 1.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
     "2 mm": (2.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
 }
@@ -99,7 +102,8 @@ def main():
         if not args.variants:
             continue
         for name, (voxel, shift, angles) in VARIANTS.items():
-            moved, moved_affine = moved_and_resampled(t1, affine, voxel, shift, angles)
+            moved, moved_affine = (moved_in_field_of_view(t1, affine, shift, angles) if voxel is None
+                                   else moved_and_resampled(t1, affine, voxel, shift, angles))
             again, _ = measure(moved, moved_affine, template, params)
             again["tiv_change"] = round(again["tiv_ml"] / row["tiv_ml"] - 1, 4)
             again["gm_change"] = round(again["gm_ml"] / row["gm_ml"] - 1, 4)

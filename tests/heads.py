@@ -21,6 +21,21 @@ def load_t1(name: str) -> tuple[np.ndarray, np.ndarray]:
     return img.get_fdata(dtype=np.float32), img.affine
 
 
+def moved_in_field_of_view(t1: np.ndarray, affine: np.ndarray, shift_mm=(0.0, 0.0, 0.0),
+                           angles_deg=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The same voxels with the head shifted by whole voxels in the array (zeros fill in) and the grid
+    turned in the world by ``angles_deg`` (an oblique acquisition): no interpolation, so the image is
+    as sharp as the original, as a second scan of a head that sat elsewhere would be."""
+    steps = np.round(np.asarray(shift_mm, float) / np.sqrt((affine[:3, :3] ** 2).sum(0))).astype(int)
+    moved = np.zeros_like(t1)
+    src = tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(steps, t1.shape))
+    dst = tuple(slice(max(0, k), n - max(0, -k)) for k, n in zip(steps, t1.shape))
+    moved[dst] = t1[src]
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
+    return moved, turn @ affine
+
+
 def moved_and_resampled(t1: np.ndarray, affine: np.ndarray, voxel_mm, shift_mm=(0.0, 0.0, 0.0),
                         angles_deg=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     """The same head rotated about the world origin and shifted in the field of view, on a grid of

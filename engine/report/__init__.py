@@ -77,7 +77,8 @@ def methods_text(spec: StudySpec, qsm_params: dict, anat_params: dict, n_used: i
         f"Multi-echo GRE phase was combined across echoes by {combine}; {mask}; background fields were removed with V-SHARP (spheres from {q.get('vsharp_max_radius_mm', '?')} mm, "
         f"truncation {q.get('vsharp_threshold', '?')}); susceptibility was estimated by {inversion} with the B0 "
         f"direction taken from the image affine and referenced to the whole-brain mean.",
-        f"T1-weighted images were bias-corrected (N4, shrink {a.get('n4_shrink', '?')}) and segmented into GM, WM "
+        f"T1-weighted images were bias-corrected (N4, shrink {a.get('n4_shrink', '?')}); {_extraction_words(a)}; "
+        f"they were segmented into GM, WM "
         f"and CSF (Atropos with MNI priors, prior weight {a.get('seg_prior_weight', '?')}); TIV was the volume of the "
         f"reverse-normalised intracranial mask. The first-echo magnitude was rigidly registered to the T1 "
         f"(mutual information) and each T1 normalised to MNI space with SyN ({a.get('syn_metric', '?')}, "
@@ -98,6 +99,20 @@ def methods_text(spec: StudySpec, qsm_params: dict, anat_params: dict, n_used: i
         "chi-squared, age by two-sample t, and normality by the Lilliefors test.",
     ]
     return text
+
+
+def _extraction_words(a: dict) -> str:
+    """How the brain was found and where its affine to the template started, for the methods."""
+    if not a.get("skull_strip", True):
+        return "the whole head was registered to the template"
+    found = ("the brain was extracted with deepbet's networks (Fisch et al. 2024; the template's brain mask through "
+             "an affine where the network's mask was not a plausible brain)"
+             if a.get("brain_extraction", "template") == "deepbet"
+             else "the brain was extracted with the template's brain mask carried back through an affine")
+    start = (f"the brain's affine to the template started from the best of rotations up to "
+             f"±{a.get('search_degrees', '?'):g}° by mutual information" if a.get("affine_start") == "search"
+             else "the brain's affine to the template started at the estimated brain centre")
+    return f"{found}; {start} (a subject failing QC was registered once more from the other start)"
 
 
 def _subject_qc(store: CohortStore, subjects) -> pd.DataFrame:
