@@ -49,7 +49,11 @@ def moved_and_resampled(t1: np.ndarray, affine: np.ndarray, voxel_mm, shift_mm=(
     shape = tuple(int(np.ceil(n * v / w)) for n, v, w in zip(t1.shape, old_vox, new_vox))
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] / old_vox * new_vox
+    # a coarser voxel integrates the signal over its extent: low-pass first, as a coarser acquisition would
+    sigma = np.sqrt(np.clip((new_vox / old_vox) ** 2 - 1, 0, None)) / 2.3548
+    source = ndimage.gaussian_filter(t1, sigma) if sigma.any() else t1
     # new voxel -> world (new grid) -> world of the head before it moved -> old voxel
     m = np.linalg.inv(affine) @ np.linalg.inv(motion) @ new_affine
-    moved = ndimage.affine_transform(t1, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=3, mode="constant")
+    moved = ndimage.affine_transform(source, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=3,
+                                     mode="constant")
     return np.clip(moved, 0, None).astype(np.float32), new_affine
