@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DatasetError, Problem, SubjectError
+from .vocabulary import SEX_COLUMNS, check_categories, check_ranges
 
 __all__ = [
     "SubjectFiles",
@@ -138,6 +139,11 @@ class BIDSDataset:
     descriptions: dict
     problems: list[Problem]
 
+    @property
+    def notes(self) -> list[str]:
+        """How participants.tsv was read where it was not taken as written (e.g. ``male`` read as ``M``)."""
+        return list(self.participants.attrs.get("notes", []))
+
 
 def sidecar_of(path: Path) -> Path:
     """The JSON sidecar path of a NIfTI file."""
@@ -226,6 +232,11 @@ def read_participants(root: str | Path) -> tuple[pd.DataFrame, dict, list[Proble
     table = table.drop(columns="participant_id").set_index("subject")
     table, bad_numbers = _check_numeric_columns(table, row_of)
     problems.extend(bad_numbers)
+    table, implausible = check_ranges(table, row_of)
+    problems.extend(implausible)
+    table, unreadable, notes = check_categories(table, row_of)
+    problems.extend(unreadable)
+    table.attrs["notes"] = notes  # what was read as what: ingest prints them, the store and the report keep them
     descriptions: dict = {}
     js = root / "participants.json"
     if js.exists():
@@ -294,8 +305,10 @@ def _check_numeric_columns(table: pd.DataFrame, row_of: dict) -> tuple[pd.DataFr
         if given.empty:
             continue
         numbers = pd.to_numeric(given, errors="coerce")
+        if column.lower() in SEX_COLUMNS:
+            continue  # read with its vocabulary, whose numeric codes are ambiguous (vocabulary.check_categories)
         if column.lower() not in NUMERIC_COLUMNS and numbers.notna().mean() < 0.5:
-            continue  # a text column (group, sex, site)
+            continue  # a text column (group, site)
         for subject in numbers[numbers.isna()].index:
             problems.append(Problem(subject, "participants.tsv", f"row {row_of[subject]}, column {column!r}: "
                                                                  f"{given[subject]!r} is not a number"))

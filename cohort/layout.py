@@ -82,6 +82,7 @@ def participants_dataset(table: pd.DataFrame, descriptions: dict | None = None) 
             attrs = {k: v for k, v in desc.items() if isinstance(v, (str, int, float, dict, list))}
         data_vars[str(col)] = ("subject", values, attrs)
     ds = xr.Dataset(data_vars, coords={"subject": np.array([str(v) for v in table.index], dtype=object)})
+    ds.attrs["notes"] = [str(n) for n in table.attrs.get("notes", [])]  # how the table was read, for the report
     return ds
 
 

@@ -24,6 +24,9 @@ log = logging.getLogger("ferritin.ingest")
 
 #: Bump when the native layout changes, so stores re-ingest.
 INGEST_VERSION = 1
+#: Bump when how participants.tsv is read changes (2: the sex vocabulary, one spelling per level, age range),
+#: so that stores read their table again without re-ingesting the images.
+PARTICIPANTS_VERSION = 2
 
 
 @dataclass
@@ -34,11 +37,13 @@ class IngestResult:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     dataset_problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how participants.tsv was read where not as written
 
     def summary(self) -> str:
         lines = [f"ingested {len(self.written)}, unchanged {len(self.skipped)}, failed {len(self.failed)}"]
         lines += [f"  FAILED {sub}: {why.removeprefix(sub + ': ')}" for sub, why in sorted(self.failed.items())]
         lines += [f"  problem: {p}" for p in self.dataset_problems]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -104,7 +109,7 @@ def ingest(bids_dir: str | Path, store_path: str | Path, client, participant_lab
 
 def _ingest(dataset, store: CohortStore, client, progress: bool, bids_dir: Path, participant_label) -> IngestResult:
     store.clean_staging()
-    result = IngestResult()
+    result = IngestResult(notes=dataset.notes)
     for p in dataset.problems:
         if p.subject:
             result.failed[p.subject] = str(p)
@@ -132,7 +137,7 @@ def _ingest(dataset, store: CohortStore, client, progress: bool, bids_dir: Path,
     tsv_digest = digest_files([Path(bids_dir) / "participants.tsv"]
                               + ([Path(bids_dir) / "participants.json"]
                                  if (Path(bids_dir) / "participants.json").exists() else []))
-    digest = digest_params(tsv_digest, INGEST_VERSION)
+    digest = digest_params(tsv_digest, INGEST_VERSION, PARTICIPANTS_VERSION)
     if not store.is_current("participants", digest):
         store.write_node("participants", participants_dataset(dataset.participants, dataset.descriptions),
                          stage="ingest", digest=digest)

@@ -244,9 +244,12 @@ def _findings_section(st: _Study) -> Section:
 
 
 def _table1_section(st: _Study) -> Section:
-    return Section("table1", "Table 1: participants", [
-        table(_read(st.tables / "table1.csv"), "Demographics and clinical scores by group (t test; sex: Pearson "
-                                               "chi-squared)")])
+    blocks = [table(_read(st.tables / "table1.csv"), "Demographics and clinical scores by group (t test; sex: "
+                                                     "Pearson chi-squared)")]
+    notes = st.store.open_node("participants").attrs.get("notes", []) if st.store.exists("participants") else []
+    if notes:
+        blocks.append(text("How participants.tsv was read: " + "; ".join(notes) + "."))
+    return Section("table1", "Table 1: participants", blocks)
 
 
 def _maps_section(st: _Study) -> Section:
