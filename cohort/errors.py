@@ -62,3 +62,11 @@ class DatasetError(FerritinError):
             problems = [Problem(None, None, problems)]
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class OutputError(FerritinError):
+    """An output folder that cannot be created or written (under a file, on a read-only or virtual file system)."""
+
+
+class ClusterConnectionError(FerritinError):
+    """A Dask scheduler address that is not one, or a scheduler that does not answer."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -294,8 +295,11 @@ def _cmd_run(args) -> int:
         return 2
     _print_group(res.group)
     print(f"tables, maps and BIDS derivatives in {out}  ({time.perf_counter() - t0:.1f} s)")
-    if res.report:
-        print(f"report: {res.report}")
+    if not res.report:  # the statistics are written; the report's failure is a bug to report, not success
+        print(f"ferritin run group: report.html was not written (the reason above); the tables and maps are in "
+              f"{out}", file=sys.stderr)
+        return 1
+    print(f"report: {res.report}")
     return 0
 
 
@@ -514,7 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     from ferritin.cohort.store import StoreLocked
 
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # inside the try: a reader that closed the pipe is met here, not at exit
+        return code
+    except BrokenPipeError:  # `ferritin spec --default | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except StoreLocked as exc:
         print(f"ferritin {args.command}: {exc}", file=sys.stderr)
         return 4

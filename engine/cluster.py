@@ -230,6 +230,32 @@ def make_cluster(kind: str | None = None, workers: int | None = None, processes:
                 os.environ[k] = v
 
 
+#: the address schemes of Dask's comms that a scheduler can listen on
+SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
+
+
+def _connect(scheduler: str, security=None) -> Client:
+    """A client of the scheduler at ``scheduler`` (an address or a scheduler file), or a one-line error."""
+    from ferritin.cohort.errors import ClusterConnectionError
+
+    kwargs = {"security": security} if security is not None else {}
+    if os.path.exists(scheduler):
+        target, kwargs["scheduler_file"] = None, scheduler
+    else:
+        scheme, sep, rest = str(scheduler).partition("://")
+        host, _, port = rest.rpartition(":")
+        if not sep or scheme not in SCHEDULER_SCHEMES or not host or not port.isdigit():
+            raise ClusterConnectionError(
+                f"scheduler {scheduler!r} is neither an address ({'|'.join(SCHEDULER_SCHEMES[:2])}://host:port) "
+                f"nor an existing scheduler file")
+        target = scheduler
+    try:
+        return Client(target, **kwargs) if target else Client(**kwargs)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterConnectionError(f"no Dask scheduler answered at {scheduler} ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:120] if str(exc) else 'no answer'})") from None
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, processes: bool = True,
                 quiet: bool = False, kind: str | None = None, security=None):
@@ -255,11 +281,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, proces
         if not scheduler:
             raise ValueError("cluster kind 'scheduler' needs ferritin.cluster.scheduler-address or scheduler-file")
     if scheduler:
-        kwargs = {"security": security} if security is not None else {}
-        if os.path.exists(scheduler):
-            client = Client(scheduler_file=scheduler, **kwargs)
-        else:
-            client = Client(scheduler, **kwargs)
+        client = _connect(scheduler, security)
         try:
             yield client
         finally:

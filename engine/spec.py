@@ -31,6 +31,7 @@ from .anat.stages import AnatParams
 from .params import check_choices
 from .qc import QCCriteria
 from .qsm.chain import QSMParams
+from .spec_yaml import read_spec_yaml, shown
 
 __all__ = [
     "StudySpec", "Contrast", "Inference", "SmallVolume", "RegionOfInterest", "ROISpec", "Clinical",
@@ -235,7 +236,7 @@ def load_spec(path: str | Path | None = None) -> StudySpec:
     if path is None:
         return complete_spec({})
     try:
-        user = yaml.safe_load(Path(path).read_text())
+        user = read_spec_yaml(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"{path}: cannot read the study spec: {exc}") from exc
     if not isinstance(user, dict):
@@ -284,7 +285,7 @@ def _key(where: str, name: str) -> str:
 def _build(cls, data, where: str):
     """``cls`` from a mapping, every key known and every value of its field's kind."""
     if not isinstance(data, dict):
-        raise SpecError(f"spec key {where!r} must be a mapping of keys to values, got {data!r}")
+        raise SpecError(f"spec key {where!r} must be a mapping of keys to values, got {shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     _refuse_unknown(data, fields, where)
     hints = typing.get_type_hints(cls)
@@ -332,26 +333,26 @@ def _convert(kind, value, where: str):
     if kind is tuple or origin is tuple:
         item = args[0] if args else int
         if not isinstance(value, list | tuple):
-            raise SpecError(f"{where} must be a list of {_plural_kind_name(item)}, got {value!r}")
+            raise SpecError(f"{where} must be a list of {_plural_kind_name(item)}, got {shown(value)}")
         return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict or kind is dict:
         if not isinstance(value, dict):
-            raise SpecError(f"{where} must be a mapping, got {value!r}")
+            raise SpecError(f"{where} must be a mapping, got {shown(value)}")
         inner = args[1] if args else typing.Any
         return {str(k): _convert(inner, v, f"{where}.{k}") for k, v in value.items()}
     if kind is typing.Any:
         return value
     if kind is bool:
         if not isinstance(value, bool):
-            raise SpecError(f"{where} must be true or false, got {value!r}")
+            raise SpecError(f"{where} must be true or false, got {shown(value)}")
         return value
     if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
-            raise SpecError(f"{where} must be {_kind_name(kind)}, got {value!r}")
+            raise SpecError(f"{where} must be {_kind_name(kind)}, got {shown(value)}")
         return kind(value)
     if kind is str:
         if not isinstance(value, str):
-            raise SpecError(f"{where} must be a string, got {value!r}")
+            raise SpecError(f"{where} must be a string, got {shown(value)}")
         return value
     raise TypeError(f"no conversion for {kind!r} at {where}")  # a field type this reader does not know
 

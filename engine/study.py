@@ -76,7 +76,7 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict,
     remote = is_url(out_dir)
     out = str(out_dir).rstrip("/") if remote else Path(out_dir)
     if not remote:
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_dir(out)
     result = StudyResult(store=store_path(out), out=out)
     if "participant" in levels:
         t0 = time.perf_counter()
@@ -96,6 +96,29 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict,
                 result.report = write_report(out)
         result.seconds["group"] = time.perf_counter() - t0
     return result
+
+
+def make_output_dir(out: Path) -> None:
+    """Create the output folder, or say in one line why it cannot be one.
+
+    Raises
+    ------
+    OutputError
+        When a part of the path is a file, or the file system refuses the folder
+        (``/proc``, read-only, no permission).
+    """
+    from ferritin.cohort.errors import OutputError
+
+    blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"{out}: cannot be the output folder: {blocking} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ferritin-write-check"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot be the output folder: {exc.strerror or exc}") from None
 
 
 def _group_to_object_store(store: str, spec, out_url: str, report: bool, client=None) -> tuple[dict, str | None]:

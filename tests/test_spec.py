@@ -128,3 +128,41 @@ def test_qc_reasons_show_the_value_beyond_the_limit():
     reasons = qc_failures({"gm_ml": 0.5412 * 1500.0, "tiv_ml": 1500.0}, QCCriteria(max_gm_fraction=0.54))
     assert reasons == ["GM share of TIV 0.541 > 0.54"]
     assert qc_failures({"gm_ml": 0.5399 * 1500.0, "tiv_ml": 1500.0}, QCCriteria(max_gm_fraction=0.54)) == []
+
+
+def _check(tmp_path, text: str):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    from ferritin.engine.spec import load_spec
+
+    return load_spec(path)
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    from ferritin.engine.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"line 3: key 'name' appears twice in one mapping \(first on line 1\)"):
+        _check(tmp_path, "name: a\nmni_voxel_size: 3\nname: b\n")
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
+    from ferritin.engine.spec import SpecError
+
+    levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for n, (name, prev) in enumerate(zip("bcdefghij", "abcdefghi")):
+        levels.append(f"x{n}: &{name} [{','.join(['*' + prev] * 9)}]")
+    with pytest.raises(SpecError, match="more than 16 aliases"):
+        _check(tmp_path, "\n".join(levels) + "\nname: *j\n")
+
+
+def test_an_exponent_without_a_dot_is_a_number(tmp_path):
+    spec = _check(tmp_path, "inference:\n  height_p: 1e-3\n")
+    assert spec.inference.height_p == 0.001
+
+
+def test_a_long_value_is_shown_cut_short(tmp_path):
+    from ferritin.engine.spec import SpecError
+
+    with pytest.raises(SpecError) as err:
+        _check(tmp_path, f"name: [{', '.join(str(i) for i in range(500))}]\n")
+    assert "name must be a string" in str(err.value) and len(str(err.value)) < 140

@@ -70,3 +70,38 @@ def test_ctrl_c_ends_in_one_message_and_resumes(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
+
+
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_an_output_folder_that_cannot_be_one_is_one_line_and_exit_2(tmp_path, capsys, where):
+    out = tmp_path / "a-file" / "out" if where == "file" else Path("/proc/ferritin-output")
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "bids").mkdir()
+    assert main(["run", str(tmp_path / "bids"), str(out), "group"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: cannot be the output folder" in err and "Traceback" not in err
+    if where == "file":
+        assert "a-file is a file, not a folder" in err
+
+
+def test_a_scheduler_address_that_is_not_one_is_named(tmp_path, capsys):
+    (tmp_path / "bids").mkdir()
+    assert main(["run", str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--scheduler", "notaurl"]) == 2
+    err = capsys.readouterr().err
+    assert "scheduler 'notaurl' is neither an address" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path, capsys):
+    (tmp_path / "bids").mkdir()
+    code = main(["run", str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                 "--scheduler", "tcp://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no Dask scheduler answered at tcp://127.0.0.1:1" in err and "Traceback" not in err
+
+
+def test_a_reader_that_closes_the_pipe_ends_no_traceback():
+    """`ferritin spec --reference | head -1`: the reader stops early; ferritin says nothing more."""
+    proc = subprocess.run(f"{sys.executable} -m ferritin.engine.cli spec --reference | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("# Study spec reference") and "Traceback" not in proc.stderr
