@@ -17,6 +17,9 @@ of theirs it shows, and a test keeps the two equal.
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
+import re
 import dataclasses
 import types
 import typing
@@ -44,6 +47,8 @@ class SpecError(ValueError):
 
 
 SIGNS = ("positive", "negative")
+#: a name that is safe as a store node and a file name on every system
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,9 @@ class Contrast:
         check_choices(self)
         if not self.name:
             raise ValueError("name must not be empty")
+        if not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
+            raise ValueError(f"name {shown(self.name)} names the contrast's store node and files: use letters, "
+                             f"digits, '_', '-' and '.' only")
 
 
 @dataclass(frozen=True)
@@ -90,10 +98,22 @@ class Inference:
 def _check_place(entry) -> None:
     if entry.region is None and entry.centre_mm is None:
         raise ValueError("needs a 'region' (AAL name) and/or 'centre_mm'")
+    if entry.region is not None and entry.region not in _aal_names():
+        folded = {name.casefold(): name for name in _aal_names()}
+        near = [folded[n] for n in difflib.get_close_matches(str(entry.region).casefold(), list(folded), n=3)]
+        hint = f"; did you mean {', '.join(near)}?" if near else " (AAL2 names such as Thalamus_L, Precentral_R)"
+        raise ValueError(f"region {shown(entry.region)} is not a region of the atlas{hint}")
     if entry.centre_mm is not None and len(entry.centre_mm) != 3:
         raise ValueError(f"centre_mm must be three numbers (x, y, z in mm), got {list(entry.centre_mm)}")
     if not entry.radius_mm > 0:
         raise ValueError(f"radius_mm must be positive, got {entry.radius_mm!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def _aal_names() -> tuple[str, ...]:
+    from ferritin.cohort.templates import atlas_labels
+
+    return tuple(atlas_labels()["name"])
 
 
 @dataclass(frozen=True)

@@ -166,3 +166,21 @@ def test_a_long_value_is_shown_cut_short(tmp_path):
     with pytest.raises(SpecError) as err:
         _check(tmp_path, f"name: [{', '.join(str(i) for i in range(500))}]\n")
     assert "name must be a string" in str(err.value) and len(str(err.value)) < 140
+
+
+@pytest.mark.parametrize("name", ["a/b", "../../x", ".hidden", "a b"])
+def test_a_contrast_name_that_is_not_store_safe_is_refused(tmp_path, name):
+    from ferritin.engine.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"contrasts\[0\]\.name .* names the contrast's store node"):
+        _check(tmp_path, f'contrasts:\n  - name: "{name}"\n    map: chi\n    weights: "ALS - NC"\n')
+
+
+def test_a_region_that_is_not_in_the_atlas_is_refused_with_the_nearest_names(tmp_path):
+    from ferritin.engine.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"svc\[0\]\.region 'Thalamus_l' is not a region of the atlas; did you mean "
+                                        r"Thalamus_L"):
+        _check(tmp_path, "svc:\n  - name: s\n    region: Thalamus_l\n")
+    with pytest.raises(SpecError, match="'Nowhere' is not a region of the atlas"):
+        _check(tmp_path, "roi:\n  regions:\n    - name: s\n      region: Nowhere\n")
