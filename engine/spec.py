@@ -17,10 +17,10 @@ of theirs it shows, and a test keeps the two equal.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import functools
 import re
-import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
