@@ -250,6 +250,22 @@ MIN_RELIABLE_DF = 10
 QC_MEASURES = ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml")
 
 
+def _implausible_smoothness(contrast: str, fwhm_mm, grid) -> list[str]:
+    """A warning when the residuals' smoothness is not a smoothness: wider than the field of view, or not finite.
+
+    It happens with almost no residual degrees of freedom or residuals that are
+    nearly constant; every RFT p-value then rests on a number with no meaning.
+    """
+    extent = np.asarray(grid.shape, float) * grid.voxel_size
+    fwhm = np.asarray(fwhm_mm, float)
+    if np.all(np.isfinite(fwhm)) and np.all(fwhm <= extent):
+        return []
+    shown = ", ".join(f"{v:.3g}" for v in fwhm)
+    return [f"{contrast}: the smoothness estimated from the residuals (FWHM {shown} mm) is not plausible (the field "
+            f"of view is {', '.join(f'{v:.0f}' for v in extent)} mm): the RFT p-values of this contrast are not "
+            f"meaningful"]
+
+
 def _finite_or_none(v):
     return float(v) if v is not None and np.isfinite(v) else None
 
@@ -438,6 +454,7 @@ def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
         res, perm_table, perm_vars = _fit_contrast(mni[c.map].data[order], design, c, spec, template, client)
         _write_contrast(store, out, c, res, perm_table, perm_vars, design, spec, template.grid, digest)
         contrast_results[c.name] = res
+        results["warnings"].extend(_implausible_smoothness(c.name, res.fwhm_vox * vs, template.grid))
         results["contrasts"][c.name] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
                                           "u": res.u, "df": res.df, "map": c.map}
     (out / "tables" / "excluded.json").write_text(json.dumps(excluded, indent=2))

@@ -421,3 +421,14 @@ def test_demo_prints_which_published_findings_it_reproduces(group_out, tmp_path,
 
     html = build_report(copy).read_text()
     assert 'id="reproduction"' in html and "The published findings at this cohort" in html
+
+
+def test_a_smoothness_wider_than_the_field_of_view_is_a_warning():
+    from ferritin.cohort.templates import load_template
+    from ferritin.engine.pipeline import _implausible_smoothness
+
+    grid = load_template(VS).grid
+    assert _implausible_smoothness("c", [8.0, 9.0, 10.0], grid) == []
+    (warning,) = _implausible_smoothness("c", [3e6, 9.0, 10.0], grid)
+    assert warning.startswith("c: the smoothness") and "3e+06" in warning and "not meaningful" in warning
+    assert _implausible_smoothness("c", [float("nan"), 9.0, 10.0], grid)
