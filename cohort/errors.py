@@ -1,8 +1,18 @@
-"""Errors that name the subject and the file they are about.
+"""ferritin's user errors: each names what is wrong and where (subject, file, row or key).
 
-Every problem a researcher can fix in their data is reported as a
-:class:`SubjectError` (one subject, one file, one reason) so that a batch can
-record it, exclude that subject and carry on with the rest of the cohort.
+Every problem a researcher can fix is a :class:`FerritinError`; the command
+line's ``main`` alone turns one into a one-line message and exit 2, so that
+anything else (a bug) stays a traceback with exit 1 and is reported as one.
+A problem with one subject's data is a :class:`SubjectError` (one subject, one
+file, one reason) so that a batch can record it, exclude that subject and
+carry on with the rest of the cohort.
+
+The kinds: :class:`SubjectError`, :class:`DatasetError` (the dataset as a
+whole), ``SpecError`` (the study spec, :mod:`ferritin.engine.spec`),
+``StoreError`` and ``NoStoreError`` (the cohort store), :class:`OutputError`,
+:class:`ClusterConnectionError`, :class:`CredentialsError` (object storage),
+:class:`GroupLevelError` (a cohort the group model cannot be fitted to),
+:class:`SimulationSpecError` and ``ConversionError`` (DICOM).
 """
 
 from __future__ import annotations
@@ -64,9 +74,22 @@ class DatasetError(FerritinError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-class OutputError(FerritinError):
-    """An output folder that cannot be created or written (under a file, on a read-only or virtual file system)."""
+class OutputError(FerritinError, FileNotFoundError):
+    """An output folder that cannot be created or written (under a file, on a read-only or virtual file system),
+    or that lacks what a command reads from it."""
 
 
 class ClusterConnectionError(FerritinError):
     """A Dask scheduler address that is not one, or a scheduler that does not answer."""
+
+
+class CredentialsError(FerritinError):
+    """Object storage that refuses the request: no credentials, or credentials it does not accept."""
+
+
+class GroupLevelError(FerritinError, ValueError):
+    """A cohort the group model cannot be fitted to (too few usable subjects, a covariate that is missing)."""
+
+
+class SimulationSpecError(FerritinError, ValueError):
+    """A simulation preset or planted-effects file that cannot be used."""

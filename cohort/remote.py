@@ -13,9 +13,30 @@ store at all on a first publish).  Read it back with
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+from .errors import CredentialsError
+
 __all__ = ["publish", "upload_folder"]
+
+#: botocore's names for a request it could not sign
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError")
+
+
+@contextlib.contextmanager
+def _credentials_named(url: str):
+    """Object storage that refuses for want of credentials, as a :class:`CredentialsError`; anything else as is."""
+    try:
+        yield
+    except PermissionError as exc:  # s3fs's translation of AccessDenied / 403
+        raise CredentialsError(f"{url}: the object store refused access ({exc}); check the credentials "
+                               f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE)") from None
+    except Exception as exc:
+        if type(exc).__name__ not in _NO_CREDENTIALS:
+            raise
+        raise CredentialsError(f"{url}: no credentials for the object store (set AWS_ACCESS_KEY_ID and "
+                               f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
 
 
 def _fs(url: str, storage_options: dict | None):
@@ -41,17 +62,18 @@ def publish(store_path: str | Path, url: str, storage_options: dict | None = Non
     files = sorted(p for p in local.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
                                                                            p.relative_to(local).parts))
     root_meta = local / "zarr.json"
-    fs, root = _fs(url, storage_options)
-    old = set()
-    if fs.exists(f"{root}/zarr.json"):
-        old = {p[len(root) + 1:] for p in fs.find(root)}
-    ordered = [p for p in files if p != root_meta] + [root_meta]
-    for p in ordered:  # the root metadata last: readers see the new store only once it is whole
-        fs.put_file(str(p), f"{root}/{p.relative_to(local).as_posix()}")
-    new = {p.relative_to(local).as_posix() for p in files}
-    stale = sorted(old - new)
-    if stale:
-        fs.rm([f"{root}/{k}" for k in stale])
+    with _credentials_named(url):
+        fs, root = _fs(url, storage_options)
+        old = set()
+        if fs.exists(f"{root}/zarr.json"):
+            old = {p[len(root) + 1:] for p in fs.find(root)}
+        ordered = [p for p in files if p != root_meta] + [root_meta]
+        for p in ordered:  # the root metadata last: readers see the new store only once it is whole
+            fs.put_file(str(p), f"{root}/{p.relative_to(local).as_posix()}")
+        new = {p.relative_to(local).as_posix() for p in files}
+        stale = sorted(old - new)
+        if stale:
+            fs.rm([f"{root}/{k}" for k in stale])
     return len(ordered)
 
 
@@ -63,8 +85,9 @@ def upload_folder(folder: str | Path, url: str, storage_options: dict | None = N
     ``storage_options`` or the standard AWS environment variables.
     """
     folder = Path(folder)
-    fs, root = _fs(url, storage_options)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    for p in files:
-        fs.put_file(str(p), f"{root}/{p.relative_to(folder).as_posix()}")
+    with _credentials_named(url):
+        fs, root = _fs(url, storage_options)
+        for p in files:
+            fs.put_file(str(p), f"{root}/{p.relative_to(folder).as_posix()}")
     return len(files)

@@ -40,7 +40,7 @@ import zarr
 from .errors import FerritinError
 from .packing import unpack_floats
 
-__all__ = ["CohortStore", "StoreError", "StoreLocked", "is_url", "digest_files", "digest_params", "completion_record", "RECORD_KEY", "LAYOUT_VERSION"]
+__all__ = ["CohortStore", "StoreError", "NoStoreError", "StoreLocked", "is_url", "digest_files", "digest_params", "completion_record", "RECORD_KEY", "LAYOUT_VERSION"]
 
 # Text coordinates (group, sex, subject) are stored as Zarr v3 fixed-width
 # strings, which zarr-python flags on every write and read as not yet in the
@@ -110,7 +110,8 @@ class CohortStore:
             raise StoreError(f"{self.path} is a file, not a cohort store; choose a folder name such as cohort.zarr")
         if not (self.path / "zarr.json").exists():
             if not create:
-                raise FileNotFoundError(f"{self.path}: no cohort store here (run `ferritin ingest` first)")
+                raise NoStoreError(f"{self.path}: no cohort store here; run the participant level first "
+                                  f"(`ferritin run BIDS_DIR OUTPUT_DIR participant`) or `ferritin ingest`")
             if self.path.exists() and any(self.path.iterdir()):
                 raise StoreError(f"{self.path} is a folder with other files in it, not a cohort store; "
                                  "choose a new path (e.g. cohort.zarr)")
@@ -334,6 +335,10 @@ class CohortStore:
 
 class StoreError(FerritinError, ValueError):
     """A path that cannot be (or become) a cohort store: a file, a foreign folder, no write access."""
+
+
+class NoStoreError(StoreError, FileNotFoundError):
+    """No cohort store where one was expected: the participant level has not run there."""
 
 
 class StoreLocked(RuntimeError):

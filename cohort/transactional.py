@@ -29,6 +29,7 @@ or Ceph), which every worker of a cluster must also see.
 from __future__ import annotations
 
 import os
+import re
 
 import dask
 import dask.array as da
@@ -36,11 +37,13 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from .errors import CredentialsError
 from .packing import unpack_floats
 from .store import (
     LAYOUT_VERSION,
     RECORD_KEY,
     CohortStore,
+    NoStoreError,
     StoreError,
     StoreLocked,
     completion_record,
@@ -54,6 +57,27 @@ __all__ = ["TransactionalCohortStore", "StoreConflict"]
 LOCK_KEY = "ferritin_lock"
 BRANCH = "main"
 _WRITE_TRIES = 5
+
+
+#: words of an object store's refusal that mean the credentials are missing or not accepted
+_CREDENTIAL_WORDS = ("credential", "accessdenied", "access denied", "invalidaccesskeyid", "signaturedoesnotmatch",
+                     "403", "forbidden", "expiredtoken")
+
+
+def object_store_error(path: str, exc: Exception) -> Exception:
+    """A one-line user error for an object store's failure: no credentials said as such, the rest in brief.
+
+    Icechunk's errors carry a multi-line, colour-coded trace of its Rust
+    internals; a user needs the first line, and to hear "credentials" when that
+    is what is missing.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    if any(word in text.casefold() for word in _CREDENTIAL_WORDS):
+        return CredentialsError(f"{path}: the object store refused the request: no credentials, or credentials it "
+                                f"does not accept (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                                f"AWS_PROFILE); it said: {first[:160]}")
+    return StoreError(f"{path}: the object store cannot be reached or used: {first[:200]}")
 
 
 class StoreConflict(StoreError):
@@ -131,9 +155,10 @@ class TransactionalCohortStore(CohortStore):
             elif create:
                 self._repo = self._create(storage)
             else:
-                raise FileNotFoundError(f"{self.path}: no cohort store here (run `ferritin ingest` first)")
+                raise NoStoreError(f"{self.path}: no cohort store here; run the participant level first "
+                                   f"(`ferritin run BIDS_DIR OUTPUT_DIR participant`) or `ferritin ingest`")
         except ic.IcechunkError as exc:
-            raise StoreError(f"{self.path}: the object store cannot be reached or used: {exc}") from exc
+            raise object_store_error(self.path, exc) from None
         if self._root().attrs.get("ferritin_layout") is None:
             raise StoreError(f"{self.path}: an Icechunk repository, but not a ferritin cohort store")
 

@@ -176,13 +176,9 @@ def _cmd_simulate(args) -> int:
         overrides["n_echoes"] = args.echoes
     if args.snr:
         overrides["snr"] = args.snr
-    try:
-        if args.effects:
-            overrides["effects"] = read_effects(args.effects)
-        spec = preset(args.preset, **overrides)
-    except (KeyError, ValueError) as exc:
-        print(f"ferritin simulate: {exc}", file=sys.stderr)
-        return 2
+    if args.effects:
+        overrides["effects"] = read_effects(args.effects)
+    spec = preset(args.preset, **overrides)
     if args.subjects:
         from dataclasses import replace
 
@@ -203,16 +199,12 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from ferritin.cohort.dicom import ConversionError, convert_dicom, read_mapping
+    from ferritin.cohort.dicom import convert_dicom, read_mapping
 
     t0 = time.perf_counter()
-    try:
-        mapping = read_mapping(args.mapping) if args.mapping else None
-        result = convert_dicom(args.dicom_dir, args.bids_dir, args.subject, args.session, mapping, args.force,
-                               progress=not args.no_progress)
-    except ConversionError as exc:
-        print(f"ferritin convert: {exc}", file=sys.stderr)
-        return 2
+    mapping = read_mapping(args.mapping) if args.mapping else None
+    result = convert_dicom(args.dicom_dir, args.bids_dir, args.subject, args.session, mapping, args.force,
+                           progress=not args.no_progress)
     print(f"found in {args.dicom_dir}:")
     print(result.plan.describe())
     print(f"wrote {len(result.written)} images to {result.subject_dir} in {time.perf_counter() - t0:.1f} s")
@@ -223,27 +215,21 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_ingest(args) -> int:
-    from ferritin.cohort.errors import DatasetError
-
     from .cluster import dask_client
     from .ingest import ingest
 
     t0 = time.perf_counter()
-    try:
-        with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
-            if not args.no_progress:
-                print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-            result = ingest(args.bids_dir, args.store, client, args.participant_label, progress=not args.no_progress)
-    except DatasetError as exc:
-        print(f"ferritin ingest: {exc}", file=sys.stderr)
-        return 2
+    with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
+        if not args.no_progress:
+            print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        result = ingest(args.bids_dir, args.store, client, args.participant_label, progress=not args.no_progress)
     print(result.summary())
     print(f"store: {args.store}  ({time.perf_counter() - t0:.1f} s)")
     return 1 if result.failed and not (result.written or result.skipped) else 0
 
 
 def _cmd_spec(args) -> int:
-    from .spec import SpecError, default_spec_text, load_spec
+    from .spec import default_spec_text, load_spec
 
     if args.reference:
         from .spec_reference import spec_reference
@@ -251,48 +237,30 @@ def _cmd_spec(args) -> int:
         print(spec_reference())
         return 0
     if args.check:
-        try:
-            print(load_spec(args.check).to_yaml())
-        except SpecError as exc:
-            print(f"ferritin spec: {exc}", file=sys.stderr)
-            return 2
+        print(load_spec(args.check).to_yaml())
         return 0
     print(default_spec_text())
     return 0
 
 
 def _cmd_run(args) -> int:
-    from ferritin.cohort.errors import DatasetError
-
     from .cluster import dask_client
-    from .spec import SpecError, load_spec
+    from .spec import load_spec
     from .study import run_study
 
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as exc:
-        print(f"ferritin run: {exc}", file=sys.stderr)
-        return 2
+    spec = load_spec(args.spec)
     out = args.output_dir
     t0 = time.perf_counter()
     if args.analysis_level == "participant":
-        try:
-            with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
-                if not args.no_progress:
-                    print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-                res = run_study(args.bids_dir, out, spec, client, levels=("participant",),
-                                participant_label=args.participant_label, progress=not args.no_progress)
-        except DatasetError as exc:
-            print(f"ferritin run: {exc}", file=sys.stderr)
-            return 2
+        with dask_client(args.scheduler, args.workers, quiet=True, kind=args.cluster) as client:
+            if not args.no_progress:
+                print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+            res = run_study(args.bids_dir, out, spec, client, levels=("participant",),
+                            participant_label=args.participant_label, progress=not args.no_progress)
         print(res.ingest.summary())
         print(res.participants.text())
         return 0
-    try:
-        res = run_study(args.bids_dir, out, spec, levels=("group",))
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"ferritin run group: {exc}", file=sys.stderr)
-        return 2
+    res = run_study(args.bids_dir, out, spec, levels=("group",))
     _print_group(res.group)
     print(f"tables, maps and BIDS derivatives in {out}  ({time.perf_counter() - t0:.1f} s)")
     if not res.report:  # the statistics are written; the report's failure is a bug to report, not success
@@ -307,23 +275,15 @@ def _cmd_publish(args) -> int:
     from ferritin.cohort.remote import publish
 
     opts = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
-    try:
-        n = publish(args.store, args.url, opts)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"ferritin publish: {exc}", file=sys.stderr)
-        return 2
+    n = publish(args.store, args.url, opts)
     print(f"published {n} objects to {args.url}")
     return 0
 
 
 def _cmd_unlock(args) -> int:
-    from ferritin.cohort.store import CohortStore, StoreError
+    from ferritin.cohort.store import CohortStore
 
-    try:
-        held = CohortStore(args.store).break_lock()
-    except (FileNotFoundError, StoreError) as exc:
-        print(f"ferritin unlock: {exc}", file=sys.stderr)
-        return 2
+    held = CohortStore(args.store).break_lock()
     if held is None:
         print(f"{args.store} was not locked")
     else:
@@ -335,11 +295,7 @@ def _cmd_unlock(args) -> int:
 def _cmd_report(args) -> int:
     from .report import build_report
 
-    try:
-        path = build_report(args.output_dir)
-    except FileNotFoundError as exc:
-        print(f"ferritin report: {exc}", file=sys.stderr)
-        return 2
+    path = build_report(args.output_dir)
     print(f"report: {path}")
     return 0
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ferritin.cohort.errors import GroupLevelError
 from ferritin.cohort.layout import mni_stack_dataset, participants_frame
 from ferritin.cohort.store import CohortStore, affine_attr, digest_params
 from ferritin.cohort.templates import atlas_labels, load_template
@@ -250,6 +251,35 @@ MIN_RELIABLE_DF = 10
 QC_MEASURES = ("qc_t1_corr", "qc_brain_top_gap_mm", "gm_ml", "wm_ml", "csf_ml")
 
 
+def _check_enough_subjects(subjects: list[str], excluded: dict, table: pd.DataFrame, spec: StudySpec) -> None:
+    """Refuse a cohort the group model cannot be fitted to, saying why in the terms of the spec and the table.
+
+    Raises
+    ------
+    GroupLevelError
+        Naming a covariate that is not a column of participants.tsv, a group
+        with no usable subject, or how many subjects were lost to each reason.
+    """
+    from collections import Counter
+
+    measured = {"tiv"}  # the anatomy measures it; participants.tsv need not have it
+    for cov in spec.covariates:
+        if cov not in measured and cov not in table.columns:
+            raise GroupLevelError(f"covariate {cov!r} of the spec is not a column of participants.tsv "
+                                  f"(columns: {', '.join(sorted(map(str, table.columns)))})")
+    present = Counter(str(g) for g in table.loc[subjects, "group"]) if subjects and "group" in table else Counter()
+    empty = [g for g in spec.groups if present[g] == 0]
+    needed = len(spec.groups) + len(spec.covariates) + 2
+    if not empty and len(subjects) >= needed:
+        return
+    kinds = Counter(reason.split(":")[0].split(" (")[0] for reason in excluded.values())
+    why = "; ".join(f"{n} {kind}" for kind, n in kinds.most_common()) or "none excluded"
+    lacking = f"group(s) {', '.join(map(repr, empty))} have no usable subject; " if empty else ""
+    raise GroupLevelError(f"{lacking}{len(subjects)} usable subjects, and the model ({len(spec.groups)} groups, "
+                          f"covariates {', '.join(spec.covariates) or 'none'}) needs at least {needed}; "
+                          f"excluded: {why} (the run's summary names each subject)")
+
+
 def _implausible_smoothness(contrast: str, fwhm_mm, grid) -> list[str]:
     """A warning when the residuals' smoothness is not a smoothness: wider than the field of view, or not finite.
 
@@ -363,6 +393,8 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
 
 def _group_subjects(store: CohortStore, spec: StudySpec) -> tuple[list[str], dict[str, str], pd.DataFrame]:
     """Subjects usable for group statistics, and why the others are not."""
+    if not store.exists("participants"):
+        raise GroupLevelError(f"{store.path}: nothing ingested yet; run the participant level first")
     participants = participants_frame(store.open_node("participants").load())
     excluded: dict[str, str] = {}
     rows = []
@@ -407,12 +439,15 @@ def group_design(table: pd.DataFrame, spec: StudySpec):
     design_table : DataFrame indexed by subject
     design : :class:`stats.design.Design`
     """
-    from ferritin.stats.design import design_matrix
+    from ferritin.stats.design import DesignError, design_matrix
 
     design_table = table.copy()
     if "tiv" in spec.covariates and "tiv_measured" in design_table.columns:
         design_table["tiv"] = design_table["tiv_measured"]
-    return design_table, design_matrix(design_table, groups=list(spec.groups), covariates=list(spec.covariates))
+    try:
+        return design_table, design_matrix(design_table, groups=list(spec.groups), covariates=list(spec.covariates))
+    except DesignError as exc:
+        raise GroupLevelError(f"the group model cannot be built: {exc}") from None
 
 
 def run_group(store_path: str | Path, spec: StudySpec, out_dir: str | Path, client=None) -> dict:
@@ -435,8 +470,7 @@ def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "group").mkdir(parents=True, exist_ok=True)
     subjects, excluded, table = _group_subjects(store, spec)
-    if len(subjects) < len(spec.groups) + len(spec.covariates) + 2:
-        raise ValueError(f"only {len(subjects)} usable subjects; excluded: {excluded}")
+    _check_enough_subjects(subjects, excluded, table, spec)
     vs = spec.mni_voxel_size
     template = load_template(vs)
     mni, digest = _stack_subjects(store, subjects, table, template.grid)
@@ -492,6 +526,16 @@ def _stack_subjects(store: CohortStore, subjects: list[str], table: pd.DataFrame
     return store.open_node("mni"), digest
 
 
+def _contrast_weights(design, c: Contrast) -> np.ndarray:
+    """The contrast's weights on the design's columns, or a user error naming the contrast."""
+    from ferritin.stats.design import DesignError
+
+    try:
+        return design.contrast(c.weights)
+    except DesignError as exc:
+        raise GroupLevelError(f"contrast {c.name!r} ({c.weights}): {exc}") from None
+
+
 def _fit_contrast(Y, design, c: Contrast, spec: StudySpec, template, client=None):
     """One contrast of the spec: GLM, RFT tables, SVC and (if asked) permutation inference."""
     import dask.array as da
@@ -516,7 +560,7 @@ def _fit_contrast(Y, design, c: Contrast, spec: StudySpec, template, client=None
     for s in spec.svc:
         region = template.region(s.region) if s.region else None
         regions[s.name] = (region, s.radius_mm, s.centre_mm)
-    res = analyse_contrast(Y, design.X, design.contrast(c.weights), mask, grid.affine,
+    res = analyse_contrast(Y, design.X, _contrast_weights(design, c), mask, grid.affine,
                            height_p=inf.height_p, extent_mm3=inf.extent_voxels,
                            svc_regions=regions, alpha=inf.svc_alpha,
                            labels_img=template.atlas, label_names=names)
@@ -564,7 +608,7 @@ def _permutation_inference(Y, design, c, res, grid, n_perm, inf, names, template
     from ferritin.stats.permutation import permutation_cluster
 
     tfce_dh = 0.1 if inf.tfce else None
-    perm = permutation_cluster(Y, design.X, design.contrast(c.weights), res.mask, n_perm=n_perm,
+    perm = permutation_cluster(Y, design.X, _contrast_weights(design, c), res.mask, n_perm=n_perm,
                                seed=inf.permutation_seed, cluster_forming_t=res.u, tfce_dh=tfce_dh, client=client)
     rows = []
     T = np.where(res.mask, perm.t_obs, -np.inf)

@@ -30,6 +30,8 @@ from typing import ClassVar
 
 import yaml
 
+from ferritin.cohort.errors import FerritinError
+
 from .anat.stages import AnatParams
 from .params import check_choices
 from .qc import QCCriteria
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-class SpecError(ValueError):
+class SpecError(FerritinError, ValueError):
     """A study spec that cannot be used, with the key that is wrong."""
 
 

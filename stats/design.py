@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Design", "design_matrix", "parse_contrast"]
+__all__ = ["Design", "DesignError", "design_matrix", "parse_contrast"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Design:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.X, index=list(self.subjects), columns=list(self.columns))
+
+
+class DesignError(ValueError):
+    """A design that cannot be built from the table: a missing column or value, an empty group, rank deficiency."""
 
 
 def design_matrix(participants: pd.DataFrame, group: str = "group", groups=None, covariates=(),
@@ -63,7 +67,7 @@ def design_matrix(participants: pd.DataFrame, group: str = "group", groups=None,
         an empty group, or a rank-deficient design (naming the columns).
     """
     if group not in participants.columns:
-        raise ValueError(f"no column {group!r} in the participants table (have {list(participants.columns)})")
+        raise DesignError(f"no column {group!r} in the participants table (have {list(participants.columns)})")
     labels = participants[group].astype("string")
     if groups is None:
         groups = sorted(labels.dropna().unique())
@@ -71,16 +75,16 @@ def design_matrix(participants: pd.DataFrame, group: str = "group", groups=None,
     table = participants[labels.isin(groups).fillna(False).to_numpy(bool)]
     for g in groups:
         if not (table[group].astype(str) == g).any():
-            raise ValueError(f"group {g!r} has no subjects (groups present: {sorted(labels.dropna().unique())})")
+            raise DesignError(f"group {g!r} has no subjects (groups present: {sorted(labels.dropna().unique())})")
     cols = {f"{g}": (table[group].astype(str) == g).to_numpy(float) for g in groups}
     for cov in covariates:
         if cov not in table.columns:
-            raise ValueError(f"covariate {cov!r} is not a column of the participants table")
+            raise DesignError(f"covariate {cov!r} is not a column of the participants table")
         values = table[cov]
         missing = values.isna()
         if missing.any():
             subs = ", ".join(map(str, table.index[missing.to_numpy()]))
-            raise ValueError(f"covariate {cov!r} is missing for {subs}")
+            raise DesignError(f"covariate {cov!r} is missing for {subs}")
         if pd.api.types.is_numeric_dtype(values):
             v = values.to_numpy(float)
             cols[cov] = v - v.mean() if center else v
@@ -99,10 +103,10 @@ def design_matrix(participants: pd.DataFrame, group: str = "group", groups=None,
             others = np.delete(X, j, axis=1)
             if others.size and np.linalg.matrix_rank(others) == rank:
                 culprits.append(name)
-        raise ValueError(f"design is rank deficient (rank {rank} < {X.shape[1]} columns); "
+        raise DesignError(f"design is rank deficient (rank {rank} < {X.shape[1]} columns); "
                          f"linearly dependent columns: {culprits}")
     if X.shape[0] <= X.shape[1]:
-        raise ValueError(f"{X.shape[0]} subjects cannot estimate {X.shape[1]} parameters")
+        raise DesignError(f"{X.shape[0]} subjects cannot estimate {X.shape[1]} parameters")
     return Design(X, names, tuple(map(str, table.index)), tuple(groups))
 
 
@@ -113,7 +117,7 @@ def parse_contrast(spec, columns) -> np.ndarray:
         weights = dict.fromkeys(columns, 0.0)
         expr = spec.replace(" ", "")
         if not expr:
-            raise ValueError("empty contrast")
+            raise DesignError("empty contrast")
         import re
 
         for sign, name in re.findall(r"([+-]?)([^+-]+)", expr):
@@ -122,15 +126,15 @@ def parse_contrast(spec, columns) -> np.ndarray:
             if m:
                 coef, name = float(m[1]), m[2]
             if name not in weights:
-                raise ValueError(f"contrast {spec!r}: {name!r} is not a design column {columns}")
+                raise DesignError(f"contrast {spec!r}: {name!r} is not a design column {columns}")
             weights[name] += -coef if sign == "-" else coef
         return np.array([weights[c] for c in columns])
     if isinstance(spec, dict):
         unknown = set(spec) - set(columns)
         if unknown:
-            raise ValueError(f"contrast names unknown columns {sorted(unknown)}; columns are {columns}")
+            raise DesignError(f"contrast names unknown columns {sorted(unknown)}; columns are {columns}")
         return np.array([float(spec.get(c, 0.0)) for c in columns])
     c = np.atleast_1d(np.asarray(spec, dtype=float))
     if c.shape[-1] != len(columns):
-        raise ValueError(f"contrast has {c.shape[-1]} weights for {len(columns)} columns {columns}")
+        raise DesignError(f"contrast has {c.shape[-1]} weights for {len(columns)} columns {columns}")
     return c

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ferritin.cohort.errors import OutputError
 from ferritin.cohort.store import CohortStore
 from ferritin.cohort.templates import load_template
 
@@ -217,7 +218,7 @@ def _open_study(out_dir: str | Path, store_path) -> _Study:
     out = Path(out_dir)
     tables = out / "tables"
     if not (out / "spec.yaml").exists() or not tables.is_dir():
-        raise FileNotFoundError(f"{out} has no group-level results (spec.yaml, tables/): run the group level first")
+        raise OutputError(f"{out} has no group-level results (spec.yaml, tables/): run the group level first")
     spec = load_spec(out / "spec.yaml")
     run = json.loads((out / "group" / "run.json").read_text()) if (out / "group" / "run.json").exists() else {}
     if store_path is None and run:
