@@ -41,6 +41,7 @@ from scipy import ndimage
 from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
 
 from .calibration import calibrated_effects, power_matched_part, score_noise, severity_loadings
+from .errors import SimulationSpecError
 from .store import digest_params
 from .templates import Template, load_template
 
@@ -292,8 +293,11 @@ PRESETS = {
 def preset(name: str, **overrides) -> SimulationSpec:
     """A named preset with fields overridden (``preset("tiny", seed=3)``)."""
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+        raise SimulationSpecError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    try:
+        return replace(PRESETS[name], **overrides)
+    except ValueError as exc:  # the spec's own checks of the overridden fields
+        raise SimulationSpecError(f"preset {name!r}: {exc}") from None
 
 
 def read_effects(path: str | Path) -> tuple[Effect, ...]:
@@ -311,45 +315,45 @@ def read_effects(path: str | Path) -> tuple[Effect, ...]:
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read the effects: {exc}") from exc
+        raise SimulationSpecError(f"{path}: cannot read the effects: {exc}") from exc
     if isinstance(raw, dict) and set(raw) == {"effects"}:
         raw = raw["effects"]
     if not isinstance(raw, list) or not raw:
-        raise ValueError(f"{path}: expected a non-empty list of effects (or 'effects: [...]')")
+        raise SimulationSpecError(f"{path}: expected a non-empty list of effects (or 'effects: [...]')")
     fields = {f.name: f for f in Effect.__dataclass_fields__.values()}
     regions = set(atlas_labels()["name"])
     out = []
     for n, entry in enumerate(raw, start=1):
         where = f"{path}: effect {n}"
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected a mapping of Effect fields, got {type(entry).__name__}")
+            raise SimulationSpecError(f"{where}: expected a mapping of Effect fields, got {type(entry).__name__}")
         unknown = sorted(set(entry) - set(fields))
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+            raise SimulationSpecError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
         missing = [k for k in ("name", "region", "peak_mni") if k not in entry]
         if missing:
-            raise ValueError(f"{where}: missing {missing}")
+            raise SimulationSpecError(f"{where}: missing {missing}")
         if entry["region"] not in regions:
-            raise ValueError(f"{where}: region {entry['region']!r} is not an AAL region (e.g. Putamen_R, "
+            raise SimulationSpecError(f"{where}: region {entry['region']!r} is not an AAL region (e.g. Putamen_R, "
                              f"Caudate_L, Precentral_L)")
         peak = entry["peak_mni"]
         if not (isinstance(peak, (list, tuple)) and len(peak) == 3
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in peak)):
-            raise ValueError(f"{where}: peak_mni must be three numbers (mm), got {peak!r}")
+            raise SimulationSpecError(f"{where}: peak_mni must be three numbers (mm), got {peak!r}")
         values = {**entry, "peak_mni": tuple(float(v) for v in peak)}
         for key in set(values) - {"name", "region", "peak_mni"}:
             if isinstance(values[key], bool) or not isinstance(values[key], (int, float)):
-                raise ValueError(f"{where}: {key} must be a number, got {values[key]!r}")
+                raise SimulationSpecError(f"{where}: {key} must be a number, got {values[key]!r}")
             values[key] = float(values[key])
         if values.get("radius_mm", 1.0) <= 0 or values.get("smooth_mm", 0.0) < 0:
-            raise ValueError(f"{where}: radius_mm must be positive and smooth_mm non-negative")
+            raise SimulationSpecError(f"{where}: radius_mm must be positive and smooth_mm non-negative")
         try:
             out.append(Effect(**values))
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise SimulationSpecError(f"{where}: {exc}") from None
     names = [e.name for e in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: effect names must be unique, got {names}")
+        raise SimulationSpecError(f"{path}: effect names must be unique, got {names}")
     return tuple(out)
 
 
