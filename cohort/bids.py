@@ -321,6 +321,21 @@ def _find_subject_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-"))
 
 
+_RUN_RE = re.compile(r"_run-(?P<run>[A-Za-z0-9]+)")
+
+
+def _twice(first: Path, second: Path, what: str) -> str:
+    """Why two files claim the same image, in the terms of their names."""
+    runs = [m["run"] if (m := _RUN_RE.search(p.name)) else None for p in (first, second)]
+    if runs[0] != runs[1]:
+        shown = ", ".join(f"run-{r}" if r else "no run" for r in runs)
+        return (f"{what} is given by two runs ({shown}: {first.name}, {second.name}); ferritin reads one run a "
+                f"subject: move the others out of the dataset")
+    if re.sub(_NII, "", first.name) == re.sub(_NII, "", second.name):
+        return f"{what} appears twice, as {first.name} and {second.name}; keep one"
+    return f"{what} appears twice ({first.name}, {second.name}); keep one"
+
+
 def _subject_files(sub_dir: Path, root: Path) -> SubjectFiles:
     subject = sub_dir.name
     validate_label(subject)
@@ -347,7 +362,7 @@ def _subject_files(sub_dir: Path, root: Path) -> SubjectFiles:
             echo = int(m["echo"])
             target = mags if m["part"] == "mag" else phases
             if echo in target:
-                raise SubjectError(subject, rel(f), f"echo {echo} {m['part']} appears twice (.nii and .nii.gz?)")
+                raise SubjectError(subject, rel(f), _twice(target[echo], f, f"echo {echo} {m['part']}"))
             target[echo] = f
             continue
         m = _T2S_RE.search(f.name)
@@ -369,6 +384,9 @@ def _subject_files(sub_dir: Path, root: Path) -> SubjectFiles:
             if n not in phases:
                 raise SubjectError(subject, rel(mags[n]), f"echo {n} has a magnitude image but no phase image")
         expected = list(range(1, len(numbers) + 1))
+        if numbers[0] < 1:
+            raise SubjectError(subject, rel(mags[numbers[0]]), f"echo numbers start at 1 in BIDS (echo-1 is the "
+                                                                f"first echo); found echoes {numbers}")
         if numbers != expected:
             missing = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
             raise SubjectError(subject, rel(anat), f"echo(es) {missing} missing: found echoes {numbers}")

@@ -1,6 +1,7 @@
 """BIDS discovery and loading: every bad input names the subject and the file."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -249,3 +250,26 @@ def test_older_4d_t2starw_layout(bids_factory):
     img = load_subject(discover(f.root).subjects["sub-01"])
     assert img.mag.shape == (4, *f.shape) and img.b0 == 7
     np.testing.assert_array_equal(img.mag[2], mag[..., 2])
+
+
+def test_two_runs_of_the_gre_are_named_as_runs(bids_factory):
+    f = bids_factory
+    f.subject("sub-01")
+    f.write_participants()
+    for part in ("mag", "phase"):
+        src = f.path("sub-01", 1, part)
+        shutil.copy(src, src.with_name(src.name.replace("_echo-1", "_run-2_echo-1")))
+    msg = _problems(discover(f.root))["sub-01"]
+    assert "two runs (no run, run-2" in msg and "one run a subject" in msg
+
+
+def test_echo_numbers_that_start_at_0_are_named_as_such(bids_factory):
+    f = bids_factory
+    f.subject("sub-01")
+    f.write_participants()
+    for echo in sorted({p for p in range(1, 10) if f.path("sub-01", p, "mag").exists()}):
+        for part in ("mag", "phase"):
+            src = f.path("sub-01", echo, part)
+            src.rename(src.with_name(src.name.replace(f"_echo-{echo}_", f"_echo-{echo - 1}_")))
+    msg = _problems(discover(f.root))["sub-01"]
+    assert "echo numbers start at 1 in BIDS" in msg and "found echoes [0, 1" in msg
