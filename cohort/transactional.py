@@ -73,6 +73,7 @@ def object_store_error(path: str, exc: Exception) -> Exception:
     """
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = re.sub(r"^[x×]\s+", "", first)  # the bullet of Icechunk's error report
     if any(word in text.casefold() for word in _CREDENTIAL_WORDS):
         return CredentialsError(f"{path}: the object store refused the request: no credentials, or credentials it "
                                 f"does not accept (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "

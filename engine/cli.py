@@ -123,6 +123,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("spec", help="print the study spec (the reference study by default)")
     p.add_argument("--default", action="store_true", help="print the built-in default spec")
     p.add_argument("--check", type=Path, metavar="FILE", help="validate a spec file and print it merged with the default")
+    p.add_argument("bids_dir", type=Path, nargs="?", metavar="BIDS_DIR",
+                   help="with --check: also check the spec against this dataset's participants.tsv (groups, "
+                        "covariates, clinical columns)")
     p.add_argument("--reference", action="store_true", help="print every key of a spec, its default and meaning (Markdown)")
 
     p = sub.add_parser("publish", help="upload a cohort store to object storage (S3, GCS, ... via fsspec)",
@@ -237,7 +240,12 @@ def _cmd_spec(args) -> int:
         print(spec_reference())
         return 0
     if args.check:
-        print(load_spec(args.check).to_yaml())
+        spec = load_spec(args.check)
+        if args.bids_dir is not None:
+            from .preflight import check_spec_against_dataset
+
+            check_spec_against_dataset(spec, args.bids_dir)
+        print(spec.to_yaml())
         return 0
     print(default_spec_text())
     return 0

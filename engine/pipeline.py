@@ -40,6 +40,7 @@ from .anat.stages import AnatParams, chi_to_mni, process_anatomy_checked, renorm
 from .cluster import subject_task
 from .derivatives import export_subjects, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
+from .preflight import check_spec_against_participants
 from .progress import peak_worker_memory, track
 from .qc import qc_failures
 from .qsm.chain import reconstruct_qsm
@@ -396,6 +397,7 @@ def _group_subjects(store: CohortStore, spec: StudySpec) -> tuple[list[str], dic
     if not store.exists("participants"):
         raise GroupLevelError(f"{store.path}: nothing ingested yet; run the participant level first")
     participants = participants_frame(store.open_node("participants").load())
+    check_spec_against_participants(spec, participants, "participants.tsv (as ingested)")
     excluded: dict[str, str] = {}
     rows = []
     criteria = spec.qc

@@ -10,6 +10,7 @@ calls and a user may call on any simulated cohort.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from ferritin.cohort.store import is_url
 
 from .ingest import IngestResult, ingest
 from .pipeline import RunSummary, run_group, run_participants
-from .spec import StudySpec
+from .preflight import check_spec_against_dataset
+from .spec import SpecError, StudySpec, complete_spec
 
 __all__ = ["LEVELS", "StudyResult", "run_study", "store_path", "write_report"]
 
@@ -73,6 +75,15 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict,
         raise ValueError(f"levels must be some of {LEVELS}, got {list(levels)}")
     if "participant" in levels and client is None:
         raise ValueError("the participant level needs a Dask client")
+    spec = complete_spec(spec)
+    if "participant" in levels and "group" not in levels:
+        # the participant level needs no group or score; say now what the group level will refuse
+        try:
+            check_spec_against_dataset(spec, bids_dir)
+        except SpecError as exc:
+            logging.getLogger("ferritin").warning("the group level will refuse this: %s", exc)
+    elif "participant" in levels:
+        check_spec_against_dataset(spec, bids_dir)
     remote = is_url(out_dir)
     out = str(out_dir).rstrip("/") if remote else Path(out_dir)
     if not remote:
