@@ -52,6 +52,12 @@ class QCCriteria:
             raise ValueError(f"min_tiv_ml ({self.min_tiv_ml}) must be below max_tiv_ml ({self.max_tiv_ml})")
         if not 0 <= self.min_gm_fraction < self.max_gm_fraction <= 1:
             raise ValueError("min_gm_fraction and max_gm_fraction must satisfy 0 <= min < max <= 1")
+        for name in ("min_gm_correlation", "min_t1_correlation"):
+            if not -1 <= getattr(self, name) < 1:  # a correlation of 1 or more: no subject could pass
+                raise ValueError(f"{name} must lie in [-1, 1): a correlation is at most 1, got {getattr(self, name)!r}")
+        if self.min_tiv_ml < 0 or self.max_brain_top_gap_mm <= 0:
+            raise ValueError(f"min_tiv_ml must be >= 0 and max_brain_top_gap_mm positive; got {self.min_tiv_ml!r} "
+                             f"and {self.max_brain_top_gap_mm!r}")
 
 
 def qc_failures(measures: dict, criteria: QCCriteria) -> list[str]:

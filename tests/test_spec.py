@@ -184,3 +184,18 @@ def test_a_region_that_is_not_in_the_atlas_is_refused_with_the_nearest_names(tmp
         _check(tmp_path, "svc:\n  - name: s\n    region: Thalamus_l\n")
     with pytest.raises(SpecError, match="'Nowhere' is not a region of the atlas"):
         _check(tmp_path, "roi:\n  regions:\n    - name: s\n      region: Nowhere\n")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("qc:\n  min_gm_correlation: 1.2\n", "min_gm_correlation must lie in"),
+    ("qc:\n  max_brain_top_gap_mm: 0\n", "max_brain_top_gap_mm positive"),
+    ("anat:\n  vbm_fwhm_mm: .nan\n", "vbm_fwhm_mm must be a finite number"),
+    ("anat:\n  vbm_fwhm_mm: -4\n", "vbm_fwhm_mm must be >= 0"),
+    ("anat:\n  search_degrees: 0\n", "search_degrees must lie in"),
+    ("inference:\n  permutations: .inf\n", "permutations"),
+])
+def test_numbers_no_subject_could_meet_or_no_run_could_use_are_refused(tmp_path, text, match):
+    from ferritin.engine.spec import SpecError
+
+    with pytest.raises(SpecError, match=match):
+        _check(tmp_path, text)

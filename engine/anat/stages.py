@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 
 import numpy as np
@@ -120,6 +120,21 @@ class AnatParams:
 
     def __post_init__(self):
         check_choices(self)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            for v in values:
+                if isinstance(v, int | float) and not isinstance(v, bool) and not np.isfinite(v):
+                    raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        if self.vbm_fwhm_mm < 0:
+            raise ValueError(f"vbm_fwhm_mm must be >= 0 (0: no smoothing), got {self.vbm_fwhm_mm!r}")
+        if not 0 < self.search_degrees <= 180 or not 0 < self.search_step_degrees <= self.search_degrees:
+            raise ValueError(f"search_degrees must lie in (0, 180] and search_step_degrees in (0, search_degrees]; "
+                             f"got {self.search_degrees!r} and {self.search_step_degrees!r}")
+        for name in ("search_voxel_mm", "fov_below_top_mm", "brain_centre_below_top_mm", "rough_brain_radius_mm",
+                     "finest_voxel_mm"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
