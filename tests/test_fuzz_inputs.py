@@ -23,7 +23,7 @@ from ferritin.engine.ingest import ingest
 
 pytestmark = pytest.mark.slow  # 60 mutated datasets, each ingested
 
-N_MUTATIONS = 60
+N_MUTATIONS = 72
 ODD_VALUES = [None, "", "abc", -1, 0, 1e300, True, [], {}, "NaN", [0.004, "x"], 4000, -0.0, "rad", "arbitrary"]
 
 
@@ -77,7 +77,25 @@ def mutate_table(root, rng):
     path.write_text("".join(text))
 
 
-MUTATIONS = [mutate_sidecar_value, mutate_sidecar_bytes, mutate_header, truncate_image, mutate_table]
+SPELLINGS = ["M", "m", "male", "Male", " F", "f", "FEMALE", "woman", "1", "2", "X", "n/a", "Als", "als", "NC ", "nc",
+             "ALS", "-5", "200", "121", "0"]
+
+
+def mutate_categories(root, rng):
+    """A value of group, sex or age spelled another way: read as meant, or refused by its row."""
+    path = root / "participants.tsv"
+    lines = path.read_text().splitlines()
+    header = lines[0].split("\t")
+    row = rng.randrange(1, len(lines))
+    fields = lines[row].split("\t")
+    column = rng.choice([c for c in ("group", "sex", "age") if c in header])
+    fields[header.index(column)] = rng.choice(SPELLINGS)
+    lines[row] = "\t".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+
+
+MUTATIONS = [mutate_sidecar_value, mutate_sidecar_bytes, mutate_header, truncate_image, mutate_table,
+             mutate_categories]
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +132,17 @@ def test_mutated_input_is_refused_clearly_or_read_exactly(seed, pristine, client
     store = CohortStore(tmp_path / "c.zarr")
     for sub in result.written:
         _reads_back(store, root, sub)
+    _one_meaning_per_value(store)
+
+
+def _one_meaning_per_value(store: CohortStore) -> None:
+    """What was ingested is what the model will read: sex as M/F/O, one spelling per group, ages of people."""
+    table = store.open_node("participants").load()
+    if "sex" in table:
+        assert set(table["sex"].values) <= {"M", "F", "O", ""}, set(table["sex"].values)
+    if "group" in table:
+        groups = [g for g in table["group"].values if g]
+        assert len({g.casefold() for g in groups}) == len(set(groups)), groups
+    if "age" in table and np.issubdtype(table["age"].dtype, np.number):
+        ages = table["age"].values[np.isfinite(table["age"].values)]
+        assert ((ages >= 0) & (ages <= 120)).all(), ages
