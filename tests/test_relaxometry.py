@@ -59,3 +59,13 @@ def test_outside_the_mask_and_too_few_echoes_is_nan():
 def test_refuses_echo_times_that_cannot_fit(te, match):
     with pytest.raises(ValueError, match=match):
         r2star_loglinear(np.ones((len(te), 2, 2, 2)), te, np.ones((2, 2, 2), bool))
+
+
+def test_noise_around_a_head_it_finds_itself():
+    rng = np.random.default_rng(3)
+    sigma = 2.0
+    grid = np.indices((48, 48, 48)) - 24
+    head = (grid**2).sum(0) < 15**2
+    signal = np.where(head, 100.0, 0.0)
+    mag = np.abs(signal + sigma * (rng.standard_normal(head.shape) + 1j * rng.standard_normal(head.shape)))
+    assert background_noise_sd(mag) == pytest.approx(sigma, rel=0.05)

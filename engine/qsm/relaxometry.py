@@ -13,18 +13,30 @@ fits ``log S`` by least squares weighted by ``S²`` (the inverse variance of
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+
+from .mask import largest_component, otsu_threshold
 
 __all__ = ["r2star_loglinear", "background_noise_sd"]
 
 
-def background_noise_sd(magnitude: np.ndarray, head: np.ndarray) -> float:
+def background_noise_sd(magnitude: np.ndarray, head: np.ndarray | None = None) -> float:
     """Noise standard deviation of a magnitude image from the air around the head (Rayleigh statistics).
 
-    In air a magnitude image is Rayleigh distributed with mean ``σ √(π/2)``;
-    the median of the voxels outside the (dilated) head gives ``σ`` robustly.
-    Returns NaN when there is too little background to tell.
+    In air a magnitude image is Rayleigh distributed; the median of the voxels
+    outside the head, grown by three voxels, gives ``σ`` robustly.  Without
+    ``head``, the head is the largest part above half the Otsu threshold, filled.
+    Returns NaN when there is too little background to tell (a field of view
+    filled by the head, or a background the scanner set to zero).
     """
-    air = np.asarray(magnitude, float)[~np.asarray(head, bool)]
+    magnitude = np.asarray(magnitude, float)
+    if head is None:
+        positive = magnitude[magnitude > 0]
+        if positive.size == 0:
+            return float("nan")
+        head = ndimage.binary_fill_holes(largest_component(magnitude > 0.5 * otsu_threshold(positive)))
+    head = ndimage.binary_dilation(np.asarray(head, bool), iterations=3)
+    air = magnitude[~head]
     air = air[np.isfinite(air) & (air > 0)]
     if air.size < 100:
         return float("nan")
