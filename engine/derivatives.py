@@ -163,15 +163,21 @@ def _encode_subject(store_path: str, subject: str, voxel_size: float, parts) -> 
     if "qsm" in parts:
         qrec = store.record(f"derived/{subject}/qsm")
         node = store.open_node(f"derived/{subject}/qsm")
-        q = node[["chi", "qsm_mask", "chi_mni"]].load()
+        q = node.load()
         aff = np.asarray(node.attrs["gre_affine"])
         meta = {"Units": "ppm", "Sources": [f"cohort.zarr/derived/{subject}/qsm"], "FerritinDigest": qrec["digest"],
                 "QSMParameters": qrec.get("params", {})}
         files += [(f"{anat_dir}/{subject}_desc-qsm_mask.nii.gz", nifti_gz(q["qsm_mask"].values > 0, aff),
-                   {"FerritinDigest": qrec["digest"]}),
-                  # the native χ last among its files: its sidecar's digest marks the set complete
-                  (f"{anat_dir}/{stem}_Chimap.nii.gz", nifti_gz(q["chi_mni"].values, np.asarray(node.attrs["mni_affine"])),
-                   meta),
+                   {"FerritinDigest": qrec["digest"]})]
+        if "r2star" in q:  # stores written before R2* have none
+            r2_meta = {**meta, "Units": "1/s", "Description": "R2* by a weighted log-linear fit above the noise "
+                                                            "floor; T2* = 1/R2*"}
+            files += [(f"{anat_dir}/{subject}_R2starmap.nii.gz", nifti_gz(q["r2star"].values, aff), r2_meta),
+                      (f"{anat_dir}/{stem}_R2starmap.nii.gz",
+                       nifti_gz(q["r2star_mni"].values, np.asarray(node.attrs["mni_affine"])), r2_meta)]
+        # the native χ last among its files: its sidecar's digest marks the set complete
+        files += [(f"{anat_dir}/{stem}_Chimap.nii.gz",
+                   nifti_gz(q["chi_mni"].values, np.asarray(node.attrs["mni_affine"])), meta),
                   (f"{anat_dir}/{subject}_Chimap.nii.gz", nifti_gz(q["chi"].values, aff), meta)]
     if "anat" in parts:
         arec = store.record(f"derived/{subject}/anat")

@@ -45,6 +45,7 @@ from .progress import peak_worker_memory, track
 from .qc import qc_failures
 from .qsm.chain import reconstruct_qsm
 from .qsm.mask import largest_component
+from .qsm.relaxometry import background_noise_sd, r2star_loglinear
 from .spec import Contrast, StudySpec, complete_spec
 from .tables import write_csv
 from .timing import StepClock
@@ -54,10 +55,11 @@ __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_sta
 
 # Raised whenever a stage computes something different from the same inputs and
 # parameters, so that stores made by an earlier version recompute it.
-PIPELINE_VERSION = 7  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
+PIPELINE_VERSION = 8  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
 #                       5: warped GM and WM stored (study template of tissue maps);
 #                       6: the affine stored, for the study template's second pass on tissue maps;
-#                       7: anatomy before QSM (T1 brain mask bounds the QSM mask; χ to MNI in the QSM node)
+#                       7: anatomy before QSM (T1 brain mask bounds the QSM mask; χ to MNI in the QSM node);
+#                       8: brain extraction by a network and a searched affine start; R2* in the QSM node
 
 
 @dataclass
@@ -134,12 +136,18 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
         clock.lap("QSM chain")
         chi_mni = chi_to_mni(chi, mask, affine, gre_to_t1, anat["t1_points"].values)
         clock.lap("χ to MNI")
+        r2star = r2star_loglinear(mag, nat["echo_time"].values, mask, noise_sd=background_noise_sd(mag[0]))
+        r2star_mni = chi_to_mni(np.nan_to_num(r2star), mask & np.isfinite(r2star), affine, gre_to_t1,
+                                anat["t1_points"].values)
+        clock.lap("R2*")
     except Exception as exc:  # one subject's failure must not stop the cohort
         return ("failed", subject, f"{subject}: QSM failed: {type(exc).__name__}: {exc}")
     ds = xr.Dataset(
         {"chi": (("i", "j", "k"), chi, {"units": "ppm", "long_name": "magnetic susceptibility"}),
          "qsm_mask": (("i", "j", "k"), mask.astype(np.uint8)),
-         "chi_mni": (("x", "y", "z"), chi_mni, {"units": "ppm", "long_name": "magnetic susceptibility in MNI space"})},
+         "chi_mni": (("x", "y", "z"), chi_mni, {"units": "ppm", "long_name": "magnetic susceptibility in MNI space"}),
+         "r2star": (("i", "j", "k"), r2star, {"units": "1/s", "long_name": "R2* (T2* = 1/R2*)"}),
+         "r2star_mni": (("x", "y", "z"), r2star_mni, {"units": "1/s", "long_name": "R2* in MNI space"})},
         coords={ax: (ax, anat[ax].values, {"units": "mm"}) for ax in ("x", "y", "z")},  # the anatomy's MNI grid
         attrs={"subject": subject, "gre_affine": affine_attr(affine), "mni_affine": anat.attrs["mni_affine"],
                "mask_source": params.mask_source, "seconds": _rounded(clock.steps)},
@@ -487,6 +495,9 @@ def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
             f"{MIN_RELIABLE_DF}; add subjects or remove covariates")
     contrast_results = {}
     for c in spec.contrasts:
+        if c.map not in mni:
+            raise GroupLevelError(f"contrast {c.name!r} tests {c.map!r}, which this store's subjects do not have "
+                                  f"(computed before it existed): run the participant level again")
         res, perm_table, perm_vars = _fit_contrast(mni[c.map].data[order], design, c, spec, template, client)
         _write_contrast(store, out, c, res, perm_table, perm_vars, design, spec, template.grid, digest)
         contrast_results[c.name] = res
@@ -508,7 +519,7 @@ def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
 
 
 def _stack_subjects(store: CohortStore, subjects: list[str], table: pd.DataFrame, grid):
-    """``/mni``: every usable subject's χ and smoothed modulated GM as (subject, x, y, z), with its digest.
+    """``/mni``: every usable subject's χ, R2* and smoothed modulated GM as (subject, x, y, z), with its digest.
 
     One dask array per map, chunks of one subject's whole volume; the GLM
     re-chunks to voxel blocks with all subjects.
@@ -516,9 +527,11 @@ def _stack_subjects(store: CohortStore, subjects: list[str], table: pd.DataFrame
     import dask.array as da
 
     maps = {}
-    for name, node, var in (("chi", "qsm", "chi_mni"), ("gm_mod_s", "anat", "gm_mod_s")):
-        parts = [store.open_node(f"derived/{s}/{node}")[var].data for s in subjects]
-        maps[name] = da.stack(parts).rechunk((-1, 32, 32, 32))
+    for name, node, var in (("chi", "qsm", "chi_mni"), ("r2star", "qsm", "r2star_mni"), ("gm_mod_s", "anat", "gm_mod_s")):
+        opened = [store.open_node(f"derived/{s}/{node}") for s in subjects]
+        if not all(var in ds for ds in opened):  # a store computed before R2* existed
+            continue
+        maps[name] = da.stack([ds[var].data for ds in opened]).rechunk((-1, 32, 32, 32))
     participants_cols = {c: table[c].to_numpy() for c in table.columns}
     stack = mni_stack_dataset(maps, subjects, grid, participants_cols)
     digest = digest_params([store.record(f"derived/{s}/{node}")["digest"] for s in subjects for node in ("anat", "qsm")],
@@ -546,7 +559,7 @@ def _fit_contrast(Y, design, c: Contrast, spec: StudySpec, template, client=None
 
     grid, inf = template.grid, spec.inference
     names = atlas_labels()["name"].to_dict()
-    if c.map == "chi":
+    if c.map in ("chi", "r2star"):  # defined where every subject's QSM mask reaches
         finite = np.isfinite(Y).all(axis=0).compute()
         # Largest connected part; holes (voxels some subject's chi does not
         # cover) stay out: filled, they entered the model as 0 for that

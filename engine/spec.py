@@ -57,10 +57,10 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 class Contrast:
     """A group contrast of one cohort map, e.g. ``"ALS - NC"`` on ``chi``."""
 
-    choices: ClassVar[dict] = {"map": ("chi", "gm_mod_s")}
+    choices: ClassVar[dict] = {"map": ("chi", "r2star", "gm_mod_s")}
 
     name: str  # names the outputs (stats/<name>, tables/<name>_*.csv)
-    map: str  # the cohort map tested: chi, or gm_mod_s (smoothed modulated GM)
+    map: str  # the cohort map tested: chi, r2star (1/s), or gm_mod_s (smoothed modulated GM)
     weights: str | tuple[float, ...]  # "ALS - NC", or one weight per design column
 
     def __post_init__(self):

@@ -64,7 +64,11 @@ def write_group_store(store, n_per_group: int = 9, seed: int = 5) -> tuple[list[
         aff = np.diag([3.0, 3.0, 3.0, 1.0])
         q = xr.Dataset({"chi": (("i", "j", "k"), rng.normal(0, 0.02, (8, 8, 8)).astype(np.float32)),
                         "qsm_mask": (("i", "j", "k"), np.ones((8, 8, 8), np.uint8)),
-                        "chi_mni": (("x", "y", "z"), chi)},
+                        "chi_mni": (("x", "y", "z"), chi),
+                        # R2* follows the iron: the planted χ rise raises it too (about 150/s per ppm)
+                        "r2star_mni": (("x", "y", "z"), (20.0 + 150.0 * np.nan_to_num(chi)
+                                                         + np.random.default_rng([n, 2]).normal(0, 0.5, chi.shape))
+                                                        .astype(np.float32))},  # its own noise: χ's draws unchanged
                        coords={ax: (ax, v) for ax, v in grid.coords().items()},
                        attrs={"subject": sub, "gre_affine": affine_attr(aff), "mni_affine": affine_attr(grid.affine)})
         store.write_node(f"derived/{sub}/qsm", q, stage="qsm", digest=f"q{n}", params={"inversion": "tv"},

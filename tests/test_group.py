@@ -31,6 +31,7 @@ def group_out(tmp_path_factory):
     store = CohortStore(root / "cohort.zarr", create=True)
     subjects, spec = write_group_store(store, N_PER_GROUP)
     spec["inference"].update(permutations=40, tfce=True)
+    spec["contrasts"].append({"name": "r2star_als_gt_nc", "map": "r2star", "weights": "ALS - NC"})
     out = root / "out"
     res = run_group(store.path, spec, out)
     return out, res, subjects
@@ -48,6 +49,15 @@ def test_planted_effect_becomes_an_roi(group_out):
     pre = svc[svc.svc == "precentral_R"]
     assert pre.empty or "p_fwe" not in pre or not (pre.p_fwe < 0.05).any()
     assert "sphere_R_putamen" in set(rois.roi)
+
+
+def test_r2star_is_a_map_a_contrast_can_test(group_out):
+    """R2* rises with the planted iron: its contrast finds the plant where χ's does."""
+    out, res, _ = group_out
+    peaks = pd.read_csv(out / "tables" / "r2star_als_gt_nc_svc.csv")
+    best = peaks[peaks.svc == "thalamus_L"].sort_values("T", ascending=False).iloc[0]
+    assert best.p_fwe < 0.05
+    assert np.linalg.norm(best[["x", "y", "z"]].to_numpy(float) - PLANT_MM) <= 10
 
 
 def test_qc_failure_is_excluded_with_reason(group_out):
@@ -299,7 +309,7 @@ def test_cli_prints_and_writes_the_recovery_of_planted_effects(group_out, capsys
     far = capsys.readouterr().out
     assert re.search(r"farther than 10 mm from every planted peak: [1-9]", far) and "T = " in far
     table = pd.read_csv(out / "tables" / "planted_effects.csv")
-    assert table.found.all() and set(table.contrast) == {"chi_als_gt_nc", "gm_als_lt_nc"}
+    assert table.found.all() and set(table.contrast) == {"chi_als_gt_nc", "r2star_als_gt_nc", "gm_als_lt_nc"}
     from ferritin.engine.report import build_report
 
     page = build_report(out).read_text()

@@ -55,6 +55,10 @@ def test_stages_write_records(processed):
         # the QSM mask lies within the T1's brain mask carried to the GRE grid
         assert qsm.attrs["mask_source"] == "t1"
         assert anat["brain_mask"].dims == ("t1_i", "t1_j", "t1_k") and anat["t1_points"].shape[0] == 3
+        # R2* of the same magnitudes: the simulated brain's tissues lie at 17 (GM) to 21/s (WM), more with iron
+        r2 = qsm["r2star"].values[qsm["qsm_mask"].values > 0]
+        assert 15.0 < np.nanmedian(r2) < 24.0 and np.isfinite(r2).mean() > 0.95
+        assert np.isfinite(qsm["r2star_mni"].values)[brain].mean() > 0.5
 
 
 @pytest.mark.slow
