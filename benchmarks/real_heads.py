@@ -72,7 +72,8 @@ def measure(t1, affine, template, params) -> tuple[dict, object]:
            "brain_dice_mni": round(float(2 * (warped & tb).sum() / (warped.sum() + tb.sum())), 3),
            "qc_gm_corr": round(r.qc_gm_corr, 3), "qc_t1_corr": round(r.qc_t1_corr, 3),
            "qc_brain_top_gap_mm": round(r.qc_brain_top_gap_mm, 1),
-           "qc_failures": qc_failures(qc, QCCriteria()), "attempts": r.preparation.get("attempts", 1)}
+           "qc_failures": qc_failures(qc, QCCriteria()), "attempts": r.preparation.get("attempts", 1),
+           "steps": {k: round(v, 1) for k, v in (r.seconds or {}).items()}}
     return row, r
 
 
