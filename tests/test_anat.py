@@ -258,3 +258,31 @@ def test_coregistration_of_a_1mm_t1_runs_on_a_coarser_copy_and_keeps_its_precisi
     want = np.linalg.inv(motion)
     error = np.linalg.norm((got[:3, :3] - want[:3, :3]) @ xyz + (got[:3, 3:4] - want[:3, 3:4]), axis=0)
     assert error.max() < 0.25
+
+
+def test_a_subject_failing_qc_is_normalised_once_more_from_the_other_start():
+    """The first attempt 'fails QC' (a criterion that only it fails): the second starts the affine the other
+    way, is kept, and both attempts are recorded as the report shows them."""
+    from ferritin.engine.anat.stages import process_anatomy_checked
+    from ferritin.engine.report import _extraction_and_attempts
+
+    spec = preset("tiny", n_echoes=2, seed=5)
+    truth = simulate_subject(spec, sample_participants(spec).iloc[0].to_dict(), 0)
+    fast = AnatParams(syn_iterations=(10, 5, 0), tissue_iterations=(10, 5, 0), seg_iterations=2)
+    starts = []
+
+    def failures(result):
+        starts.append(result.preparation["affine_start"])
+        return ["invented failure of the first start"] if len(starts) == 1 else []
+
+    r = process_anatomy_checked(truth.t1w, truth.t1w_affine, truth.mag[0], truth.gre_affine,
+                                load_template(spec.voxel_size), fast, failures=failures)
+    assert starts == ["search", "centre"]
+    first, second = r.preparation["attempts"]
+    assert first == {"affine_start": "search", "qc_failures": ["invented failure of the first start"], "kept": False}
+    assert second["kept"] and r.preparation["affine_start"] == "centre"
+    assert "the other attempt" in r.seconds
+    shown = _extraction_and_attempts(r.preparation)
+    assert shown["normalisation"].startswith("retried from the centre start after the search start failed QC "
+                                             "(invented failure of the first start); second attempt kept")
+    assert shown["brain_extraction"].startswith("deepbet")
