@@ -41,3 +41,6 @@ def test_wheel_installs_only_the_ferritin_namespace(tmp_path):
     assert {"ferritin/engine/report/templates/report.html.j2", "ferritin/engine/report/templates/style.css"} <= set(names)
     assert "ferritin/cohort/store.py" in names and "ferritin/stats/rft.py" in names
     assert not any(n.startswith(("ferritin/tests/", "ferritin/benchmarks/")) for n in names)
+    # the brain extraction's networks travel with their licence
+    models = "ferritin/engine/anat/models/deepbet/"
+    assert {f"{models}bbox_model.onnx", f"{models}model.onnx", f"{models}LICENSE"} <= set(names)
