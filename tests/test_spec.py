@@ -70,7 +70,7 @@ def test_parameter_classes_check_their_own_choices():
         QSMParams(inversion="medi")
     with pytest.raises(ValueError, match="normalise_on must be one of"):
         AnatParams(normalise_on="t2")
-    with pytest.raises(ValueError, match="map must be one of chi, gm_mod_s"):
+    with pytest.raises(ValueError, match="map must be one of chi, r2star, gm_mod_s"):
         Contrast("x", "t2", "A - B")
     with pytest.raises(ValueError, match="permutations"):
         Inference(0.005, 100, 0.05, 1, 0, False)

@@ -105,3 +105,19 @@ def test_a_reader_that_closes_the_pipe_ends_no_traceback():
     proc = subprocess.run(f"{sys.executable} -m ferritin.engine.cli spec --reference | head -1", shell=True,
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("# Study spec reference") and "Traceback" not in proc.stderr
+
+
+def test_publishing_without_credentials_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """No AWS credentials anywhere: botocore cannot sign the request; the user reads 'no credentials'."""
+    pytest.importorskip("s3fs")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    CohortStore(tmp_path / "c.zarr", create=True)
+    code = main(["publish", str(tmp_path / "c.zarr"), "s3://no-such-bucket/c.zarr",
+                 "--endpoint-url", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no credentials for the object store" in err and "Traceback" not in err
+    assert err.count("\n") == 1
