@@ -69,6 +69,7 @@ class RunSummary:
     failed: dict = field(default_factory=dict)  # stage -> {subject: reason}
     seconds: float = 0.0
     peak_worker_gib: float = float("nan")
+    failed_at_ingest: dict = field(default_factory=dict)  # subject -> reason (the ingest's summary names them)
 
     def text(self) -> str:
         lines = []
@@ -82,7 +83,9 @@ class RunSummary:
         failed = set().union(*[set(v) for v in self.failed.values()]) if self.failed else set()
         subjects.discard("template")
         failed.discard("template")
-        lines.append(f"subjects: {len(subjects) - len(failed)} done, {len(failed)} failed; wall time "
+        at_ingest = set(self.failed_at_ingest) - subjects
+        also = f" (and {len(at_ingest)} failed at ingest)" if at_ingest else ""
+        lines.append(f"subjects: {len(subjects) - len(failed)} done, {len(failed)} failed{also}; wall time "
                      f"{self.seconds:.1f} s; peak worker memory {self.peak_worker_gib:.2f} GiB")
         return "\n".join(lines)
 
@@ -354,7 +357,7 @@ def _run_participants(store_path, spec, client, subjects, progress) -> RunSummar
     t0 = time.perf_counter()
     store = CohortStore(store_path)
     store.clean_staging()
-    subjects = subjects or store.children("native")
+    subjects = store.children("native") if subjects is None else subjects
     summary = RunSummary()
     path = str(store.path)
     extra = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferritin.cohort.remote import upload_folder
-from ferritin.cohort.store import is_url
+from ferritin.cohort.store import CohortStore, is_url
 
 from .ingest import IngestResult, ingest
 from .pipeline import RunSummary, run_group, run_participants
@@ -95,7 +95,12 @@ def run_study(bids_dir: str | Path, out_dir: str | Path, spec: StudySpec | dict,
         labels = None
         if participant_label:
             labels = [lab if lab.startswith("sub-") else f"sub-{lab}" for lab in participant_label]
+        # a subject whose ingest failed now (its folder gone, a file broken) is not processed from what an
+        # earlier run left in the store; the group level excludes it by the same record
+        lost = set(result.ingest.failed)
+        labels = [s for s in (labels or CohortStore(result.store).children("native")) if s not in lost]
         result.participants = run_participants(result.store, spec, client, labels, progress=progress)
+        result.participants.failed_at_ingest = dict(result.ingest.failed)
         result.seconds["participant"] = time.perf_counter() - t0
     if "group" in levels:
         t0 = time.perf_counter()

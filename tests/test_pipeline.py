@@ -195,3 +195,31 @@ def test_study_template_map_reduce_map(tiny_bids, client, tmp_path):
         assert np.nanmean(np.abs(anat["jacobian"].values - init["jacobian"].values)[brain]) > 0.01
     again = pipeline.run_participants(store, spec, client, subjects, progress=False)
     assert not again.done and again.skipped["template"] == ["template"]
+
+
+@pytest.mark.slow
+def test_a_subject_whose_folder_is_gone_is_not_processed_from_what_the_store_kept(tiny_bids, client, tmp_path):
+    """Its ingest fails (no folder); the participant level does not run it from the old native node, and the
+    summary counts it instead of saying '0 failed'."""
+    import shutil
+
+    from ferritin import run_study
+
+    root, table = tiny_bids
+    bids = tmp_path / "bids"
+    shutil.copytree(root, bids)
+    keep = sorted(table["participant_id"])[:2]
+    lines = (bids / "participants.tsv").read_text().splitlines()
+    (bids / "participants.tsv").write_text("\n".join([lines[0]] + [ln for ln in lines[1:]
+                                                                   if ln.split("\t")[0] in keep]) + "\n")
+    for folder in bids.glob("sub-*"):
+        if folder.name not in keep:
+            shutil.rmtree(folder)
+    out = tmp_path / "out"
+    run_study(bids, out, _fast_spec(), client, levels=("participant",), progress=False)
+    shutil.rmtree(bids / keep[1])
+    again = run_study(bids, out, _fast_spec(), client, levels=("participant",), progress=False)
+    assert keep[1] in again.ingest.failed
+    ran = set().union(*again.participants.done.values(), *again.participants.skipped.values())
+    assert ran == {keep[0]}
+    assert "1 done, 0 failed (and 1 failed at ingest)" in again.participants.text()
