@@ -33,7 +33,12 @@ def _location(text: str) -> Path | str:
     """A local path, or an object-store URL kept as text (a Path would fold its ``//``)."""
     from ferritin.cohort.store import is_url
 
-    return text if is_url(text) else Path(text)
+    if is_url(text):
+        scheme, _, rest = text.partition("://")
+        if not rest.strip("/"):
+            raise argparse.ArgumentTypeError(f"{text!r} names no bucket: {scheme}://BUCKET/path")
+        return text
+    return Path(text)
 
 
 def _positive_int(text: str) -> int:

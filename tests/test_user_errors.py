@@ -121,3 +121,10 @@ def test_publishing_without_credentials_says_so_in_one_line(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert code == 2 and "no credentials for the object store" in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+def test_an_object_store_url_without_a_bucket_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(tmp_path), "s3://", "group"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "'s3://' names no bucket: s3://BUCKET/path" in err and "s3:/" + "/cohort" not in err
