@@ -125,16 +125,23 @@ def make_output_dir(out: Path) -> None:
     """
     from ferritin.cohort.errors import OutputError
 
-    blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise OutputError(f"{out}: cannot be the output folder: {blocking} is a file, not a folder")
     try:
+        blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise OutputError(f"{out}: cannot be the output folder: {blocking} is a file, not a folder")
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".ferritin-write-check"
         probe.touch()
         probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot be the output folder: {exc.strerror or exc}") from None
+    except OutputError:
+        raise
+    except OSError as exc:  # a name too long, a read-only or virtual file system, no permission
+        raise OutputError(f"{_shortened(out)}: cannot be the output folder: {exc.strerror or exc}") from None
+
+
+def _shortened(path: Path, width: int = 100) -> str:
+    text = str(path)
+    return text if len(text) <= width else f"{text[:width - 3]}..."
 
 
 def _group_to_object_store(store: str, spec, out_url: str, report: bool, client=None) -> tuple[dict, str | None]:

@@ -128,3 +128,27 @@ def test_an_object_store_url_without_a_bucket_is_named(tmp_path, capsys):
         main(["run", str(tmp_path), "s3://", "group"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "'s3://' names no bucket: s3://BUCKET/path" in err and "s3:/" + "/cohort" not in err
+
+
+ODD_OUTPUTS = ["{file}/out", "{file}", "/proc/ferritin-out", "/dev/null/out", "{tmp}/" + "x" * 300]
+ODD_SCHEDULERS = ["notaurl", "tcp://", "tcp://host", "tcp://127.0.0.1:port", "ftp://127.0.0.1:1", ":8786",
+                  "tcp//127.0.0.1:8786"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_odd_output_folders_and_scheduler_addresses_end_in_one_line(seed, tmp_path, capsys):
+    """A seeded loop over kinds of output path and scheduler address a user may mistype: exit 2, one line."""
+    import random
+
+    rng = random.Random(seed)
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "bids").mkdir()
+    if seed % 2:
+        out = rng.choice(ODD_OUTPUTS).format(file=tmp_path / "a-file", tmp=tmp_path)
+        argv = ["run", str(tmp_path / "bids"), out, "group"]
+    else:
+        argv = ["run", str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--scheduler",
+                rng.choice(ODD_SCHEDULERS)]
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
