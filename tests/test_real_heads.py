@@ -74,10 +74,10 @@ def test_the_childs_brain_is_found_and_segmented(results, template):
         assert any(word in failure for word in ("TIV", "GM share"))
 
 
-@pytest.mark.parametrize("name", ADULTS)
-def test_volumes_do_not_depend_on_where_the_head_sat(results, template, name):
-    """The head 20 mm elsewhere in the field of view and the grid turned by up to 15° (no interpolation)."""
-    t1, affine, r = results[name]
+def test_volumes_do_not_depend_on_where_the_head_sat(results, template):
+    """The Prisma head 20 mm elsewhere in the field of view and the grid turned by up to 15° (no
+    interpolation); test_real_subject moves the Philips volunteer."""
+    t1, affine, r = results[ADULTS[0]]
     moved, moved_affine = moved_in_field_of_view(t1, affine, (20.0, -12.0, 10.0), (15.0, -10.0, 8.0))
     again = _anatomy(moved, moved_affine, template)
     assert again.tiv_ml == pytest.approx(r.tiv_ml, rel=0.02)
