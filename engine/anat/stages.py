@@ -289,8 +289,10 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         centre = _centre_transform(box.centre_mm, template, os.path.join(tmp, "centre.mat"))
         moving, initial = n4, [centre]
         if params.skull_strip:
-            brain = extracted if extracted is not None else _rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
-            moving = n4 * n4.new_image_like(brain.astype(np.float32))
+            def rough():
+                return _rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
+
+            moving = _brain_only(n4, extracted if extracted is not None else rough())
             start = centre
             if params.affine_start == "search":
                 start = _searched_start(moving, mni_t1, params, os.path.join(tmp, "search.mat"))
@@ -304,8 +306,7 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
                     f"template T1: the template's brain mask was used")
                 preparation["brain_extraction"]["method"] = TEMPLATE_EXTRACTION
                 extracted = None
-                moving = n4 * n4.new_image_like(_rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
-                                                .astype(np.float32))
+                moving = _brain_only(n4, rough())
                 initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
             if extracted is None:  # the template's brain mask, back through the affine, strips the T1
                 moving = _template_stripped(n4, mni_mask, initial)
@@ -469,6 +470,11 @@ def _brain_affine(brain, mni_t1, mni_mask, start: str, params: AnatParams, tmp: 
     aff = ants.registration(fixed=mni_t1, moving=brain, type_of_transform="Affine", mask=mni_mask,
                             initial_transform=[start], outprefix=os.path.join(tmp, "aff_"), random_seed=params.seed)
     return aff["fwdtransforms"]
+
+
+def _brain_only(n4, mask: np.ndarray):
+    """The bias-corrected T1 with everything outside ``mask`` (on its grid) set to 0."""
+    return n4 * n4.new_image_like(np.asarray(mask, np.float32))
 
 
 def _template_stripped(n4, mni_mask, affine_files: list):
