@@ -37,15 +37,17 @@ from ferritin.cohort.templates import atlas_labels, load_template
 from ferritin.stats.roi import label_image
 
 from .anat.stages import AnatParams, chi_to_mni, process_anatomy_checked, renormalise_on_tissue, t1_brain_on_gre
+from .chi_reference import reference_region, referenced
 from .cluster import subject_task
 from .derivatives import export_subjects, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
+from .nuclei import nuclei_frame, subject_nuclei
 from .preflight import check_spec_against_participants
 from .progress import peak_worker_memory, track
 from .qc import qc_failures
 from .qsm.chain import reconstruct_qsm
 from .qsm.mask import largest_component
-from .qsm.relaxometry import background_noise_sd, r2star_loglinear
+from .qsm.relaxometry import background_noise_sd, r2star_loglinear, r2star_warning
 from .spec import Contrast, StudySpec, complete_spec
 from .tables import write_csv
 from .timing import StepClock
@@ -55,11 +57,12 @@ __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_sta
 
 # Raised whenever a stage computes something different from the same inputs and
 # parameters, so that stores made by an earlier version recompute it.
-PIPELINE_VERSION = 8  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
+PIPELINE_VERSION = 9  # 2: the QSM quality step keeps deep sources; 3: affine brain to brain; 4: N4 2 levels;
 #                       5: warped GM and WM stored (study template of tissue maps);
 #                       6: the affine stored, for the study template's second pass on tissue maps;
 #                       7: anatomy before QSM (T1 brain mask bounds the QSM mask; χ to MNI in the QSM node);
-#                       8: brain extraction by a network and a searched affine start; R2* in the QSM node
+#                       8: brain extraction by a network and a searched affine start; R2* in the QSM node;
+#                       9: ringing filtered only where evident; the χ reference; the deep-grey table
 
 
 @dataclass
@@ -96,6 +99,17 @@ def stage_seconds(store: CohortStore, stage: str, subjects) -> list[float]:
             if (rec := store.record(f"derived/{s}/{stage}")) is not None and "seconds" in rec]
 
 
+def _jsonable(value):
+    """``value`` with numpy scalars and tuples turned into what JSON attributes hold."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _rounded(seconds: dict) -> dict:
     return {step: round(float(s), 1) for step, s in seconds.items()}
 
@@ -129,31 +143,46 @@ def qsm_stage(subject: str, store_path: str, spec: StudySpec, _after=None) -> tu
         affine = np.asarray(nat.attrs["gre_affine"])
         mag, phase = nat["megre_mag"].values, nat["megre_phase"].values
         gre_to_t1 = np.asarray(anat.attrs["gre_to_t1"])
+        t1_affine = np.asarray(nat.attrs["t1w_affine"])
         brain = None
         if params.mask_source == "t1":
-            brain = t1_brain_on_gre(anat["brain_mask"].values > 0, np.asarray(nat.attrs["t1w_affine"]), gre_to_t1,
+            brain = t1_brain_on_gre(anat["brain_mask"].values > 0, t1_affine, gre_to_t1,
                                     mag.shape[1:], affine)
         clock.lap("inputs and T1 brain mask")
+        chain: dict = {}
         chi, mask = reconstruct_qsm(mag, phase, nat["echo_time"].values, affine,
-                                    float(nat.attrs["b0_tesla"]), params, brain=brain)
+                                    float(nat.attrs["b0_tesla"]), params, brain=brain, provenance=chain)
         clock.lap("QSM chain")
-        chi_mni = chi_to_mni(chi, mask, affine, gre_to_t1, anat["t1_points"].values)
+        template = load_template(spec.mni_voxel_size)
+        anat_maps = {"csf": anat["csf"].values, "wm": anat["wm"].values, "gre_to_t1": gre_to_t1,
+                     "t1_points": anat["t1_points"].values}
+        region = reference_region(params.reference, mask, affine, anat_maps, t1_affine, template)
+        chi, offset = referenced(chi, mask, region)
+        chain["reference"] = {"region": params.reference, "voxels": int(region.sum()), "offset_ppm": round(offset, 6)}
+        chi_mni = chi_to_mni(chi, mask, affine, gre_to_t1, anat_maps["t1_points"])
         clock.lap("χ to MNI")
         r2star = r2star_loglinear(mag, nat["echo_time"].values, mask, noise_sd=background_noise_sd(mag[0]))
-        r2star_mni = chi_to_mni(np.nan_to_num(r2star), mask & np.isfinite(r2star), affine, gre_to_t1,
-                                anat["t1_points"].values)
+        r2star_valid = mask & np.isfinite(r2star)
+        r2star_mni = chi_to_mni(np.nan_to_num(r2star), r2star_valid, affine, gre_to_t1, anat_maps["t1_points"])
+        chain["r2star_warning"] = r2star_warning(nat["echo_time"].values)
         clock.lap("R2*")
+        nuclei = subject_nuclei({"chi": chi, "r2star": r2star}, {"chi": mask, "r2star": r2star_valid}, affine,
+                                anat["gm_mod"].values, template, anat_maps["t1_points"], gre_to_t1,
+                                params.nuclei_erosion_vox)
+        clock.lap("deep-grey table")
     except Exception as exc:  # one subject's failure must not stop the cohort
         return ("failed", subject, f"{subject}: QSM failed: {type(exc).__name__}: {exc}")
     ds = xr.Dataset(
-        {"chi": (("i", "j", "k"), chi, {"units": "ppm", "long_name": "magnetic susceptibility"}),
+        {"chi": (("i", "j", "k"), chi, {"units": "ppm", "long_name": "magnetic susceptibility",
+                                        "reference": params.reference}),
          "qsm_mask": (("i", "j", "k"), mask.astype(np.uint8)),
          "chi_mni": (("x", "y", "z"), chi_mni, {"units": "ppm", "long_name": "magnetic susceptibility in MNI space"}),
          "r2star": (("i", "j", "k"), r2star, {"units": "1/s", "long_name": "R2* (T2* = 1/R2*)"}),
-         "r2star_mni": (("x", "y", "z"), r2star_mni, {"units": "1/s", "long_name": "R2* in MNI space"})},
+         "r2star_mni": (("x", "y", "z"), r2star_mni, {"units": "1/s", "long_name": "R2* in MNI space"}),
+         "nuclei": nuclei},
         coords={ax: (ax, anat[ax].values, {"units": "mm"}) for ax in ("x", "y", "z")},  # the anatomy's MNI grid
         attrs={"subject": subject, "gre_affine": affine_attr(affine), "mni_affine": anat.attrs["mni_affine"],
-               "mask_source": params.mask_source, "seconds": _rounded(clock.steps)},
+               "mask_source": params.mask_source, "chain": _jsonable(chain), "seconds": _rounded(clock.steps)},
     )
     store.write_node(node, ds, stage="qsm", digest=digest, params=params.to_dict(), seconds=clock.total())
     return ("written", subject, None)
@@ -512,6 +541,7 @@ def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
     write_csv(used, out / "tables" / "subjects.csv", index_label="subject")
     results["findings"] = _findings(store, mni.isel(subject=order), contrast_results, spec, template, used, out,
                                     digest)
+    results["nuclei"] = _nuclei_table(store, list(design.subjects), used, out, digest)
     write_dataset_description(out)
     export_subjects(store, store.children("derived"), out, vs, client)
     (out / "spec.yaml").write_text(spec.to_yaml())
@@ -542,6 +572,24 @@ def _stack_subjects(store: CohortStore, subjects: list[str], table: pd.DataFrame
     if not store.is_current("mni", digest):
         store.write_node("mni", stack, stage="stack", digest=digest)
     return store.open_node("mni"), digest
+
+
+def _nuclei_table(store: CohortStore, subjects: list[str], participants: pd.DataFrame, out: Path,
+                  digest: str) -> pd.DataFrame:
+    """``/nuclei`` (subject, region, map, statistic) and ``tables/nuclei.csv`` from every subject's QSM node.
+
+    Empty when the subjects were processed before the table existed.
+    """
+    opened = [store.open_node(f"derived/{s}/qsm") for s in subjects]
+    if not opened or not all("nuclei" in ds for ds in opened):
+        return pd.DataFrame()
+    table = xr.concat([ds["nuclei"].load() for ds in opened], dim=pd.Index(subjects, name="subject"))
+    groups = participants["group"].astype(str)
+    ds = table.to_dataset(name="nuclei").assign_coords(group=("subject", groups.reindex(subjects).to_numpy()))
+    store.write_node("nuclei", ds, stage="nuclei", digest=digest_params(digest, "nuclei"))
+    frame = nuclei_frame(table, groups)
+    write_csv(frame, out / "tables" / "nuclei.csv", index=False)
+    return frame
 
 
 def _contrast_weights(design, c: Contrast) -> np.ndarray:

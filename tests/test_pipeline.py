@@ -143,7 +143,7 @@ def test_spec_validation(tmp_path):
     ("mni_voxel_size: -2\n", r"mni_voxel_size must be a number of mm between 0.5 and 8, got -2"),
     ("mni_voxel_size: 0\n", r"mni_voxel_size must be a number"),
     ("qc:\n  min_tiv_ml: 2500\n", r"qc.min_tiv_ml \(2500.0\) must be below max_tiv_ml"),
-    ("qsm:\n  ringing: gibbs\n", r"qsm.ringing must be one of unring, taper, none"),
+    ("qsm:\n  ringing: gibbs\n", r"qsm.ringing must be one of auto, unring, taper, none"),
 ])
 def test_spec_rejects_unknown_or_mistyped_stage_parameters(tmp_path, text, message):
     # Caught when the spec is read, not by every subject's task failing on it.

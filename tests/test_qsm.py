@@ -217,9 +217,10 @@ def test_chain_keeps_a_strong_deep_source_in_the_mask():
 
 
 @pytest.mark.slow
-def test_kspace_taper_removes_simulated_truncation_ringing():
+def test_default_finds_and_removes_simulated_truncation_ringing():
     """A scanner keeps a finite part of k-space: with that simulated, the scalp's Gibbs ringing reaches χ
-    as stripes and rings.  The default k-space taper removes most of them and brings χ nearer the truth."""
+    as stripes and rings.  The default finds it on every axis, tapers them, removes most of the stripes and
+    brings χ nearer the truth."""
     from dataclasses import replace
 
     from ferritin.cohort.simulate import preset, sample_participants, simulate_subject
@@ -229,15 +230,16 @@ def test_kspace_taper_removes_simulated_truncation_ringing():
     spec = preset("tiny", n_echoes=2, seed=5, kspace_truncation=2)
     t = simulate_subject(spec, sample_participants(spec).iloc[0].to_dict(), 0)
     brain = t.brain_mask_native.astype(bool)
-    assert QSMParams().ringing == "taper"
     share, error = {}, {}
-    for ringing in ("none", "taper"):
+    provenance = {}
+    for ringing in ("none", "auto"):
         chi, mask = reconstruct_qsm(t.mag, t.phase, t.echo_times, t.gre_affine, spec.b0,
-                                    replace(QSMParams(), ringing=ringing), brain=brain)
+                                    replace(QSMParams(), ringing=ringing), brain=brain, provenance=provenance)
         share[ringing] = high_frequency_share(chi, mask)
         error[ringing] = nrmse(chi, t.chi_native, mask & brain)
-    assert share["taper"] < 0.3 * share["none"]
-    assert error["taper"] < 0.75 * error["none"]
+    assert provenance["tapered_axes"] == [0, 1, 2]
+    assert share["auto"] < 0.3 * share["none"]
+    assert error["auto"] < 0.75 * error["none"]
 
 
 def test_tv_difference_operators_are_periodic_and_adjoint():

@@ -38,7 +38,7 @@ from .extraction import extract_brain
 from .fov import HeadBox, find_head, working_voxel_size
 
 __all__ = ["AnatParams", "AnatResult", "process_anatomy", "process_anatomy_checked", "renormalise_on_tissue", "bias_correct", "sample_at",
-           "t1_brain_on_gre", "chi_to_mni", "jacobian_determinant", "smooth_fwhm"]
+           "t1_brain_on_gre", "t1_map_on_gre", "chi_to_mni", "jacobian_determinant", "smooth_fwhm"]
 
 
 @dataclass(frozen=True)
@@ -188,15 +188,22 @@ def sample_at(data: np.ndarray, affine: np.ndarray, points: np.ndarray, order: i
     return out.reshape(shp)
 
 
-def t1_brain_on_gre(brain_mask: np.ndarray, t1_affine: np.ndarray, gre_to_t1: np.ndarray, gre_shape,
-                    gre_affine: np.ndarray) -> np.ndarray:
-    """The T1 brain mask on the GRE grid, through the rigid GRE -> T1 coregistration (``gre_to_t1``)."""
+def t1_map_on_gre(values: np.ndarray, t1_affine: np.ndarray, gre_to_t1: np.ndarray, gre_shape,
+                  gre_affine: np.ndarray) -> np.ndarray:
+    """A map of the T1 grid (a mask, a tissue probability) on the GRE grid, by linear interpolation
+    through the rigid GRE -> T1 coregistration (``gre_to_t1``); 0 outside the T1's field of view."""
     gre_affine = np.asarray(gre_affine, float)
     ijk = np.indices(tuple(gre_shape), dtype=np.float64).reshape(3, -1)
     world = gre_affine[:3, :3] @ ijk + gre_affine[:3, 3:4]
     to_t1 = np.linalg.inv(np.asarray(gre_to_t1, float))  # gre_to_t1 maps T1 points to GRE points
     pts = (to_t1[:3, :3] @ world + to_t1[:3, 3:4]).reshape((3, *tuple(gre_shape)))
-    return sample_at(np.asarray(brain_mask, np.float32), t1_affine, pts, order=1, cval=0.0) > 0.5
+    return sample_at(np.asarray(values, np.float32), t1_affine, pts, order=1, cval=0.0)
+
+
+def t1_brain_on_gre(brain_mask: np.ndarray, t1_affine: np.ndarray, gre_to_t1: np.ndarray, gre_shape,
+                    gre_affine: np.ndarray) -> np.ndarray:
+    """The T1 brain mask on the GRE grid, through the rigid GRE -> T1 coregistration (``gre_to_t1``)."""
+    return t1_map_on_gre(brain_mask, t1_affine, gre_to_t1, gre_shape, gre_affine) > 0.5
 
 
 def jacobian_determinant(points: np.ndarray, voxel_size) -> np.ndarray:

@@ -14,7 +14,7 @@ from .background import vsharp
 from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
 from .mask import bounding_box, brain_mask, dilate_by, largest_component, mask_depth
-from .ringing import taper_kspace, taper_noise_gain, unring
+from .ringing import ringing_evidence, taper_kspace, taper_noise_gain, unring
 from .unwrap import combine_echoes, field_to_ppm
 
 __all__ = ["QSMParams", "reconstruct_qsm", "support_box", "outlier_voxels", "field_noise_ppm",
@@ -66,16 +66,18 @@ class QSMParams:
         "combine": ("phase-difference", "nonlinear", "laplacian-wls", "laplacian-te", "path-wls"),
         "unwrapper": ("path", "laplacian"),
         "inversion": ("tv", "star", "tkd", "ilsqr"),
-        "ringing": ("unring", "taper", "none"),
+        "ringing": ("auto", "unring", "taper", "none"),
+        "reference": ("brain", "csf", "wm"),
         "mask_source": ("t1", "magnitude"),
     }
 
-    #: Against truncation (Gibbs) ringing of the scalp into the brain's phase, which
-    #: every scanner's finite k-space causes (see :mod:`.ringing`): "taper" (Tukey
-    #: filter of the outer k-space), "unring" (local sub-voxel shifts) or "none"
-    #: (for images that were filtered already, or never truncated, as simulated ones).
-    ringing: str = "taper"
-    kspace_taper: float = 0.3  # outer fraction of k-space the "taper" filters
+    #: Against truncation (Gibbs) ringing of the scalp into the brain's phase (see
+    #: :mod:`.ringing`): "auto" filters the outer k-space only along the axes where
+    #: the first echo shows the ringing's signature, and leaves an image without it
+    #: untouched; "taper" filters every axis, "unring" shifts locally (Kellner 2016),
+    #: "none" leaves the images as they are (as QSMxT, SEPIA and MEDI do).
+    ringing: str = "auto"
+    kspace_taper: float = 0.3  # outer fraction of k-space the "taper" (and "auto", where it filters) tapers
     #: Where the QSM mask comes from.  "t1": the brain mask of the subject's T1
     #: (the anatomy stage's, carried to the GRE grid by the coregistration)
     #: intersected with the magnitude mask; "magnitude": the magnitude mask
@@ -111,16 +113,27 @@ class QSMParams:
     #: weight of a Gaussian likelihood grows with its variance; None keeps them fixed.
     reference_noise_ppm: float | None = 0.0025
     ilsqr_tol: float = 0.01  # relative residual at which iLSQR stops
+    #: The region whose mean χ is zero: the whole QSM mask ("brain"), the CSF of the
+    #: lateral ventricles ("csf") or the white matter ("wm"), from the subject's own
+    #: segmentation (see :mod:`ferritin.engine.chi_reference`).
+    reference: str = "brain"
+    #: voxels eroded from every deep-grey label before its table is read (see :mod:`ferritin.engine.nuclei`)
+    nuclei_erosion_vox: int = 1
 
     def __post_init__(self):
         check_choices(self)
+        if not 0.0 <= self.kspace_taper <= 1.0:
+            raise ValueError(f"kspace_taper must lie in [0, 1], got {self.kspace_taper}")
+        if int(self.nuclei_erosion_vox) != self.nuclei_erosion_vox or self.nuclei_erosion_vox < 0:
+            raise ValueError(f"nuclei_erosion_vox must be a whole number of voxels >= 0, got {self.nuclei_erosion_vox}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMParams = QSMParams(),
-                    mask: np.ndarray | None = None, brain: np.ndarray | None = None):
+                    mask: np.ndarray | None = None, brain: np.ndarray | None = None,
+                    provenance: dict | None = None):
     """Magnitude and phase (echo, x, y, z) to chi (ppm) and its mask.
 
     Steps: brain mask from the magnitude (within ``brain``, the anatomical
@@ -134,6 +147,10 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     A precomputed ``mask`` may be given instead of the magnitude-based one;
     ``brain`` (e.g. :func:`ferritin.engine.anat.stages.t1_brain_on_gre`)
     restricts the magnitude-based one to the brain.
+
+    ``provenance``, a dict, receives what the chain decided for these images:
+    the ringing evidence and the axes filtered, the echo combination used, the
+    local field's noise and the regularisation weights that ran.
 
     Returns
     -------
@@ -162,11 +179,13 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     # Everything below reads the images only inside the mask (and pads its own FFT grids), so it runs
     # on the mask's bounding box: a third or less of a head-sized field of view at the study's 1 mm.
     full_shape, box = mask.shape, support_box(mask, margin=_BOX_MARGIN_VOX)
+    record = {} if provenance is None else provenance
     # after the mask, which is drawn on the unfiltered magnitude: the taper widens the head's edge
+    tapered = _tapered_axes(magnitude, np.asarray(phase), params, record)
     if params.ringing == "unring":
         magnitude, phase = unring(magnitude, np.asarray(phase))
-    if params.ringing == "taper":  # filters the whole field of view, keeps the box
-        magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper, box=box)
+    if tapered:  # filters the whole field of view, keeps the box
+        magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper, box=box, axes=tapered)
     else:
         magnitude, phase = magnitude[(slice(None), *box)], np.asarray(phase)[(slice(None), *box)]
     mask = mask[box]
@@ -205,8 +224,14 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
                               kernels=kernels, depth=depth)
     del kernels  # V-SHARP's spectra (a quarter of a GiB at 1 mm), freed before the inversion's own buffers
     b = b0_direction(affine)
-    gain = taper_noise_gain(full_shape, params.kspace_taper) if params.ringing == "taper" else 1.0
+    gain = taper_noise_gain(full_shape, params.kspace_taper, tapered)
     scale = regularisation_scale(local, lmask, params.reference_noise_ppm, gain)
+    record.update(combine=method, local_field_noise_ppm=round(field_noise_ppm(local, lmask) / gain, 6),
+                  regularisation_scale=round(scale, 4))
+    if params.inversion == "tv":
+        record["tv_lambda_effective"] = params.tv_lambda * scale
+    elif params.inversion == "star":
+        record["star_lambdas_effective"] = [params.star_lambda_large * scale, params.star_lambda_small * scale]
     if params.inversion == "tkd":
         chi = tkd(local, lmask, vs, b, threshold=params.tkd_threshold)
     elif params.inversion == "tv":
@@ -220,6 +245,21 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     else:
         raise ValueError(f"unknown dipole inversion {params.inversion!r} (tkd, tv, star or ilsqr)")
     return _paste(chi.astype(np.float32), box, full_shape), _paste(lmask, box, full_shape)
+
+
+def _tapered_axes(magnitude, phase, params: QSMParams, record: dict) -> tuple[int, ...]:
+    """The axes the k-space taper filters: all with "taper", those that ring with "auto", none otherwise."""
+    if params.ringing == "taper":
+        axes = (0, 1, 2)
+    elif params.ringing == "auto":
+        evidence = ringing_evidence(magnitude, phase)
+        record["ringing_evidence"] = evidence.to_dict()
+        axes = evidence.axes
+    else:
+        axes = ()
+    record["ringing"] = params.ringing
+    record["tapered_axes"] = list(axes)
+    return axes
 
 
 #: voxels kept around the mask's bounding box: the Laplacian unwrapper and the edge tests see a border
