@@ -46,9 +46,10 @@ def region_statistics(values: np.ndarray, valid: np.ndarray, labels: np.ndarray,
     A region with no valid voxel has n = 0 and NaN statistics.
     """
     values = np.asarray(values, dtype=np.float64)
-    valid = np.asarray(valid, dtype=bool) & np.isfinite(values)
+    valid = np.asarray(valid, dtype=bool)
     if values.shape != labels.shape or valid.shape != labels.shape:
         raise ValueError(f"values {values.shape}, valid {valid.shape} and labels {labels.shape} must share a grid")
+    valid = valid & np.isfinite(values)
     out = np.full((len(names), len(STATISTICS)), np.nan)
     for i in range(len(names)):
         v = values[(labels == i + 1) & valid]

@@ -12,6 +12,7 @@ from scipy import ndimage
 from ferritin.cohort.layout import participants_dataset
 from ferritin.cohort.store import affine_attr
 from ferritin.cohort.templates import load_template
+from ferritin.engine.nuclei import subject_nuclei
 from ferritin.engine.spec import load_spec
 
 VS = 3.0
@@ -41,6 +42,7 @@ def write_group_store(store, n_per_group: int = 9, seed: int = 5) -> tuple[list[
     ijk = np.indices(grid.shape).reshape(3, -1).T @ grid.affine[:3, :3].T + grid.affine[:3, 3]
     dist = np.linalg.norm(ijk - np.array(PLANT_MM), axis=1).reshape(grid.shape)
     blob = np.exp(-0.5 * (dist / 6.0) ** 2)
+    points = ijk.T.reshape((3, *grid.shape)).astype(np.float32)  # an identity normalisation
     for n, sub in enumerate(subjects):
         group = "ALS" if n < n_per_group else "NC"
         sev = rng.uniform(0.5, 1.5) if group == "ALS" else 0.0
@@ -62,13 +64,17 @@ def write_group_store(store, n_per_group: int = 9, seed: int = 5) -> tuple[list[
                             attrs={"subject": sub})
         store.write_node(f"native/{sub}", native, stage="ingest", digest=f"n{n}")
         aff = np.diag([3.0, 3.0, 3.0, 1.0])
+        r2star = (20.0 + 150.0 * np.nan_to_num(chi)
+                  + np.random.default_rng([n, 2]).normal(0, 0.5, chi.shape)).astype(np.float32)
+        # the deep-grey table as the QSM stage reads it, here with the MNI grid as the subject's own
+        nuclei = subject_nuclei({"chi": chi, "r2star": r2star}, {"chi": np.isfinite(chi), "r2star": np.isfinite(chi)},
+                                grid.affine, gm, tpl, points, np.eye(4))
         q = xr.Dataset({"chi": (("i", "j", "k"), rng.normal(0, 0.02, (8, 8, 8)).astype(np.float32)),
                         "qsm_mask": (("i", "j", "k"), np.ones((8, 8, 8), np.uint8)),
                         "chi_mni": (("x", "y", "z"), chi),
                         # R2* follows the iron: the planted χ rise raises it too (about 150/s per ppm)
-                        "r2star_mni": (("x", "y", "z"), (20.0 + 150.0 * np.nan_to_num(chi)
-                                                         + np.random.default_rng([n, 2]).normal(0, 0.5, chi.shape))
-                                                        .astype(np.float32))},  # its own noise: χ's draws unchanged
+                        "r2star_mni": (("x", "y", "z"), r2star),  # its own noise: χ's draws unchanged
+                        "nuclei": nuclei},
                        coords={ax: (ax, v) for ax, v in grid.coords().items()},
                        attrs={"subject": sub, "gre_affine": affine_attr(aff), "mni_affine": affine_attr(grid.affine)})
         store.write_node(f"derived/{sub}/qsm", q, stage="qsm", digest=f"q{n}", params={"inversion": "tv"},

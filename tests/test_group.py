@@ -60,6 +60,31 @@ def test_r2star_is_a_map_a_contrast_can_test(group_out):
     assert np.linalg.norm(best[["x", "y", "z"]].to_numpy(float) - PLANT_MM) <= 10
 
 
+def test_deep_grey_table_per_subject_and_region(group_out):
+    """tables/nuclei.csv and /nuclei hold every used subject's eight structures; the planted iron of the
+    left thalamus shows in the patients' means; each mean is the direct mean of the eroded label."""
+    out, res, subjects = group_out
+    table = pd.read_csv(out / "tables" / "nuclei.csv")
+    used = res["subjects"]
+    assert list(table.columns) == ["subject", "group", "region", "map", "n", "mean", "median", "sd"]
+    assert set(table.subject) == set(used) and len(table) == len(used) * 8 * 3
+    chi = table[(table["map"] == "chi") & (table.region == "Thalamus_L")].set_index("subject")
+    assert chi.loc[chi.group == "ALS", "mean"].mean() > chi.loc[chi.group == "NC", "mean"].mean() + 0.005
+    cohort = CohortStore(out.parent / "cohort.zarr").open_node("nuclei")
+    assert cohort["nuclei"].dims == ("subject", "region", "map", "statistic")
+    first = used[0]
+    assert float(cohort["nuclei"].sel(subject=first, region="Thalamus_L", map="chi", statistic="mean")) == \
+        pytest.approx(chi.loc[first, "mean"], rel=1e-5)
+    from ferritin.engine.anat.labels import erode_labels
+    from ferritin.engine.nuclei import deep_grey_atlas
+
+    tpl = load_template(VS)
+    labels, names = deep_grey_atlas(tpl)
+    region = erode_labels(labels, 1) == names.index("Thalamus_L") + 1
+    chi_map = CohortStore(out.parent / "cohort.zarr").open_node(f"derived/{first}/qsm")["chi_mni"].values
+    assert chi.loc[first, "mean"] == pytest.approx(np.nanmean(chi_map[region]), rel=1e-4)
+
+
 def test_qc_failure_is_excluded_with_reason(group_out):
     out, res, subjects = group_out
     excluded = json.loads((out / "tables" / "excluded.json").read_text())

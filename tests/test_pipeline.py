@@ -61,6 +61,45 @@ def test_stages_write_records(processed):
         assert np.isfinite(qsm["r2star_mni"].values)[brain].mean() > 0.5
 
 
+def test_qsm_node_keeps_the_deep_grey_table_and_what_the_chain_decided(processed):
+    """Pallidum above thalamus in χ and R2* (simulated: 0.16 and 0.03 ppm), every structure read; the
+    simulated images never rang, so nothing was filtered; χ referenced to the whole brain."""
+    store, spec, subjects, _ = processed
+    s = CohortStore(store)
+    for sub in subjects:
+        qsm = s.open_node(f"derived/{sub}/qsm")
+        nuclei = qsm["nuclei"]
+        assert nuclei.sizes["region"] == 8 and (nuclei.sel(statistic="n") > 0).all()
+        mean = nuclei.sel(statistic="mean")
+        for m in ("chi", "r2star"):
+            for side in ("L", "R"):
+                assert mean.sel(map=m, region=f"Pallidum_{side}") > mean.sel(map=m, region=f"Thalamus_{side}")
+        chain = qsm.attrs["chain"]
+        assert chain["ringing"] == "auto" and chain["tapered_axes"] == []
+        assert chain["reference"]["region"] == "brain"
+        assert chain["reference"]["voxels"] == int(qsm["qsm_mask"].values.sum())
+        assert chain["r2star_warning"] is None  # four echoes, the last late enough
+
+
+@pytest.mark.slow
+def test_chosen_reference_is_the_tissue_it_names(processed, client):
+    """With the lateral ventricles' CSF as reference, χ there averages zero and the record says so."""
+    store, spec, subjects, _ = processed
+    s = CohortStore(store)
+    brain = s.open_node(f"derived/{subjects[0]}/qsm")["chi"].values
+    changed = {**spec, "qsm": {**spec["qsm"], "reference": "csf"}}
+    out = pipeline.run_participants(store, changed, client, subjects[:1], progress=False)
+    assert out.done["qsm"] == subjects[:1]
+    qsm = s.open_node(f"derived/{subjects[0]}/qsm")
+    ref = qsm.attrs["chain"]["reference"]
+    assert ref["region"] == "csf" and ref["voxels"] >= 20
+    mask = qsm["qsm_mask"].values > 0
+    # the same map, shifted by the CSF's mean: differences between voxels are unchanged
+    shift = (brain - qsm["chi"].values)[mask]
+    assert np.ptp(shift) < 1e-5 and shift.mean() == pytest.approx(ref["offset_ppm"], abs=1e-5)
+    pipeline.run_participants(store, spec, client, subjects[:1], progress=False)  # back to the module's spec
+
+
 @pytest.mark.slow
 def test_rerun_skips_everything(processed, client):
     store, spec, subjects, _ = processed

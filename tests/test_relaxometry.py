@@ -69,3 +69,12 @@ def test_noise_around_a_head_it_finds_itself():
     signal = np.where(head, 100.0, 0.0)
     mag = np.abs(signal + sigma * (rng.standard_normal(head.shape) + 1j * rng.standard_normal(head.shape)))
     assert background_noise_sd(mag) == pytest.approx(sigma, rel=0.05)
+
+
+def test_r2star_warns_of_echoes_that_cannot_see_a_decay():
+    from ferritin.engine.qsm.relaxometry import r2star_warning
+
+    assert r2star_warning([0.004, 0.008, 0.012, 0.016]) is None
+    two_short = r2star_warning([0.0023, 0.0046])  # the Philips volunteer's echoes
+    assert "2 echoes" in two_short and "2.3 ms apart" in two_short
+    assert "at least 5 ms" in r2star_warning([0.002, 0.003, 0.004])
