@@ -29,6 +29,7 @@ from ..pipeline import stage_seconds
 from ..spec import StudySpec, load_spec
 from . import figures
 from .blocks import Block, Section, empty, figure, finding, format_value, heading, table, text
+from .methods import methods_text
 
 __all__ = ["build_report", "software_versions", "methods_text"]
 
@@ -55,67 +56,6 @@ def _read(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return pd.DataFrame()
-
-
-def methods_text(spec: StudySpec, qsm_params: dict, anat_params: dict, n_used: int, n_excluded: int) -> list[str]:
-    """The methods, as paragraphs written from the parameters the results were computed with."""
-    q, a, inf = qsm_params, anat_params, spec.inference
-    combine = {"phase-difference": "complex echo differences refined with every echo and one spatial unwrap",
-               "laplacian-wls": "weighted least-squares frequency fit after Laplacian unwrapping",
-               "laplacian-te": "TE-weighted Laplacian combination", "path-wls": "weighted least-squares fit "
-               "after exact path-following unwrapping", "nonlinear": "nonlinear complex fit"}.get(
-        q.get("combine", ""), q.get("combine", "?"))
-    inversion = {"tv": f"total-variation regularised inversion (ADMM, λ = {q.get('tv_lambda', '?')})",
-                 "tkd": f"truncated k-space division (threshold {q.get('tkd_threshold', '?')})",
-                 "ilsqr": "iLSQR", "star": "STAR-QSM two-level sparse inversion"}.get(
-        q.get("inversion", ""), q.get("inversion", "?"))
-    mask = ("a brain mask was computed from the magnitude within the T1's brain mask carried to the GRE grid by "
-            "the rigid coregistration" if q.get("mask_source", "t1") == "t1"
-            else "a brain mask was computed from the magnitude")
-    svc = ", ".join(s.region or s.name for s in spec.svc)
-    covs = " and ".join(spec.covariates) or "no covariates"
-    text = [
-        f"Multi-echo GRE phase was combined across echoes by {combine}; {mask}; background fields were removed with V-SHARP (spheres from {q.get('vsharp_max_radius_mm', '?')} mm, "
-        f"truncation {q.get('vsharp_threshold', '?')}); susceptibility was estimated by {inversion} with the B0 "
-        f"direction taken from the image affine and referenced to the whole-brain mean. R2* (T2* = 1/R2*) was "
-        f"fitted to the magnitude of every echo by weighted log-linear least squares, with the noise estimated "
-        f"in the background and echoes below three times it left out.",
-        f"T1-weighted images were bias-corrected (N4, shrink {a.get('n4_shrink', '?')}); {_extraction_words(a)}; "
-        f"they were segmented into GM, WM "
-        f"and CSF (Atropos with MNI priors, prior weight {a.get('seg_prior_weight', '?')}); TIV was the volume of the "
-        f"reverse-normalised intracranial mask. The first-echo magnitude was rigidly registered to the T1 "
-        f"(mutual information) and each T1 normalised to MNI space with SyN ({a.get('syn_metric', '?')}, "
-        f"iterations {a.get('syn_iterations', '?')}); χ maps were carried to MNI through the composed transforms "
-        f"with one interpolation, at {spec.mni_voxel_size:g} mm. Warped GM was modulated by the Jacobian "
-        f"determinant and smoothed with a {a.get('vbm_fwhm_mm', '?')} mm FWHM Gaussian. Subjects were excluded "
-        f"whose warped GM or T1 correlated poorly with the template's, whose TIV or GM share of TIV lay outside "
-        f"adult ranges, or whose brain mask did not reach the top of the head (criteria in the study spec).",
-        f"Group differences were tested voxelwise with a general linear model ({' vs '.join(spec.groups)}) with "
-        f"{covs} as covariates of no interest, on {n_used} subjects ({n_excluded} excluded). Smoothness was "
-        f"estimated from standardised residuals and p-values corrected with random field theory as in SPM12; "
-        f"small-volume correction used {spec.svc[0].radius_mm if spec.svc else 20:g} mm spheres "
-        f"around the regional peak intersected with the AAL regions ({svc}); the cluster-forming threshold was "
-        f"P < {inf.height_p} uncorrected with an extent of {inf.extent_voxels:g} mm³.",
-        "Mean χ and modulated GM were extracted per subject from the significant clusters; group differences of the "
-        "ROI values were tested by ANCOVA with TIV, associations by Pearson and partial correlation (one-tailed in "
-        "the hypothesised direction, two-tailed also given, Benjamini–Hochberg FDR across the family), sex by "
-        "chi-squared, age by two-sample t, and normality by the Lilliefors test.",
-    ]
-    return text
-
-
-def _extraction_words(a: dict) -> str:
-    """How the brain was found and where its affine to the template started, for the methods."""
-    if not a.get("skull_strip", True):
-        return "the whole head was registered to the template"
-    found = ("the brain was extracted with deepbet's networks (Fisch et al. 2024; the template's brain mask through "
-             "an affine where the network's mask was not a plausible brain)"
-             if a.get("brain_extraction", "template") == "deepbet"
-             else "the brain was extracted with the template's brain mask carried back through an affine")
-    start = (f"the brain's affine to the template started from the best of rotations up to "
-             f"±{a.get('search_degrees', '?'):g}° by mutual information" if a.get("affine_start") == "search"
-             else "the brain's affine to the template started at the estimated brain centre")
-    return f"{found}; {start} (a subject failing QC was registered once more from the other start)"
 
 
 def _subject_qc(store: CohortStore, subjects) -> pd.DataFrame:
@@ -416,10 +356,13 @@ def _qc_section(st: _Study, all_subjects: list[str]) -> Section:
 
 def _methods_section(st: _Study, all_subjects: list[str]) -> Section:
     """The methods written from the parameters recorded with the results."""
-    qrec = next((r for s in all_subjects if (r := st.store.record(f"derived/{s}/qsm"))), None)
-    arec = next((r for s in all_subjects if (r := st.store.record(f"derived/{s}/anat"))), None)
+    described = list(st.used.index) if len(st.used) else all_subjects
+    qrec = next((r for s in described if (r := st.store.record(f"derived/{s}/qsm"))), None)
+    arec = next((r for s in described if (r := st.store.record(f"derived/{s}/anat"))), None)
+    chains = [st.store.open_node(f"derived/{s}/qsm").attrs.get("chain", {}) for s in described
+              if st.store.record(f"derived/{s}/qsm") is not None]
     paragraphs = methods_text(st.spec, (qrec or {}).get("params", {}), (arec or {}).get("params", {}),
-                              len(st.used), len(st.excluded))
+                              len(st.used), len(st.excluded), [c for c in chains if c])
     return Section("methods", "Methods", [text(p) for p in paragraphs])
 
 
