@@ -31,10 +31,18 @@ from ferritin import __version__
 from ferritin.cohort.store import CohortStore
 
 from .cluster import subject_task
+from .nuclei import nuclei_frame
 
 __all__ = ["write_dataset_description", "export_subject", "export_subjects", "save_nifti", "nifti_gz", "TEMPLATE_SPACE"]
 
 TEMPLATE_SPACE = "MNI152NLin2009cSym"
+
+
+def t2star(r2star: np.ndarray) -> np.ndarray:
+    """T2* (s) of an R2* map (1/s): NaN where R2* is not positive and finite."""
+    r2star = np.asarray(r2star, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(r2star) & (r2star > 0), 1.0 / r2star, np.nan).astype(np.float32)
 
 
 def nifti_gz(data, affine) -> bytes:
@@ -61,7 +69,7 @@ def write_nifti_bytes(content: bytes, path: Path, sidecar: dict | None = None) -
     tmp.write_bytes(content)
     os.replace(tmp, path)
     if sidecar is not None:
-        side = path.with_name(path.name.replace(".nii.gz", ".json"))
+        side = _sidecar_path(path)
         tmp = side.with_name(f".{side.name}.part")
         tmp.write_text(json.dumps(sidecar, indent=2, default=_plain))
         os.replace(tmp, side)
@@ -90,8 +98,17 @@ def write_dataset_description(out: Path, source: str | None = None) -> None:
     (Path(out) / "dataset_description.json").write_text(json.dumps(desc, indent=2))
 
 
+def _sidecar_path(path: Path) -> Path:
+    """The JSON sidecar of a BIDS file: its name with the extension (``.nii.gz``, ``.tsv``) replaced."""
+    name = path.name
+    for ext in (".nii.gz", ".tsv"):
+        if name.endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".json")
+    raise ValueError(f"{path}: not a file with a BIDS sidecar (.nii.gz, .tsv)")
+
+
 def _current(path: Path, digest: str) -> bool:
-    side = path.with_name(path.name.replace(".nii.gz", ".json"))
+    side = _sidecar_path(path)
     if not (path.exists() and side.exists()):
         return False
     try:
@@ -172,9 +189,17 @@ def _encode_subject(store_path: str, subject: str, voxel_size: float, parts) -> 
         if "r2star" in q:  # stores written before R2* have none
             r2_meta = {**meta, "Units": "1/s", "Description": "R2* by a weighted log-linear fit above the noise "
                                                             "floor; T2* = 1/R2*"}
+            t2_meta = {**r2_meta, "Units": "s", "Description": "T2* = 1/R2* of the R2starmap beside it"}
             files += [(f"{anat_dir}/{subject}_R2starmap.nii.gz", nifti_gz(q["r2star"].values, aff), r2_meta),
+                      (f"{anat_dir}/{subject}_T2starmap.nii.gz", nifti_gz(t2star(q["r2star"].values), aff), t2_meta),
                       (f"{anat_dir}/{stem}_R2starmap.nii.gz",
                        nifti_gz(q["r2star_mni"].values, np.asarray(node.attrs["mni_affine"])), r2_meta)]
+        if "nuclei" in q:  # the deep-grey table of this subject, as QSMxT writes one per subject
+            frame = nuclei_frame(q["nuclei"].expand_dims(subject=[subject]))
+            files += [(f"{anat_dir}/{subject}_desc-nuclei_stats.tsv",
+                       frame.to_csv(sep="\t", index=False, na_rep="n/a").encode(),
+                       {"Units": q["nuclei"].attrs.get("units", ""), "Atlas": q["nuclei"].attrs.get("atlas", ""),
+                        "ErosionVoxels": q["nuclei"].attrs.get("erosion_vox"), "FerritinDigest": qrec["digest"]})]
         # the native χ last among its files: its sidecar's digest marks the set complete
         files += [(f"{anat_dir}/{stem}_Chimap.nii.gz",
                    nifti_gz(q["chi_mni"].values, np.asarray(node.attrs["mni_affine"])), meta),

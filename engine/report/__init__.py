@@ -69,9 +69,11 @@ def _subject_qc(store: CohortStore, subjects) -> pd.DataFrame:
             row[key] = a.get(key)
         row.update(_extraction_and_attempts(a.get("preparation") or {}))
         row["r2star_median"] = _median_r2star(store, sub)
+        row.update(_chain_decisions(store, sub))
         rows.append(row)
     columns = ["subject", "qc_gm_corr", "qc_t1_corr", "qc_dice", "tiv_ml", "gm_ml", "wm_ml", "csf_ml",
-               "qc_brain_top_gap_mm", "r2star_median", "brain_extraction", "normalisation"]
+               "qc_brain_top_gap_mm", "r2star_median", "brain_extraction", "normalisation", "ringing_filter",
+               "chi_reference", "notes"]
     return pd.DataFrame(rows, columns=columns).set_index("subject")
 
 
@@ -85,6 +87,24 @@ def _median_r2star(store: CohortStore, sub: str) -> float | None:
     values = node["r2star"].values[node["qsm_mask"].values > 0]
     values = values[np.isfinite(values)]
     return round(float(np.median(values)), 1) if values.size else None
+
+
+def _chain_decisions(store: CohortStore, sub: str) -> dict:
+    """What the QSM chain decided for a subject, in words for the QC table: the axes it filtered against
+    ringing, the χ reference and any warning about R2*."""
+    if store.record(f"derived/{sub}/qsm") is None:
+        return {}
+    chain = store.open_node(f"derived/{sub}/qsm").attrs.get("chain") or {}
+    if not chain:
+        return {}
+    axes = chain.get("tapered_axes", [])
+    ringing = chain.get("ringing", "")
+    if ringing == "auto":
+        ringing = f"axes {', '.join(map(str, axes))}" if axes else "none found"
+    ref = chain.get("reference") or {}
+    return {"ringing_filter": ringing,
+            "chi_reference": f"{ref.get('region', '')} ({ref.get('voxels', '?')} voxels)" if ref else "",
+            "notes": chain.get("r2star_warning") or ""}
 
 
 def _extraction_and_attempts(preparation: dict) -> dict:
@@ -118,7 +138,8 @@ def _subject_qc_figures(store: CohortStore, subjects, template, excluded: dict, 
                 sub, nat["t1w"].values, np.asarray(nat.attrs["t1w_affine"]), anat["gm"].values, anat["wm"].values,
                 anat["t1_mni"].values, template.grid.affine, template.brain_mask,
                 None if qsm is None else qsm["chi"].values, np.asarray(nat.attrs["gre_affine"]),
-                None if qsm is None else qsm["qsm_mask"].values > 0, prep.get("brain_centre_mm"), verdict)
+                None if qsm is None else qsm["qsm_mask"].values > 0, prep.get("brain_centre_mm"), verdict,
+                r2star=None if qsm is None or "r2star" not in qsm else qsm["r2star"].values)
         except (KeyError, OSError, ValueError):  # a half-processed subject is reported elsewhere
             continue
         figs.append((sub, png))
@@ -251,6 +272,26 @@ def _roi_section(st: _Study) -> Section:
     return Section("roi", "Regions of interest", blocks)
 
 
+def _nuclei_section(st: _Study) -> Section | None:
+    """The deep-grey table: each group's mean (s.d.) of the subjects' means, per structure and map."""
+    nuclei = _read(st.tables / "nuclei.csv")
+    if not len(nuclei):
+        return None
+    units = {"chi": "χ (ppm)", "r2star": "R2* (1/s)", "gm_mod": "modulated GM"}
+    rows = []
+    for (region, m), part in nuclei.groupby(["region", "map"], sort=False):
+        row = {"structure": region, "map": units.get(m, m)}
+        for g in st.spec.groups:
+            v = part.loc[part["group"] == g, "mean"].dropna()
+            row[g] = f"{v.mean():.4g} ({v.std(ddof=1):.2g})" if len(v) > 1 else (f"{v.mean():.4g}" if len(v) else "")
+        row["median voxels"] = int(part["n"].median())
+        rows.append(row)
+    blocks = [table(pd.DataFrame(rows), "Deep-grey nuclei (AAL2, eroded): mean (s.d.) over each group's subjects of "
+                                        "each subject's mean; χ and R2* on the subject's own grid, GM in MNI space",
+                    max_rows=60, source="tables/nuclei.csv")]
+    return Section("nuclei", "Deep-grey nuclei", blocks)
+
+
 def _r_text(corr: pd.DataFrame, x: str, y: str) -> dict:
     """The correlation of x and y per group, as the scatter plot's legend text."""
     return {r.group: f"R={r.r:.2f}" for r in corr.itertuples() if r.x == x and r.y == y} if len(corr) else {}
@@ -349,7 +390,7 @@ def _qc_section(st: _Study, all_subjects: list[str]) -> Section:
     blocks.append(table(pd.DataFrame(sorted(st.excluded.items()), columns=["subject", "reason"]), "Excluded subjects"))
     for sub, png in _subject_qc_figures(st.store, order, st.template, st.excluded):
         blocks.append(figure(png, f"{sub}: T1 with GM (red) and WM (blue) outlines; the T1 after normalisation with "
-                                  f"the template brain outline (yellow); χ"))
+                                  f"the template brain outline (yellow); χ; R2*"))
     blocks.append(table(qc.reset_index(), "Per-subject QC"))
     return Section("qc", "Quality control", blocks)
 
@@ -392,7 +433,7 @@ def build_report(out_dir: str | Path, store_path: str | Path | None = None) -> P
     all_subjects = st.store.children("native") if st.store.exists("native") else []
     versions = software_versions()
     sections = [_findings_section(st), _table1_section(st), _maps_section(st), _roi_section(st),
-                _clinical_section(st), _planted_section(st), _reproduction_section(st), _qc_section(st, all_subjects),
+                _nuclei_section(st), _clinical_section(st), _planted_section(st), _reproduction_section(st), _qc_section(st, all_subjects),
                 _methods_section(st, all_subjects), _software_section(st, versions, all_subjects)]
     page = _environment().get_template("report.html.j2").render(
         study=st.spec.name, n_used=len(st.used), n_excluded=len(st.excluded),

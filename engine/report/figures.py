@@ -163,16 +163,17 @@ def _world_slice(volume: np.ndarray, affine: np.ndarray, axis_world: int, at_mm:
 def subject_qc(label: str, t1: np.ndarray, t1_affine: np.ndarray, gm: np.ndarray, wm: np.ndarray,
                t1_mni: np.ndarray | None, mni_affine: np.ndarray, template_brain: np.ndarray,
                chi: np.ndarray | None, chi_affine: np.ndarray | None, chi_mask: np.ndarray | None,
-               brain_centre_mm=None, verdict: str = "") -> bytes:
+               brain_centre_mm=None, verdict: str = "", r2star: np.ndarray | None = None) -> bytes:
     """One row per subject: what the numbers of QC are about, to be seen at a glance.
 
     Sagittal and axial T1 with the GM (red) and WM (blue) outlines, the T1 after
     normalisation with the template brain's outline (yellow) in three planes, and the
-    χ map (−0.15 to 0.15 ppm) on an axial slice.
+    χ map (−0.15 to 0.15 ppm) and the R2* map (0 to 60 /s, on χ's grid and mask) on
+    an axial slice.
     """
     centre = np.asarray(brain_centre_mm if brain_centre_mm is not None else
                         np.asarray(t1_affine)[:3, :3] @ (np.asarray(t1.shape) / 2) + np.asarray(t1_affine)[:3, 3])
-    fig, axes = plt.subplots(1, 6, figsize=(13.5, 2.4))
+    fig, axes = plt.subplots(1, 7, figsize=(15.5, 2.4))
     for ax in axes:
         ax.axis("off")
 
@@ -198,6 +199,10 @@ def subject_qc(label: str, t1: np.ndarray, t1_affine: np.ndarray, gm: np.ndarray
         # GRE and T1 of one session share the scanner's coordinates: the same axial level as the T1's
         axes[5].imshow(_world_slice(shown, chi_affine, 2, centre[2] + 5.0), cmap="gray", vmin=-0.15, vmax=0.15)
         axes[5].set_title("χ (±0.15 ppm)", fontsize=7)
+        if r2star is not None:
+            r2 = np.where(chi_mask, r2star, np.nan) if chi_mask is not None else r2star
+            axes[6].imshow(_world_slice(r2, chi_affine, 2, centre[2] + 5.0), cmap="gray", vmin=0.0, vmax=60.0)
+            axes[6].set_title("R2* (0–60 /s)", fontsize=7)
     if verdict:
         fig.suptitle(verdict, fontsize=8, color="#c0392b" if verdict.startswith("excluded") else "#1e8449",
                      x=0.01, ha="left")
