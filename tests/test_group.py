@@ -61,13 +61,13 @@ def test_r2star_is_a_map_a_contrast_can_test(group_out):
 
 
 def test_deep_grey_table_per_subject_and_region(group_out):
-    """tables/nuclei.csv and /nuclei hold every used subject's eight structures; the planted iron of the
+    """tables/nuclei.csv and /nuclei hold every used subject's fourteen structures; the planted iron of the
     left thalamus shows in the patients' means; each mean is the direct mean of the eroded label."""
     out, res, subjects = group_out
     table = pd.read_csv(out / "tables" / "nuclei.csv")
     used = res["subjects"]
     assert list(table.columns) == ["subject", "group", "region", "map", "n", "mean", "median", "sd"]
-    assert set(table.subject) == set(used) and len(table) == len(used) * 8 * 3
+    assert set(table.subject) == set(used) and len(table) == len(used) * 14 * 3
     chi = table[(table["map"] == "chi") & (table.region == "Thalamus_L")].set_index("subject")
     assert chi.loc[chi.group == "ALS", "mean"].mean() > chi.loc[chi.group == "NC", "mean"].mean() + 0.005
     cohort = CohortStore(out.parent / "cohort.zarr").open_node("nuclei")

@@ -90,12 +90,18 @@ def template():
     return load_template(3.0)
 
 
-def test_deep_grey_atlas_holds_both_sides_of_four_nuclei(template):
+def test_deep_grey_atlas_holds_both_sides_of_seven_nuclei(template):
     labels, names = deep_grey_atlas(template)
-    assert names == [f"{n}_{s}" for n in ("Caudate", "Putamen", "Pallidum", "Thalamus") for s in ("L", "R")]
-    counts = np.bincount(labels.ravel(), minlength=9)[1:]
-    assert (counts > 5).all()
+    assert names == [f"{n}_{s}" for n in ("Caudate", "Putamen", "Pallidum", "Thalamus", "SubstantiaNigra",
+                                          "RedNucleus", "Dentate") for s in ("L", "R")]
+    counts = np.bincount(labels.ravel(), minlength=15)[1:]
+    assert (counts >= 5).all()
     assert counts[names.index("Thalamus_L")] > counts[names.index("Pallidum_L")]
+    # where they are in MNI space: nigra and red nucleus in the midbrain, the dentate in the cerebellum
+    xyz = {name: template.grid.voxel_to_world(np.argwhere(labels == i + 1)).mean(axis=0) for i, name in enumerate(names)}
+    assert -25 < xyz["SubstantiaNigra_L"][1] < -10 and xyz["SubstantiaNigra_L"][0] < 0 < xyz["SubstantiaNigra_R"][0]
+    assert xyz["RedNucleus_R"][2] > xyz["SubstantiaNigra_R"][2] - 2  # the red nucleus lies above the nigra
+    assert xyz["Dentate_L"][1] < -45 and xyz["Dentate_L"][2] < -15
 
 
 def test_a_subject_in_mni_space_reads_the_truth_of_each_nucleus(template):
@@ -116,11 +122,16 @@ def test_a_subject_in_mni_space_reads_the_truth_of_each_nucleus(template):
     eroded = erode_labels(labels, 1)
     for i, name in enumerate(names):
         row = table.sel(region=name)
-        assert row.sel(map="chi", statistic="n") == (eroded == i + 1).sum()
+        n = (eroded == i + 1).sum()
+        assert row.sel(map="chi", statistic="n") == n
+        if n == 0:  # a nucleus smaller than the grid's erosion: no statistics, not a wrong one
+            assert np.isnan(row.sel(map="chi", statistic="mean"))
+            continue
         assert row.sel(map="chi", statistic="mean") == pytest.approx(truth[name], abs=1e-6)
         assert row.sel(map="chi", statistic="sd") == pytest.approx(0.0, abs=1e-6)  # eroded: no neighbour mixed in
         assert row.sel(map="r2star", statistic="median") == pytest.approx(100 * truth[name], rel=1e-5)
         assert row.sel(map="gm_mod", statistic="mean") == pytest.approx(0.5)
+    assert (table.sel(map="chi", statistic="n") > 0).sum() >= 8
     frame = nuclei_frame(table.expand_dims(subject=["sub-01"]), pd.Series({"sub-01": "NC"}))
     assert list(frame.columns) == ["subject", "group", "region", "map", *STATISTICS]
     assert len(frame) == len(names) * 3 and set(frame["group"]) == {"NC"}

@@ -69,7 +69,8 @@ def test_qsm_node_keeps_the_deep_grey_table_and_what_the_chain_decided(processed
     for sub in subjects:
         qsm = s.open_node(f"derived/{sub}/qsm")
         nuclei = qsm["nuclei"]
-        assert nuclei.sizes["region"] == 8 and (nuclei.sel(statistic="n") > 0).all()
+        assert nuclei.sizes["region"] == 14
+        assert (nuclei.sel(statistic="n").isel(region=slice(0, 8)) > 0).all()  # AAL2's; the small nuclei may vanish
         mean = nuclei.sel(statistic="mean")
         for m in ("chi", "r2star"):
             for side in ("L", "R"):

@@ -286,9 +286,9 @@ def _nuclei_section(st: _Study) -> Section | None:
             row[g] = f"{v.mean():.4g} ({v.std(ddof=1):.2g})" if len(v) > 1 else (f"{v.mean():.4g}" if len(v) else "")
         row["median voxels"] = int(part["n"].median())
         rows.append(row)
-    blocks = [table(pd.DataFrame(rows), "Deep-grey nuclei (AAL2, eroded): mean (s.d.) over each group's subjects of "
+    blocks = [table(pd.DataFrame(rows), "Deep-grey nuclei (AAL2; substantia nigra, red nucleus, dentate: Talairach; eroded): mean (s.d.) over each group's subjects of "
                                         "each subject's mean; χ and R2* on the subject's own grid, GM in MNI space",
-                    max_rows=60, source="tables/nuclei.csv")]
+                    max_rows=90, source="tables/nuclei.csv")]
     return Section("nuclei", "Deep-grey nuclei", blocks)
 
 
