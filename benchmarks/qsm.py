@@ -28,9 +28,9 @@ import tracemalloc
 import numpy as np
 from scipy import ndimage
 
+from ferritin.cohort.dipole import dipole_kernel, forward_field
 from ferritin.engine.qsm.background import vsharp
 from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
-from ferritin.engine.qsm.dipole import dipole_kernel, forward_field
 from ferritin.engine.qsm.inversion import star_qsm, tkd, tv_admm
 from ferritin.engine.qsm.mask import brain_mask
 from ferritin.engine.qsm.unwrap import combine_echoes, field_to_ppm

@@ -43,6 +43,7 @@ from dataclasses import replace
 import numpy as np
 from scipy.optimize import brentq, least_squares
 
+from .effects import REFERENCE_EFFECTS
 from .published import CHI_PEAKS, CORRELATIONS, GM_ROIS, N_PER_GROUP
 
 __all__ = ["DEEP_GREY", "RETENTION", "EFFECT_TO_NOISE", "SEVERITY_SCORES", "region_class", "severity_moments",
@@ -307,8 +308,6 @@ def expected_ferritin_t(effect, modality: str, n_per_group: int) -> float | None
     gain, times the retention of its modality and region class, through :func:`expected_t`.  The
     sign is the part's (χ up, GM down).  ``None`` for an effect the calibration has not measured.
     """
-    from .simulate import REFERENCE_EFFECTS  # the simulator builds its presets from this module
-
     reference = {e.name: e for e in REFERENCE_EFFECTS}.get(effect.name)
     if reference is None or effect.name not in EFFECT_TO_NOISE:
         return None

@@ -38,9 +38,9 @@ import scipy.fft as sfft
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
-from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
-
 from .calibration import calibrated_effects, power_matched_part, score_noise, severity_loadings
+from .dipole import GAMMA_HZ_PER_T, b0_direction, forward_field
+from .effects import REFERENCE_EFFECTS, REFERENCE_N_PER_GROUP, Effect
 from .errors import SimulationSpecError
 from .store import digest_params
 from .templates import Template, load_template
@@ -66,58 +66,6 @@ __all__ = [
 
 # ---------------------------------------------------------------------------
 # parameters
-
-
-@dataclass(frozen=True)
-class Effect:
-    """A planted group effect: ALS − control, in one atlas region near a peak.
-
-    The effect map is the AAL region intersected with a sphere of
-    ``radius_mm`` around ``peak_mni``, smoothed by ``smooth_mm`` FWHM, and
-    scaled per patient by ``max(0, 1 + gain * severity)``, the gain
-    ``severity_gain`` for χ and ``gm_severity_gain`` (default: the same) for
-    GM: how closely iron and atrophy follow a patient's severity need not be
-    the same.  ``chi_ppm`` is
-    added to χ there; ``gm_fraction`` is the change of the region's GM
-    (−0.10: patients have 10 % less), planted as a local contraction of the
-    tissue (:func:`atrophy_displacement`: the region is that much smaller),
-    which VBM measures through the Jacobian of the normalisation, or, for the
-    share ``gm_composition`` of it, as a change of tissue composition (GM
-    replaced by CSF where it is, as the age effect), which VBM measures in the
-    segmentation.  How much of an atrophy a normalisation keeps depends on
-    which of the two it is (``docs/vbm-contraction/contraction_recovery.py
-    --atrophy``), and in a GM/WM mix such as the thalamus a three-class
-    segmentation reads GM replaced by CSF (a darker voxel) as more GM: on the
-    demo cohort with ``gm_composition=1`` the right-thalamus core had truth
-    t −5.5 and segmentation t +4.7.  The default is a contraction only.
-    """
-
-    name: str
-    region: str
-    peak_mni: tuple[float, float, float]
-    radius_mm: float = 12.0
-    chi_ppm: float = 0.02
-    gm_fraction: float = -0.10
-    smooth_mm: float = 4.0
-    severity_gain: float = 0.5
-    gm_composition: float = 0.0
-    gm_severity_gain: float | None = None
-
-    def __post_init__(self):
-        if not 0.0 <= self.gm_composition <= 1.0:
-            raise ValueError(f"effect {self.name!r}: gm_composition must be a share in [0, 1], "
-                             f"got {self.gm_composition}")
-        if self.severity_gain < 0 or (self.gm_severity_gain is not None and self.gm_severity_gain < 0):
-            raise ValueError(f"effect {self.name!r}: severity gains must be >= 0, got {self.severity_gain} "
-                             f"and {self.gm_severity_gain}")
-
-    def gain(self, modality: str) -> float:
-        """The severity gain of the effect's ``"chi"`` or ``"gm"`` part."""
-        if modality not in ("chi", "gm"):
-            raise ValueError(f"modality must be 'chi' or 'gm', got {modality!r}")
-        if modality == "gm" and self.gm_severity_gain is not None:
-            return self.gm_severity_gain
-        return self.severity_gain
 
 
 @dataclass(frozen=True)
@@ -216,17 +164,6 @@ class SimulationSpec:
         d = asdict(self)
         d["effects"] = [asdict(e) for e in self.effects]
         return d
-
-
-#: Effects of the reference study (ALS > NC in chi, ALS < NC in GM).
-REFERENCE_EFFECTS = (
-    Effect("precentral_L", "Precentral_L", (-40.0, -24.0, 59.0), radius_mm=14.0, chi_ppm=0.025, gm_fraction=-0.08),
-    Effect("thalamus_R", "Thalamus_R", (20.0, -17.0, 7.0), radius_mm=12.0, chi_ppm=0.03, gm_fraction=-0.12),
-    Effect("thalamus_L", "Thalamus_L", (-13.0, -5.0, 7.0), radius_mm=12.0, chi_ppm=0.025, gm_fraction=-0.10),
-)
-
-#: Group size of the reference study (after exclusions).
-REFERENCE_N_PER_GROUP = 34
 
 
 def severity_factor(effect: Effect, severity, modality: str = "chi"):
@@ -1106,7 +1043,7 @@ def simulate_cohort(out: str | Path, spec: SimulationSpec, client=None, progress
             r = _simulate_and_write(spec, row, i, str(out), truth_maps)
             truths[r["subject"]] = r
     else:
-        from ferritin.engine.progress import track
+        from .progress import track
 
         n = len(rows)
         futures = client.map(_simulate_and_write, [spec] * n, rows, list(range(n)), [str(out)] * n, [truth_maps] * n,

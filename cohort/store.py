@@ -40,12 +40,7 @@ import zarr
 from .errors import FerritinError
 from .packing import unpack_floats
 
-__all__ = ["CohortStore", "StoreError", "NoStoreError", "StoreLocked", "is_url", "digest_files", "digest_params", "completion_record", "RECORD_KEY", "LAYOUT_VERSION"]
-
-# Text coordinates (group, sex, subject) are stored as Zarr v3 fixed-width
-# strings, which zarr-python flags on every write and read as not yet in the
-# v3 spec; zarr-python and xarray round-trip them exactly (tested).
-warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+__all__ = ["CohortStore", "StoreError", "NoStoreError", "StoreLocked", "is_url", "digest_files", "digest_params", "completion_record", "RECORD_KEY", "LAYOUT_VERSION", "specified_strings"]
 
 RECORD_KEY = "ferritin_record"
 LAYOUT_VERSION = 1
@@ -82,6 +77,20 @@ def completion_record(stage: str, digest: str, params: dict | None, seconds: flo
 def is_url(location) -> bool:
     """Whether a store location is an object-store URL (``s3://...``) rather than a local path."""
     return isinstance(location, str) and "://" in location and not location.startswith("file://")
+
+
+def specified_strings(ds: xr.Dataset) -> xr.Dataset:
+    """A copy of ``ds`` whose text variables and coordinates are stored as variable-length UTF-8.
+
+    NumPy's fixed-width unicode (``<U6``) becomes Zarr's ``FixedLengthUTF32``, a data type
+    with no Zarr v3 specification that other Zarr libraries may not read; variable-length
+    UTF-8 (``string``) has one.  Read back, the values are the same strings.
+    """
+    ds = ds.copy()
+    for name, var in ds.variables.items():
+        if var.dtype.kind == "U":
+            ds[name] = var.astype(object)
+    return ds
 
 
 class CohortStore:
@@ -185,7 +194,7 @@ class CohortStore:
             self._ensure_groups(node)
         self.staging.mkdir(parents=True, exist_ok=True)
         tmp = self.staging / f"{uuid.uuid4().hex}"
-        ds = ds.copy()
+        ds = specified_strings(ds)
         ds.attrs[RECORD_KEY] = completion_record(stage, digest, params, seconds)
         try:
             ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})

@@ -50,6 +50,7 @@ from .store import (
     is_stale_lock,
     locked_message,
     replace_stage_failures,
+    specified_strings,
 )
 
 __all__ = ["TransactionalCohortStore", "StoreConflict"]
@@ -255,7 +256,7 @@ class TransactionalCohortStore(CohortStore):
         """Write ``ds`` as ``node`` with its completion record, in one commit."""
         self.node_path(node)
         self._ensure_groups(node)
-        ds = ds.copy()
+        ds = specified_strings(ds)
         ds.attrs[RECORD_KEY] = completion_record(stage, digest, params, seconds)
 
         def write(root, session):

@@ -13,10 +13,10 @@ from pathlib import Path
 from ferritin.cohort.bids import SubjectFiles, discover, load_subject
 from ferritin.cohort.errors import DatasetError, SubjectError
 from ferritin.cohort.layout import native_dataset, participants_dataset
+from ferritin.cohort.progress import track
 from ferritin.cohort.store import CohortStore, digest_files, digest_params, is_url
 
 from .cluster import subject_task
-from .progress import track
 
 __all__ = ["ingest", "IngestResult", "ingest_subject"]
 

@@ -32,6 +32,7 @@ import xarray as xr
 
 from ferritin.cohort.errors import GroupLevelError
 from ferritin.cohort.layout import mni_stack_dataset, participants_frame
+from ferritin.cohort.progress import peak_worker_memory, track
 from ferritin.cohort.store import CohortStore, affine_attr, digest_params
 from ferritin.cohort.templates import atlas_labels, load_template
 from ferritin.stats.roi import label_image
@@ -43,7 +44,6 @@ from .derivatives import export_subjects, save_nifti, write_dataset_description
 from .findings import _peak_voxel, clinical_tables, define_rois, extract_roi_values, roi_dataset
 from .nuclei import nuclei_frame, subject_nuclei
 from .preflight import check_spec_against_participants
-from .progress import peak_worker_memory, track
 from .qc import qc_failures
 from .qsm.chain import reconstruct_qsm
 from .qsm.mask import largest_component

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ferritin.engine.qsm.dipole import b0_direction, dipole_kernel, forward_field
+from ferritin.cohort.dipole import b0_direction, dipole_kernel, forward_field
 
 
 def test_kernel_zero_at_magic_angle_and_dc():
@@ -73,7 +73,7 @@ def test_kernel_input_checks():
 def test_even_kernel_maps_real_to_real_and_differs_only_on_nyquist_planes():
     """With B0 oblique to the grid the plain kernel is not even on the Nyquist planes (it maps a real
     image to a complex one); its even part is, which lets the inversions use real-input FFTs."""
-    from ferritin.engine.qsm.dipole import even_dipole_kernel
+    from ferritin.cohort.dipole import even_dipole_kernel
 
     shape, b = (16, 12, 10), (0.3, -0.2, 0.93)
     plain, even = dipole_kernel(shape, (1.0, 1.2, 1.5), b), even_dipole_kernel(shape, (1.0, 1.2, 1.5), b)

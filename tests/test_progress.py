@@ -1,7 +1,7 @@
 """The progress bar counts per stage from futures as they complete; the run summary says it all."""
 
+from ferritin.cohort.progress import peak_worker_memory, track
 from ferritin.engine.pipeline import RunSummary
-from ferritin.engine.progress import peak_worker_memory, track
 
 
 def _status(x):

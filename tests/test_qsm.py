@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from ferritin.cohort.dipole import forward_field
 from ferritin.engine.qsm.background import smv_kernel, vsharp
-from ferritin.engine.qsm.dipole import forward_field
 from ferritin.engine.qsm.inversion import reference_to_mean, tkd, tv_admm
 from ferritin.engine.qsm.mask import brain_mask
 from ferritin.engine.qsm.unwrap import combine_echoes, laplacian_unwrap, path_unwrap, refine_frequency
@@ -198,8 +198,8 @@ def test_over_relaxed_tv_reaches_the_same_minimiser_sooner():
 def test_chain_keeps_a_strong_deep_source_in_the_mask():
     """The quality step drops local-field outliers only near the mask's edge
     (residual background); an iron-rich nucleus deep inside stays in, with its chi."""
+    from ferritin.cohort.dipole import GAMMA_HZ_PER_T
     from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
-    from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T
 
     x, y, z, r = _grid(64)
     brain = r < 26
@@ -300,8 +300,8 @@ def test_support_box():
 def test_chain_does_not_depend_on_empty_field_of_view():
     """The chain works on the mask's bounding box: the same head in a field of view with more empty
     space around it gives the same chi (to the inversion's tolerance) and the same mask."""
+    from ferritin.cohort.dipole import GAMMA_HZ_PER_T
     from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
-    from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T
 
     x, y, z, r = _grid(48)
     brain = r < 18

@@ -30,7 +30,7 @@ def test_wrapped_phase_in_range(one_subject):
 
 def test_phase_follows_field_and_echo_time(one_subject, tiny_spec):
     """In high-SNR brain voxels, echo-to-echo phase differences equal 2π γ B0 ΔTE × field."""
-    from ferritin.engine.qsm.dipole import GAMMA_HZ_PER_T
+    from ferritin.cohort.dipole import GAMMA_HZ_PER_T
 
     t = one_subject
     brain = t.brain_mask_native.astype(bool) & (t.mag[0] > np.percentile(t.mag[0][t.brain_mask_native > 0], 30))

@@ -152,7 +152,7 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), b0_dir=
     -------
     local_field, mask
     """
-    from .dipole import dipole_kernel
+    from ferritin.cohort.dipole import dipole_kernel
 
     field, mask = _field_and_mask(field, mask)
     w = np.ones(field.shape) if weight is None else np.asarray(weight, dtype=np.float64)

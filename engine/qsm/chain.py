@@ -9,9 +9,10 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
+from ferritin.cohort.dipole import b0_direction
+
 from ..params import check_choices
 from .background import vsharp
-from .dipole import b0_direction
 from .inversion import ilsqr, star_qsm, tkd, tv_admm
 from .mask import bounding_box, brain_mask, dilate_by, largest_component, mask_depth
 from .ringing import ringing_evidence, taper_kspace, taper_noise_gain, unring

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-from .dipole import dipole_kernel, even_dipole_kernel
+from ferritin.cohort.dipole import dipole_kernel, even_dipole_kernel
 
 __all__ = ["tkd", "tv_admm", "star_qsm", "ilsqr", "reference_to_mean"]
 
@@ -130,7 +130,7 @@ def tv_admm(local_field, mask, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0
     mask : array of bool
     voxel_size : 3 floats (mm)
     b0_dir : 3 floats
-        Unit B0 direction in voxel coordinates (see :func:`engine.qsm.dipole.b0_direction`).
+        Unit B0 direction in voxel coordinates (see :func:`ferritin.cohort.dipole.b0_direction`).
     lam : float
         TV weight.
     rho, mu : float

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-from .dipole import GAMMA_HZ_PER_T
+from ferritin.cohort.dipole import GAMMA_HZ_PER_T
+
 from .phasor import phasor
 
 __all__ = ["laplacian_kernel", "laplacian_unwrap", "path_unwrap", "combine_echoes", "refine_frequency", "field_to_ppm"]

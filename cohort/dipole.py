@@ -6,6 +6,9 @@ ppm) is ``delta_b = ifft(D * fft(chi))`` with
 chi referenced to the mean).  Wave vectors are in cycles/mm along the voxel
 axes, so anisotropic voxels and oblique slices (B0 not along a voxel axis)
 are handled exactly.
+
+It lives in ``cohort`` (below ``engine``) because both the simulator, which
+computes the field of a known χ, and the QSM chain, which inverts it, use it.
 """
 
 from __future__ import annotations
