@@ -35,7 +35,7 @@ import numpy as np
 
 from ferritin.cohort.simulate import preset, sample_participants, simulate_subject
 from ferritin.cohort.templates import load_template
-from ferritin.engine.anat.stages import AnatParams, process_anatomy, sample_at, smooth_fwhm
+from ferritin.engine.anat import AnatParams, process_anatomy, sample_at, smooth_fwhm
 
 
 def dice(a, b):

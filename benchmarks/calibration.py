@@ -46,7 +46,7 @@ from ferritin.cohort.simulate import (
 )
 from ferritin.cohort.store import CohortStore
 from ferritin.cohort.templates import load_template
-from ferritin.engine.anat.stages import smooth_fwhm
+from ferritin.engine.anat import smooth_fwhm
 from ferritin.stats.clinical import ancova
 from ferritin.stats.design import design_matrix
 from ferritin.stats.glm import fit_glm, t_contrast

@@ -27,7 +27,7 @@ from scipy import ndimage
 from ferritin.cohort.dipole import b0_direction
 from ferritin.cohort.simulate import preset, sample_participants, simulate_subject
 from ferritin.cohort.templates import atlas_labels, load_template
-from ferritin.engine.anat.stages import process_anatomy, t1_brain_on_gre
+from ferritin.engine.anat import process_anatomy, t1_brain_on_gre
 from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
 from ferritin.engine.qsm.inversion import ilsqr, star_qsm, tkd, tv_admm
 from ferritin.engine.qsm.metrics import hfen, nrmse, region_mean_errors

@@ -37,7 +37,7 @@ from heads import ADULTS, CHILD, load_t1, moved_and_resampled, moved_in_field_of
 from ferritin.cohort.bids import discover, load_subject  # noqa: E402
 from ferritin.cohort.dicom import convert_dicom  # noqa: E402
 from ferritin.cohort.templates import load_template  # noqa: E402
-from ferritin.engine.anat.stages import AnatParams, process_anatomy, sample_at  # noqa: E402
+from ferritin.engine.anat import AnatParams, process_anatomy, sample_at  # noqa: E402
 from ferritin.engine.qc import QCCriteria, qc_failures  # noqa: E402
 from ferritin.engine.report.figures import subject_qc  # noqa: E402
 

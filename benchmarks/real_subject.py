@@ -22,7 +22,7 @@ import numpy as np
 from ferritin.cohort.bids import discover, load_subject
 from ferritin.cohort.dicom import convert_dicom
 from ferritin.cohort.templates import atlas_labels, load_template
-from ferritin.engine.anat.stages import AnatParams, chi_to_mni, process_anatomy, t1_brain_on_gre
+from ferritin.engine.anat import AnatParams, chi_to_mni, process_anatomy, t1_brain_on_gre
 from ferritin.engine.chi_reference import REFERENCES, reference_region, referenced
 from ferritin.engine.nuclei import subject_nuclei
 from ferritin.engine.qc import QCCriteria, qc_failures

@@ -40,7 +40,7 @@ from ferritin.cohort.bids import discover, load_subject
 from ferritin.cohort.dicom import convert_dicom
 from ferritin.cohort.simulate import preset, sample_participants, simulate_subject
 from ferritin.cohort.templates import load_template
-from ferritin.engine.anat.stages import AnatParams, process_anatomy, t1_brain_on_gre
+from ferritin.engine.anat import AnatParams, process_anatomy, t1_brain_on_gre
 from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm
 from ferritin.engine.qsm.metrics import high_frequency_share, nrmse
 from ferritin.engine.qsm.ringing import _unring_axis, ringing_evidence, tukey_taper

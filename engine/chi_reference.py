@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .anat import t1_map_on_gre
 from .anat.labels import labels_on_grid, native_points
-from .anat.stages import t1_map_on_gre
 
 __all__ = ["REFERENCES", "lateral_ventricles", "reference_region", "referenced"]
 

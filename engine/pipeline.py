@@ -37,7 +37,7 @@ from ferritin.cohort.store import CohortStore, affine_attr, digest_params
 from ferritin.cohort.templates import atlas_labels, load_template
 from ferritin.stats.roi import label_image
 
-from .anat.stages import AnatParams, chi_to_mni, process_anatomy_checked, renormalise_on_tissue, t1_brain_on_gre
+from .anat import AnatParams, chi_to_mni, process_anatomy_checked, renormalise_on_tissue, t1_brain_on_gre
 from .chi_reference import reference_region, referenced
 from .cluster import subject_task
 from .derivatives import export_subjects, save_nifti, write_dataset_description

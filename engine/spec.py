@@ -9,7 +9,7 @@ constructed, so code below reads attributes without fallbacks.
 
 The ``qsm``, ``anat`` and ``qc`` sections are the processing stages' own
 parameter classes (:class:`~ferritin.engine.qsm.chain.QSMParams`,
-:class:`~ferritin.engine.anat.stages.AnatParams`,
+:class:`~ferritin.engine.anat.AnatParams`,
 :class:`~ferritin.engine.qc.QCCriteria`); the shipped YAML restates the values
 of theirs it shows, and a test keeps the two equal.
 """
@@ -32,7 +32,7 @@ import yaml
 
 from ferritin.cohort.errors import FerritinError
 
-from .anat.stages import AnatParams
+from .anat import AnatParams
 from .params import check_choices
 from .qc import QCCriteria
 from .qsm.chain import QSMParams

@@ -15,7 +15,7 @@ import textwrap
 import types
 import typing
 
-from .anat.stages import AnatParams
+from .anat import AnatParams
 from .qc import QCCriteria
 from .qsm.chain import QSMParams
 from .spec import Clinical, Contrast, Inference, RegionOfInterest, ROISpec, SmallVolume, StudySpec, load_spec

@@ -10,7 +10,7 @@ pytest.importorskip("ants")
 
 from ferritin.cohort.simulate import preset, sample_participants, simulate_subject  # noqa: E402
 from ferritin.cohort.templates import load_template  # noqa: E402
-from ferritin.engine.anat.stages import (  # noqa: E402
+from ferritin.engine.anat import (  # noqa: E402
     AnatParams,
     bias_correct,
     chi_to_mni,
@@ -234,7 +234,7 @@ def test_coregistration_of_a_1mm_t1_runs_on_a_coarser_copy_and_keeps_its_precisi
     from scipy.spatial.transform import Rotation
 
     from ferritin.engine.anat.antsbridge import scratch_dir, to_ants
-    from ferritin.engine.anat.stages import _coregister_gre
+    from ferritin.engine.anat.coregistration import _coregister_gre
 
     template = load_template(1.0)
     t1 = np.where(template.brain_mask, template.t1, 0.0).astype(np.float32)
@@ -263,7 +263,7 @@ def test_coregistration_of_a_1mm_t1_runs_on_a_coarser_copy_and_keeps_its_precisi
 def test_a_subject_failing_qc_is_normalised_once_more_from_the_other_start():
     """The first attempt 'fails QC' (a criterion that only it fails): the second starts the affine the other
     way, is kept, and both attempts are recorded as the report shows them."""
-    from ferritin.engine.anat.stages import process_anatomy_checked
+    from ferritin.engine.anat import process_anatomy_checked
     from ferritin.engine.report import _extraction_and_attempts
 
     spec = preset("tiny", n_echoes=2, seed=5)

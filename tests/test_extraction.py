@@ -63,7 +63,7 @@ def test_noise_is_no_brain_and_the_anatomy_falls_back():
     """An image of noise: the network still draws a confident blob, but placed by its affine it looks nothing
     like the template's brain, so the anatomy falls back to the template's mask and says so."""
     from ferritin.cohort.templates import load_template
-    from ferritin.engine.anat.stages import TEMPLATE_EXTRACTION, AnatParams, process_anatomy
+    from ferritin.engine.anat import TEMPLATE_EXTRACTION, AnatParams, process_anatomy
 
     rng = np.random.default_rng(0)
     noise = rng.random((48, 48, 48)).astype(np.float32)

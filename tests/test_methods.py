@@ -2,7 +2,7 @@
 
 import pytest
 
-from ferritin.engine.anat.stages import AnatParams
+from ferritin.engine.anat import AnatParams
 from ferritin.engine.qsm.chain import QSMParams
 from ferritin.engine.report.methods import methods_text
 from ferritin.engine.spec import load_spec

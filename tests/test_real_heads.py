@@ -12,7 +12,7 @@ import pytest
 from heads import ADULTS, CHILD, load_t1, moved_and_resampled, moved_in_field_of_view
 
 from ferritin.cohort.templates import load_template
-from ferritin.engine.anat.stages import AnatParams, process_anatomy, sample_at
+from ferritin.engine.anat import AnatParams, process_anatomy, sample_at
 from ferritin.engine.qc import QCCriteria, qc_failures
 
 pytestmark = pytest.mark.slow

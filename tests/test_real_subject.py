@@ -21,7 +21,7 @@ from ferritin.cohort.bids import discover, load_subject  # noqa: E402
 from ferritin.cohort.dicom import convert_dicom  # noqa: E402
 from ferritin.cohort.simulate import preset, sample_participants, simulate_subject  # noqa: E402
 from ferritin.cohort.templates import atlas_labels, load_template  # noqa: E402
-from ferritin.engine.anat.stages import AnatParams, chi_to_mni, process_anatomy, t1_brain_on_gre  # noqa: E402
+from ferritin.engine.anat import AnatParams, chi_to_mni, process_anatomy, t1_brain_on_gre  # noqa: E402
 from ferritin.engine.qc import QCCriteria, qc_failures  # noqa: E402
 from ferritin.engine.qsm.chain import QSMParams, reconstruct_qsm  # noqa: E402
 from ferritin.engine.qsm.mask import largest_component  # noqa: E402

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import yaml
 
-from ferritin.engine.anat.stages import AnatParams
+from ferritin.engine.anat import AnatParams
 from ferritin.engine.qc import QCCriteria
 from ferritin.engine.qsm.chain import QSMParams
 from ferritin.engine.spec import (

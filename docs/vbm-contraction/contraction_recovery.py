@@ -79,8 +79,9 @@ from ferritin.cohort.simulate import (  # noqa: E402
     volume_fraction,
 )
 from ferritin.cohort.templates import load_template  # noqa: E402
+from ferritin.engine.anat import AnatParams, jacobian_determinant, sample_at  # noqa: E402
 from ferritin.engine.anat.antsbridge import deterministic, points_map, to_ants  # noqa: E402
-from ferritin.engine.anat.stages import AnatParams, _metric_mask, jacobian_determinant, sample_at  # noqa: E402
+from ferritin.engine.anat.registration import _metric_mask  # noqa: E402
 
 RADII_MM = (15.0, 25.0)
 

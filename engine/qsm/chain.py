@@ -146,7 +146,7 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     the mean over the mask.
 
     A precomputed ``mask`` may be given instead of the magnitude-based one;
-    ``brain`` (e.g. :func:`ferritin.engine.anat.stages.t1_brain_on_gre`)
+    ``brain`` (e.g. :func:`ferritin.engine.anat.t1_brain_on_gre`)
     restricts the magnitude-based one to the brain.
 
     ``provenance``, a dict, receives what the chain decided for these images:

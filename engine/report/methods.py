@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..anat.stages import AnatParams
+from ..anat import AnatParams
 from ..qsm.chain import QSMParams
 from ..spec import StudySpec
 
