@@ -25,12 +25,13 @@ from ferritin.stats.roi import cluster_roi, label_image, roi_means
 
 from .spec import StudySpec
 
-__all__ = ["define_rois", "extract_roi_values", "clinical_tables", "DEFAULT_ROI_MAPS"]
+__all__ = ["define_rois", "extract_roi_values", "clinical_tables", "peak_voxel", "DEFAULT_ROI_MAPS"]
 
 DEFAULT_ROI_MAPS = ("chi", "gm_mod_s")
 
 
-def _peak_voxel(grid, row) -> tuple[int, int, int]:
+def peak_voxel(grid, row) -> tuple[int, int, int]:
+    """The grid voxel of a table row's peak (its x, y, z in mm)."""
     ijk = np.round(grid.world_to_voxel([row["x"], row["y"], row["z"]])[0]).astype(int)
     return tuple(int(v) for v in ijk)
 
@@ -65,7 +66,7 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
             vol, _ = svc_volume(res.T, res.mask, grid.affine, region, s.radius_mm,
                                 table.attrs.get("centre_mm", s.centre_mm))
             peak = table.iloc[0]
-            m = cluster_roi(np.where(res.mask, res.T, np.nan), res.u, _peak_voxel(grid, peak), within=vol)
+            m = cluster_roi(np.where(res.mask, res.T, np.nan), res.u, peak_voxel(grid, peak), within=vol)
             roi = f"{cname}_{name}"
             masks[roi] = m
             rows.append({"roi": roi, "source": f"SVC {name}", "contrast": cname, "x": peak.x, "y": peak.y,
@@ -75,7 +76,7 @@ def define_rois(contrast_results: dict, spec: dict, template) -> tuple[dict, pd.
             first = t.iloc[0]
             if not (first.p_fwe < alpha or first.cluster_p < alpha):
                 continue
-            peak = _peak_voxel(grid, first)
+            peak = peak_voxel(grid, first)
             if any(other[peak] for other in masks.values()):
                 continue  # the same finding, already an ROI through its small volume
             m = cluster_roi(np.where(res.mask, res.T, np.nan), res.u, peak)

@@ -10,9 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ferritin.cohort import outcome
 from ferritin.cohort.bids import SubjectFiles, discover, load_subject
 from ferritin.cohort.errors import DatasetError, SubjectError
 from ferritin.cohort.layout import native_dataset, participants_dataset
+from ferritin.cohort.outcome import Status
 from ferritin.cohort.progress import track
 from ferritin.cohort.store import CohortStore, digest_files, digest_params, is_url
 
@@ -48,10 +50,9 @@ class IngestResult:
 
 
 @subject_task
-def ingest_subject(files: SubjectFiles, store_path: str) -> tuple[str, str, str | None]:
-    """Convert one subject; returns ``(status, subject, reason)``.
-
-    ``status`` is ``"written"``, ``"skipped"`` (unchanged) or ``"failed"``.
+def ingest_subject(files: SubjectFiles, store_path: str) -> outcome.Outcome:
+    """Convert one subject; returns its :class:`~ferritin.cohort.outcome.Outcome`
+    (written, skipped because unchanged, or failed with the reason).
     Runs on a worker; never raises for bad input.
     """
     store = CohortStore(store_path)
@@ -59,17 +60,17 @@ def ingest_subject(files: SubjectFiles, store_path: str) -> tuple[str, str, str 
     try:
         digest = digest_files(files.all_files(), extra={"ingest_version": INGEST_VERSION})
         if store.is_current(node, digest):
-            return ("skipped", files.subject, None)
+            return outcome.skipped(files.subject)
         images = load_subject(files)
         sources = {"gre": [files.rel(e.mag) for e in files.echoes], "t1w": files.rel(files.t1w) if files.t1w else ""}
         ds = native_dataset(images, sources={k: str(v) for k, v in sources.items()})
         store.write_node(node, ds, stage="ingest", digest=digest,
                          params={"ingest_version": INGEST_VERSION, "layout": files.layout})
-        return ("written", files.subject, None)
+        return outcome.written(files.subject)
     except SubjectError as exc:
-        return ("failed", files.subject, str(exc))
+        return outcome.failed(files.subject, str(exc))
     except OSError as exc:
-        return ("failed", files.subject, f"{files.subject}: I/O error: {exc}")
+        return outcome.failed(files.subject, f"{files.subject}: I/O error: {exc}")
 
 
 def ingest(bids_dir: str | Path, store_path: str | Path, client, participant_label: list[str] | None = None,
@@ -123,10 +124,10 @@ def _ingest(dataset, store: CohortStore, client, progress: bool, bids_dir: Path,
             status, sub, reason = fut.result()
         except Exception as exc:  # a worker died or a bug: record, go on
             sub = fut.key.removeprefix("ingest-") if isinstance(fut.key, str) else str(fut.key)
-            status, reason = "failed", f"{sub}: unexpected error: {type(exc).__name__}: {exc}"
-        if status == "written":
+            status, reason = Status.FAILED, f"{sub}: unexpected error: {type(exc).__name__}: {exc}"
+        if status == Status.WRITTEN:
             result.written.append(sub)
-        elif status == "skipped":
+        elif status == Status.SKIPPED:
             result.skipped.append(sub)
         else:
             result.failed[sub] = reason

@@ -27,11 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from scipy.linalg import null_space
 
 __all__ = ["PermutationResult", "ClusterPermutationResult", "permutation_max_t", "permutation_cluster",
-           "freedman_lane_t", "tfce", "cluster_masses"]
+           "freedman_lane_t", "tfce", "cluster_masses", "cluster_table", "cluster_p_map"]
 
 _CONN18 = ndimage.generate_binary_structure(3, 2)
 _CONN26 = ndimage.generate_binary_structure(3, 3)
@@ -333,4 +334,39 @@ def _batch_maxima(Ym, X, c, mask, P, identity_first: bool, cluster_forming_t, tf
             out["max_tfce"][r] = t.max()
             if observed:
                 out["tfce_obs"] = np.where(mask, t, np.nan)
+    return out
+
+
+def cluster_table(result: ClusterPermutationResult, mask: np.ndarray, affine: np.ndarray,
+                  labels_img: np.ndarray | None = None, label_names: dict | None = None) -> pd.DataFrame:
+    """One row per observed cluster of :func:`permutation_cluster`, largest mass first.
+
+    Each row: the cluster, its peak (x, y, z in the world coordinates of
+    ``affine``) and peak T, voxels, mass, FWE p by cluster mass, the peak's
+    FWE p by max-T, the peak's atlas label (``labels_img`` with
+    ``label_names``) and, with TFCE, the lowest TFCE FWE p in the cluster.
+    """
+    T = np.where(mask, result.t_obs, -np.inf)
+    affine = np.asarray(affine, dtype=float)
+    rows = []
+    for label in range(1, len(result.cluster_mass)):
+        members = result.cluster_labels == label
+        idx = np.unravel_index(np.argmax(np.where(members, T, -np.inf)), T.shape)
+        xyz = affine[:3, :3] @ np.asarray(idx, dtype=float) + affine[:3, 3]
+        row = {"cluster": label, "x": xyz[0], "y": xyz[1], "z": xyz[2], "T": float(T[idx]),
+               "voxels": int(members.sum()), "mass": float(result.cluster_mass[label]),
+               "p_fwe_cluster_mass": float(result.cluster_p_fwe[label]), "p_fwe_max_t": float(result.p_fwe[idx]),
+               "label": (label_names or {}).get(int(labels_img[idx]), "") if labels_img is not None else ""}
+        if result.tfce_p_fwe is not None:
+            row["p_fwe_tfce"] = float(np.nanmin(result.tfce_p_fwe[members]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values("mass", ascending=False).reset_index(drop=True) if len(table) else table
+
+
+def cluster_p_map(result: ClusterPermutationResult) -> np.ndarray:
+    """Every voxel's cluster-mass FWE p (NaN outside the observed clusters), float32."""
+    out = np.full(result.cluster_labels.shape, np.nan, np.float32)
+    inside = result.cluster_labels > 0
+    out[inside] = result.cluster_p_fwe[result.cluster_labels[inside]]
     return out

@@ -460,7 +460,7 @@ def test_demo_prints_which_published_findings_it_reproduces(group_out, tmp_path,
 
 def test_a_smoothness_wider_than_the_field_of_view_is_a_warning():
     from ferritin.cohort.templates import load_template
-    from ferritin.engine.pipeline import _implausible_smoothness
+    from ferritin.engine.group import _implausible_smoothness
 
     grid = load_template(VS).grid
     assert _implausible_smoothness("c", [8.0, 9.0, 10.0], grid) == []

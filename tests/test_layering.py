@@ -97,6 +97,6 @@ def test_the_checks_see_what_they_look_for():
     """The graph holds imports made inside functions, and the cycle finder finds a planted circle."""
     graph = _graph()
     assert "ferritin.cohort.transactional" in graph["ferritin.cohort.store"]  # imported inside __new__
-    assert "ferritin.engine.qsm.chain" in graph["ferritin.engine.pipeline"]
+    assert "ferritin.engine.qsm.chain" in graph["ferritin.engine.participant"]
     planted = {**graph, "ferritin.stats.rft": graph["ferritin.stats.rft"] | {"ferritin.stats.analysis"}}
     assert any({"ferritin.stats.rft", "ferritin.stats.analysis"} <= c for c in _cycles(planted))

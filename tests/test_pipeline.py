@@ -136,7 +136,9 @@ def test_changed_anat_parameter_recomputes_anat_and_qsm(processed, client):
 def test_failing_subject_is_recorded_and_isolated(processed, client, monkeypatch):
     store, spec, subjects, _ = processed
     bad = subjects[1]
-    real = pipeline.reconstruct_qsm
+    from ferritin.engine import participant
+
+    real = participant.reconstruct_qsm
 
     def flaky(mag, *a, **k):
         if mag.shape[0] and np.isclose(mag.sum(), flaky.target):
@@ -145,7 +147,7 @@ def test_failing_subject_is_recorded_and_isolated(processed, client, monkeypatch
 
     s = CohortStore(store)
     flaky.target = float(s.open_node(f"native/{bad}")["megre_mag"].sum().values)
-    monkeypatch.setattr(pipeline, "reconstruct_qsm", flaky)
+    monkeypatch.setattr(participant, "reconstruct_qsm", flaky)
     changed = {**spec, "qsm": {**spec["qsm"], "tkd_threshold": 0.2}}
     out = pipeline.run_participants(store, changed, client, subjects, progress=False)
     assert "simulated scanner artefact" in out.failed["qsm"][bad]

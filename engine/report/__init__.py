@@ -25,7 +25,7 @@ from ferritin.cohort.errors import OutputError
 from ferritin.cohort.store import CohortStore
 from ferritin.cohort.templates import load_template
 
-from ..pipeline import stage_seconds
+from ..records import stage_seconds
 from ..spec import StudySpec, load_spec
 from . import figures
 from .blocks import Block, Section, empty, figure, finding, format_value, heading, table, text
