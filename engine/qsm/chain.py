@@ -163,42 +163,62 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         magnitude = magnitude.astype(np.float64)
     affine = np.asarray(affine, dtype=float)
     vs = tuple(float(v) for v in voxel_sizes(affine))
-    if mask is None:
-        erode = max(vs) if params.mask_erode_mm is None else params.mask_erode_mm
-        mask = brain_mask(magnitude[0], vs, detach_mm=params.mask_detach_mm, erode_mm=erode)
-        if brain is not None:
-            brain = np.asarray(brain, dtype=bool)
-            if brain.shape != mask.shape:
-                raise ValueError(f"brain mask shape {brain.shape} differs from the image shape {mask.shape}")
-            mask = largest_component(mask & brain)
-            if not mask.any():
-                raise ValueError("the brain mask and the magnitude mask do not overlap: check the coregistration")
-    else:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != magnitude.shape[1:]:
-            raise ValueError(f"mask shape {mask.shape} differs from the image shape {magnitude.shape[1:]}")
+    mask = _qsm_mask(magnitude, vs, params, mask, brain)
     # Everything below reads the images only inside the mask (and pads its own FFT grids), so it runs
     # on the mask's bounding box: a third or less of a head-sized field of view at the study's 1 mm.
     full_shape, box = mask.shape, support_box(mask, margin=_BOX_MARGIN_VOX)
     record = {} if provenance is None else provenance
+    omega, tapered = _combined_field(magnitude, np.asarray(phase), echo_times, vs, mask, box, params, record)
+    del magnitude, phase  # the background removal and the inversion run without the echoes
+    local, lmask = _local_field(field_to_ppm(omega, b0_tesla), mask[box], vs, params)
+    gain = taper_noise_gain(full_shape, params.kspace_taper, tapered)
+    chi = _inverted(local, lmask, vs, b0_direction(affine), regularisation_scale(local, lmask, params.reference_noise_ppm,
+                                                                                 gain), params, record)
+    record.update(local_field_noise_ppm=round(field_noise_ppm(local, lmask) / gain, 6))
+    return _paste(chi.astype(np.float32), box, full_shape), _paste(lmask, box, full_shape)
+
+
+def _qsm_mask(magnitude, vs, params: QSMParams, mask, brain) -> np.ndarray:
+    """The given mask checked, or the first echo's brain mask within ``brain`` (the T1's, when given)."""
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != magnitude.shape[1:]:
+            raise ValueError(f"mask shape {mask.shape} differs from the image shape {magnitude.shape[1:]}")
+        return mask
+    erode = max(vs) if params.mask_erode_mm is None else params.mask_erode_mm
+    mask = brain_mask(magnitude[0], vs, detach_mm=params.mask_detach_mm, erode_mm=erode)
+    if brain is None:
+        return mask
+    brain = np.asarray(brain, dtype=bool)
+    if brain.shape != mask.shape:
+        raise ValueError(f"brain mask shape {brain.shape} differs from the image shape {mask.shape}")
+    mask = largest_component(mask & brain)
+    if not mask.any():
+        raise ValueError("the brain mask and the magnitude mask do not overlap: check the coregistration")
+    return mask
+
+
+def _combined_field(magnitude, phase, echo_times, vs, mask, box, params: QSMParams, record: dict):
+    """The echoes' frequency (rad/s) on ``box``, after the ringing filter; and the axes tapered."""
     # after the mask, which is drawn on the unfiltered magnitude: the taper widens the head's edge
-    tapered = _tapered_axes(magnitude, np.asarray(phase), params, record)
+    tapered = _tapered_axes(magnitude, phase, params, record)
     if params.ringing == "unring":
-        magnitude, phase = unring(magnitude, np.asarray(phase))
+        magnitude, phase = unring(magnitude, phase)
     if tapered:  # filters the whole field of view, keeps the box
-        magnitude, phase = taper_kspace(magnitude, np.asarray(phase), params.kspace_taper, box=box, axes=tapered)
+        magnitude, phase = taper_kspace(magnitude, phase, params.kspace_taper, box=box, axes=tapered)
     else:
-        magnitude, phase = magnitude[(slice(None), *box)], np.asarray(phase)[(slice(None), *box)]
-    mask = mask[box]
+        magnitude, phase = magnitude[(slice(None), *box)], phase[(slice(None), *box)]
     method = params.combine
     te = np.asarray(echo_times, dtype=float)
     if method in ("phase-difference", "nonlinear") and (te.size < 2 or not np.allclose(np.diff(te), np.diff(te)[0], rtol=1e-3)):
         method = "laplacian-wls"  # unequal echo spacing: fit each unwrapped echo instead
-    omega = combine_echoes(phase, magnitude, echo_times, vs, method=method, mask=mask, unwrapper=params.unwrapper)
-    # the echoes' filtered copies (half a GiB at 1 mm with 12 echoes) are not needed after this: freed
-    # here rather than at the return, the background removal and the inversion run without them
-    del magnitude, phase
-    total = field_to_ppm(omega, b0_tesla)
+    record["combine"] = method
+    return combine_echoes(phase, magnitude, echo_times, vs, method=method, mask=mask[box],
+                          unwrapper=params.unwrapper), tapered
+
+
+def _local_field(total, mask, vs, params: QSMParams):
+    """V-SHARP, then passes that cut the edge's local-field outliers and remove the background again."""
     step = max(vs)
     radii = np.arange(params.vsharp_max_radius_mm, params.vsharp_min_radius_vox * step - 1e-6, -step)
     if radii.size == 0:
@@ -223,29 +243,25 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
         depth = mask_depth(mask, vs)
         local, lmask = vsharp(total, mask, vs, radii_mm=radii, threshold=params.vsharp_threshold,
                               kernels=kernels, depth=depth)
-    del kernels  # V-SHARP's spectra (a quarter of a GiB at 1 mm), freed before the inversion's own buffers
-    b = b0_direction(affine)
-    gain = taper_noise_gain(full_shape, params.kspace_taper, tapered)
-    scale = regularisation_scale(local, lmask, params.reference_noise_ppm, gain)
-    record.update(combine=method, local_field_noise_ppm=round(field_noise_ppm(local, lmask) / gain, 6),
-                  regularisation_scale=round(scale, 4))
+    # V-SHARP's spectra (a quarter of a GiB at 1 mm) are freed on return, before the inversion's own buffers
+    return local, lmask
+
+
+def _inverted(local, lmask, vs, b, scale: float, params: QSMParams, record: dict) -> np.ndarray:
+    """The dipole inversion the parameters name, its weights multiplied by ``scale``."""
+    record["regularisation_scale"] = round(scale, 4)
+    if params.inversion == "tkd":
+        return tkd(local, lmask, vs, b, threshold=params.tkd_threshold)
     if params.inversion == "tv":
         record["tv_lambda_effective"] = params.tv_lambda * scale
-    elif params.inversion == "star":
+        return tv_admm(local, lmask, vs, b, lam=params.tv_lambda * scale, iterations=params.tv_iterations)
+    if params.inversion == "star":
         record["star_lambdas_effective"] = [params.star_lambda_large * scale, params.star_lambda_small * scale]
-    if params.inversion == "tkd":
-        chi = tkd(local, lmask, vs, b, threshold=params.tkd_threshold)
-    elif params.inversion == "tv":
-        chi = tv_admm(local, lmask, vs, b, lam=params.tv_lambda * scale, iterations=params.tv_iterations)
-    elif params.inversion == "star":
-        chi = star_qsm(local, lmask, vs, b, lam_large=params.star_lambda_large * scale,
-                       lam_small=params.star_lambda_small * scale,
-                       iterations=params.tv_iterations)
-    elif params.inversion == "ilsqr":
-        chi = ilsqr(local, lmask, vs, b, tol=params.ilsqr_tol)
-    else:
-        raise ValueError(f"unknown dipole inversion {params.inversion!r} (tkd, tv, star or ilsqr)")
-    return _paste(chi.astype(np.float32), box, full_shape), _paste(lmask, box, full_shape)
+        return star_qsm(local, lmask, vs, b, lam_large=params.star_lambda_large * scale,
+                        lam_small=params.star_lambda_small * scale, iterations=params.tv_iterations)
+    if params.inversion == "ilsqr":
+        return ilsqr(local, lmask, vs, b, tol=params.ilsqr_tol)
+    raise ValueError(f"unknown dipole inversion {params.inversion!r} (tkd, tv, star or ilsqr)")
 
 
 def _tapered_axes(magnitude, phase, params: QSMParams, record: dict) -> tuple[int, ...]:
