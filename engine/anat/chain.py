@@ -67,17 +67,12 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         ``"gm"`` and ``"wm"`` for the tissue normalisation (a study
         template).  Segmentation priors and QC stay the template's.
     """
-    import ants
 
     t1 = np.asarray(t1, dtype=np.float32)
     if t1.ndim != 3 or not np.isfinite(t1).all() or t1.max() <= 0:
         raise ValueError("T1w image must be a 3-D, finite, non-empty array")
     grid = template.grid
-    unknown = set(targets or {}) - {"t1", "gm", "wm"}
-    if unknown:
-        raise ValueError(f"unknown normalisation targets {sorted(unknown)}; use 't1', 'gm' and 'wm'")
-    targets = {"t1": template.t1, "gm": template.gm, "wm": template.wm, **(targets or {})}
-    _check_target_shapes(targets, grid)
+    targets = _targets(template, targets)
     clock = StepClock()
     lap = clock.lap
 
@@ -101,42 +96,12 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         centre = _centre_transform(box.centre_mm, template, os.path.join(tmp, "centre.mat"))
         moving, initial = n4, [centre]
         if params.skull_strip:
-            def rough():
-                return _rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
-
-            moving = _brain_only(n4, extracted if extracted is not None else rough())
-            start = centre
-            if params.affine_start == "search":
-                start = _searched_start(moving, mni_t1, params, os.path.join(tmp, "search.mat"))
-            initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
-            fit = _affine_fit(moving, mni_t1, initial, template.brain_mask)
-            preparation["brain_extraction"]["affine_t1_correlation"] = round(fit, 3)
-            if extracted is not None and fit < MIN_AFFINE_FIT:
-                # what the network found does not look like the template's brain: not a brain, or not all of it
-                preparation["brain_extraction"]["fallback"] = (
-                    f"the network's brain, placed by its affine, correlates {fit:.2f} < {MIN_AFFINE_FIT} with the "
-                    f"template T1: the template's brain mask was used")
-                preparation["brain_extraction"]["method"] = TEMPLATE_EXTRACTION
-                extracted = None
-                moving = _brain_only(n4, rough())
-                initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
-            if extracted is None:  # the template's brain mask, back through the affine, strips the T1
-                moving = _template_stripped(n4, mni_mask, initial)
-            preparation["affine_start"] = params.affine_start
+            moving, initial, extracted = _stripped_and_placed(n4, extracted, centre, box, mni_t1, mni_mask, template,
+                                                              params, tmp, preparation)
             lap("affine + skull strip")
-        reg = ants.registration(fixed=mni_t1, moving=moving,
-                                type_of_transform="SyNOnly" if params.skull_strip else "SyN",
-                                mask=mni_mask, initial_transform=initial,
-                                syn_metric=params.syn_metric, syn_sampling=params.syn_sampling,
-                                reg_iterations=tuple(params.syn_iterations),
-                                outprefix=os.path.join(tmp, "norm_"), random_seed=params.seed)
+        reg = _syn_to_template(moving, mni_t1, mni_mask, initial, params, tmp)
         lap("normalisation (SyN)")
-        priors, brain_prob, mask_img = _priors_on_subject(n4, template, reg["invtransforms"])
-        if extracted is not None:  # the subject's own brain, not the template's carried back
-            mask_img = n4.new_image_like(extracted.astype(np.float32))
-        post = [p.numpy() for p in atropos(n4, mask_img, priors, tmp, mrf=params.seg_mrf,
-                                            iterations=params.seg_iterations,
-                                            prior_weight=params.seg_prior_weight)]
+        post, brain_prob, mask_img = _segmented(n4, template, reg["invtransforms"], extracted, params, tmp)
         lap("segmentation (Atropos)")
         affine_file = initial[0] if params.skull_strip else reg["fwdtransforms"][-1]
         if params.normalise_on == "tissue":
@@ -149,26 +114,100 @@ def process_anatomy(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, 
         # Point map MNI voxel -> T1 world, then everything sampled once.
         pts_t1 = points_map(grid.shape, grid.affine, reg["fwdtransforms"], n4)
         n4_arr, brain, icv = n4.numpy(), mask_img.numpy() > 0, np.clip(brain_prob.numpy(), 0.0, 1.0)
+    native, mni, measures = _outputs(post, icv, brain, n4_arr, from_ants(t1_img)[1], work_voxel, pts_t1, template,
+                                     params, box, t1.shape, np.asarray(t1_affine, float))
+    lap("resampling, modulation, smoothing")
+    return AnatResult(gm=native["gm"], wm=native["wm"], csf=native["csf"], brain_mask=native["brain_mask"] > 0.5,
+                      gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=clock.steps, affine_itk=affine_itk,
+                      qc_t1_corr=_t1_similarity(mni["t1_mni"], targets["t1"], template.brain_mask),
+                      preparation=preparation, **measures, **mni)
+
+
+def _syn_to_template(moving, mni_t1, mni_mask, initial: list, params: AnatParams, tmp: str) -> dict:
+    """SyN of the (stripped) T1 to the template T1 from the affine ``initial``, within the template's brain."""
+    import ants
+
+    return ants.registration(fixed=mni_t1, moving=moving, type_of_transform="SyNOnly" if params.skull_strip else "SyN",
+                             mask=mni_mask, initial_transform=initial, syn_metric=params.syn_metric,
+                             syn_sampling=params.syn_sampling, reg_iterations=tuple(params.syn_iterations),
+                             outprefix=os.path.join(tmp, "norm_"), random_seed=params.seed)
+
+
+def _segmented(n4, template, invtransforms: list, extracted, params: AnatParams, tmp: str):
+    """Atropos with the template's priors carried to the subject: ``(CSF, GM, WM posteriors, ICV, brain image)``.
+
+    The brain is the network's where it found one, else the template's carried back.
+    """
+    priors, brain_prob, mask_img = _priors_on_subject(n4, template, invtransforms)
+    if extracted is not None:  # the subject's own brain, not the template's carried back
+        mask_img = n4.new_image_like(extracted.astype(np.float32))
+    post = [p.numpy() for p in atropos(n4, mask_img, priors, tmp, mrf=params.seg_mrf, iterations=params.seg_iterations,
+                                        prior_weight=params.seg_prior_weight)]
+    return post, brain_prob, mask_img
+
+
+def _outputs(post, icv, brain, n4_arr, t1_aff_ants, work_voxel, pts_t1, template, params: AnatParams, box, t1_shape,
+             t1_affine) -> tuple[dict, dict, dict]:
+    """Native maps on the T1's own grid, the MNI maps (one resampling), and the volumes and TIV."""
     csf, gm, wm = post
     vox_ml = float(np.prod(work_voxel)) / 1000.0
     # TIV as the soft intracranial mask of the template brought back to the
     # subject (the "reverse-normalised ICV mask" of Keihaninejad et al.
     # 2010): partial voxels at the skull count by their fraction, and
     # atrophy (GM turning into CSF) does not change it.
-    tiv = float(icv.sum() * vox_ml)
-    _, t1_aff_ants = from_ants(t1_img)
+    measures = {"tiv_ml": float(icv.sum() * vox_ml),
+                **{f"{name}_ml": float(np.sum(m) * vox_ml) for name, m in (("gm", gm), ("wm", wm), ("csf", csf))},
+                "qc_brain_top_gap_mm": box.top_mm - _world_top(brain, t1_aff_ants)}
     n4_brain = n4_arr * brain
     t1_norm = n4_brain / max(float(n4_brain[brain].mean()), 1e-12)
     mni = _to_mni(pts_t1, t1_aff_ants, gm, wm, template, params, t1=t1_norm)
-    volumes = {f"{name}_ml": float(np.sum(m) * vox_ml) for name, m in (("gm", gm), ("wm", wm), ("csf", csf))}
-    brain_top = _world_top(brain, t1_aff_ants)
     native = _back_to_t1_grid({"gm": gm, "wm": wm, "csf": csf, "brain_mask": brain.astype(np.float32)},
-                              t1_aff_ants, box, t1.shape, np.asarray(t1_affine, float))
-    lap("resampling, modulation, smoothing")
-    return AnatResult(gm=native["gm"], wm=native["wm"], csf=native["csf"], brain_mask=native["brain_mask"] > 0.5,
-                      tiv_ml=tiv, gre_to_t1=gre_to_t1, t1_points=pts_t1, seconds=clock.steps, affine_itk=affine_itk,
-                      qc_t1_corr=_t1_similarity(mni["t1_mni"], targets["t1"], template.brain_mask),
-                      qc_brain_top_gap_mm=box.top_mm - brain_top, preparation=preparation, **volumes, **mni)
+                              t1_aff_ants, box, t1_shape, t1_affine)
+    return native, mni, measures
+
+
+def _targets(template, targets: dict | None) -> dict:
+    """The images normalised to: the template's T1, GM and WM, or those of ``targets`` (a study template)."""
+    unknown = set(targets or {}) - {"t1", "gm", "wm"}
+    if unknown:
+        raise ValueError(f"unknown normalisation targets {sorted(unknown)}; use 't1', 'gm' and 'wm'")
+    targets = {"t1": template.t1, "gm": template.gm, "wm": template.wm, **(targets or {})}
+    _check_target_shapes(targets, template.grid)
+    return targets
+
+
+def _stripped_and_placed(n4, extracted, centre: str, box, mni_t1, mni_mask, template, params: AnatParams, tmp: str,
+                         preparation: dict):
+    """The brain alone and its affine to the template: ``(moving, initial transforms, extracted mask or None)``.
+
+    The network's brain (or a rough one near the brain centre) starts the affine from
+    the searched rotation or the centre; where the network's brain, so placed, does not
+    look like the template's, the rough mask takes its place.  Without the network's
+    mask, the template's brain mask carried back through the affine strips the T1.
+    """
+    def rough():
+        return _rough_brain_mask(n4.numpy(), n4, box.centre_mm, params)
+
+    moving = _brain_only(n4, extracted if extracted is not None else rough())
+    start = centre
+    if params.affine_start == "search":
+        start = _searched_start(moving, mni_t1, params, os.path.join(tmp, "search.mat"))
+    initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
+    fit = _affine_fit(moving, mni_t1, initial, template.brain_mask)
+    preparation["brain_extraction"]["affine_t1_correlation"] = round(fit, 3)
+    if extracted is not None and fit < MIN_AFFINE_FIT:
+        # what the network found does not look like the template's brain: not a brain, or not all of it
+        preparation["brain_extraction"]["fallback"] = (
+            f"the network's brain, placed by its affine, correlates {fit:.2f} < {MIN_AFFINE_FIT} with the "
+            f"template T1: the template's brain mask was used")
+        preparation["brain_extraction"]["method"] = TEMPLATE_EXTRACTION
+        extracted = None
+        moving = _brain_only(n4, rough())
+        initial = _brain_affine(moving, mni_t1, mni_mask, start, params, tmp)
+    if extracted is None:  # the template's brain mask, back through the affine, strips the T1
+        moving = _template_stripped(n4, mni_mask, initial)
+    preparation["affine_start"] = params.affine_start
+    return moving, initial, extracted
 
 
 def process_anatomy_checked(t1: np.ndarray, t1_affine: np.ndarray, gre_mag: np.ndarray, gre_affine: np.ndarray,
