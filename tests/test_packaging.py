@@ -41,6 +41,11 @@ def test_wheel_installs_only_the_ferritin_namespace(tmp_path):
     assert {"ferritin/engine/report/templates/report.html.j2", "ferritin/engine/report/templates/style.css"} <= set(names)
     assert "ferritin/cohort/store.py" in names and "ferritin/stats/rft.py" in names
     assert not any(n.startswith(("ferritin/tests/", "ferritin/benchmarks/")) for n in names)
+    # the repository root is the package's folder: only its __init__ may ship from there, every other
+    # file lives in one of the three layers (a stray script at the root would land in site-packages)
+    outside = [n for n in names if n.startswith("ferritin/") and n != "ferritin/__init__.py"
+               and not n.startswith(("ferritin/engine/", "ferritin/cohort/", "ferritin/stats/"))]
+    assert not outside, outside
     # the brain extraction's networks travel with their licence
     models = "ferritin/engine/anat/models/deepbet/"
     assert {f"{models}bbox_model.onnx", f"{models}model.onnx", f"{models}LICENSE"} <= set(names)
