@@ -237,7 +237,9 @@ def test_truth_modulated_gm_is_the_subjects_gm_volume():
 
 
 def test_anatomical_warp_keeps_volume_and_volume_sd_sets_regional_spread():
-    from ferritin.cohort.simulate import _place_volume_change, _placement, volume_fraction
+    from ferritin.cohort.simulate import volume_fraction
+    from ferritin.cohort.simulate.anatomy import _place_volume_change
+    from ferritin.cohort.simulate.geometry import _placement
 
     template = load_template(3.0)
     brain = template.brain_mask
@@ -262,7 +264,7 @@ def test_anatomical_warp_keeps_volume_and_volume_sd_sets_regional_spread():
 def test_acquired_matrix_keeps_what_the_scanner_samples_and_rings_at_edges():
     """k-space truncation: a band-limited object comes back sampled at the voxel centres; a sharp edge rings
     with the Gibbs overshoot (~9 % of the step) a finite k-space gives."""
-    from ferritin.cohort.simulate import _acquired_matrix
+    from ferritin.cohort.simulate.acquisition import _acquired_matrix
 
     f, n = 3, 48
     x = np.arange(n * f) / f  # fine positions in acquired voxels; fine voxel f*i lies on voxel i

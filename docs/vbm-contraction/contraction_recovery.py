@@ -68,16 +68,9 @@ import ants
 import numpy as np
 from stationary_flow import FlowParams, register_flow  # noqa: E402
 
-from ferritin.cohort.simulate import (  # noqa: E402
-    T1W,
-    _place_volume_change,
-    _placement,
-    _world_coords,
-    atrophy_displacement,
-    effect_maps,
-    preset,
-    volume_fraction,
-)
+from ferritin.cohort.simulate import T1W, atrophy_displacement, effect_maps, preset, volume_fraction  # noqa: E402
+from ferritin.cohort.simulate.anatomy import _place_volume_change  # noqa: E402
+from ferritin.cohort.simulate.geometry import _placement, _world_coords  # noqa: E402
 from ferritin.cohort.templates import load_template  # noqa: E402
 from ferritin.engine.anat import AnatParams, jacobian_determinant, sample_at  # noqa: E402
 from ferritin.engine.anat.antsbridge import deterministic, points_map, to_ants  # noqa: E402
