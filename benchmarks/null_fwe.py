@@ -51,7 +51,7 @@ def svc_permutation_check(store_path, spec, res, n_perm):
 
     store = CohortStore(store_path)
     mni = store.open_node("mni")
-    subjects = res["subjects"]
+    subjects = res.subjects
     table = mni[[v for v in mni.coords if mni.coords[v].dims == ("subject",)]].to_dataframe()
     _, design = group_design(table.loc[subjects], spec)
     template = load_template(spec.mni_voxel_size)
@@ -66,7 +66,7 @@ def svc_permutation_check(store_path, spec, res, n_perm):
             region = template.region(s.region) if s.region else None
             vol, _ = svc_volume(T, mask, template.grid.affine, region, s.radius_mm, s.centre_mm)
             perm = permutation_max_t(Y, design.X, design.contrast(c.weights), vol, n_perm=n_perm, seed=1)
-            rft = res["contrasts"][c.name]["svc"][s.name]
+            rft = res.contrasts[c.name].svc[s.name]
             p_rft = float(rft["p_fwe"].min()) if len(rft) and "p_fwe" in rft.columns else float("nan")
             out.append(f"{c.name}/{s.name}: max T {np.nanmax(perm.t_obs):.2f}, p(FWE) RFT {p_rft:.3f}, "
                        f"permutation {float(np.nanmin(perm.p_fwe)):.3f} ({int(vol.sum())} voxels)")
@@ -96,8 +96,8 @@ def main():
                 for line in svc_permutation_check(root / "cohort.zarr", spec, res, args.svc_permutations):
                     print(f"  seed {seed} {line}", flush=True)
             found = []
-            for name, c in res["contrasts"].items():
-                for region, t in c["svc"].items():
+            for name, c in res.contrasts.items():
+                for region, t in c.svc.items():
                     tests += 1
                     level_tests["SVC peak"] += 1
                     if "p_fwe" in t.columns and len(t) and t["p_fwe"].min() < 0.05:
@@ -107,7 +107,7 @@ def main():
                 # Peak- and cluster-level whole-brain FWE are separate tests: cluster
                 # inference at a height of p < 0.005 is known to run above its nominal
                 # rate under RFT (Eklund et al. 2016), peak-level inference not.
-                table: pd.DataFrame = c["table"]
+                table: pd.DataFrame = c.table
                 peak_p = table["p_fwe"].to_numpy(float) if len(table) else np.zeros(0)
                 for level, p_values in (("peak", peak_p), ("cluster", cluster_fwe_p(table))):
                     tests += 1
@@ -121,7 +121,7 @@ def main():
                     # reported, not counted: permutation decides for clusters
                     found.append(f"({name}/whole brain RFT cluster p={table['cluster_p_fwe'].min():.3f}, not counted)")
             seeds_with_hit += bool(found)
-            print(f"seed {seed}: {len(res['subjects'])} subjects, false positives: {found or 'none'}", flush=True)
+            print(f"seed {seed}: {len(res.subjects)} subjects, false positives: {found or 'none'}", flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     print(f"{len(args.seeds)} null cohorts: {hits} of {tests} corrected tests significant "

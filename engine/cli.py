@@ -313,15 +313,15 @@ def _cmd_report(args) -> int:
     return 0
 
 
-def _print_group(res: dict) -> None:
-    print(f"group statistics on {len(res['subjects'])} subjects; excluded {len(res['excluded'])}")
-    for warning in res.get("warnings", []):
+def _print_group(res) -> None:
+    print(f"group statistics on {len(res.subjects)} subjects; excluded {len(res.excluded)}")
+    for warning in res.warnings:
         print(f"WARNING: {warning}")
-    for sub, why in sorted(res["excluded"].items()):
+    for sub, why in sorted(res.excluded.items()):
         print(f"  excluded {sub}: {why}")
-    for name, c in res["contrasts"].items():
-        print(f"{name}: FWHM {np.round(c['fwhm_mm'], 1).tolist()} mm, {len(c['table'])} peaks at T >= {c['u']:.2f}")
-        for region, t in c["svc"].items():
+    for name, c in res.contrasts.items():
+        print(f"{name}: FWHM {np.round(c.fwhm_mm, 1).tolist()} mm, {len(c.table)} peaks at T >= {c.u:.2f}")
+        for region, t in c.svc.items():
             if "p_fwe" in t.columns and len(t):
                 best = t.iloc[0]
                 print(f"  SVC {region}: peak ({best.x:.0f}, {best.y:.0f}, {best.z:.0f}) T = {best['T']:.2f}, "

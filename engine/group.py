@@ -8,7 +8,7 @@ statistics.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,31 @@ from .records import PIPELINE_VERSION
 from .spec import Contrast, StudySpec, complete_spec
 from .tables import write_csv
 
-__all__ = ["MIN_RELIABLE_DF", "group_design", "run_group"]
+__all__ = ["MIN_RELIABLE_DF", "group_design", "run_group", "GroupResult", "ContrastSummary"]
+
+
+@dataclass
+class ContrastSummary:
+    """One fitted contrast as the group level reports it."""
+
+    map: str  # the cohort map tested: chi, r2star or gm_mod_s
+    table: pd.DataFrame  # whole-brain peaks (extent rule applied; permutation cluster p where run)
+    svc: dict  # small volume -> its peak table
+    fwhm_mm: list  # smoothness of the standardised residuals
+    u: float  # height threshold (T)
+    df: float  # residual degrees of freedom
+
+
+@dataclass
+class GroupResult:
+    """What :func:`run_group` returns: who took part, who did not and why, and every result."""
+
+    subjects: list  # in the design's order
+    excluded: dict  # subject -> reason
+    contrasts: dict = field(default_factory=dict)  # name -> ContrastSummary
+    warnings: list = field(default_factory=list)
+    findings: dict = field(default_factory=dict)  # "rois" and the clinical tables
+    nuclei: pd.DataFrame = field(default_factory=pd.DataFrame)  # the deep-grey table, tidy
 
 #: Fewer residual degrees of freedom than this make the smoothness estimate from the
 #: residuals (and with it the RFT p-values) too variable to report without a warning.
@@ -143,11 +167,11 @@ def group_design(table: pd.DataFrame, spec: StudySpec):
         raise GroupLevelError(f"the group model cannot be built: {exc}") from None
 
 
-def run_group(store_path: str | Path, spec: StudySpec, out_dir: str | Path, client=None) -> dict:
+def run_group(store_path: str | Path, spec: StudySpec, out_dir: str | Path, client=None) -> GroupResult:
     """Stack, fit every contrast of the spec, write maps, tables, ROI values and derivatives.
 
-    Returns a dict with the subjects used, those excluded with reasons, and
-    per contrast the whole-brain and SVC tables.  Holds the store's lock.
+    Returns a :class:`GroupResult`: the subjects used, those excluded with
+    reasons, and per contrast the whole-brain and SVC tables.  Holds the store's lock.
     With a ``client``, the permutations run as tasks on its workers (the
     same results, whatever the number of workers).
     """
@@ -156,7 +180,7 @@ def run_group(store_path: str | Path, spec: StudySpec, out_dir: str | Path, clie
         return _run_group(store_path, spec, out_dir, client)
 
 
-def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
+def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> GroupResult:
 
     store = CohortStore(store_path)
     out = Path(out_dir)
@@ -169,10 +193,10 @@ def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
     mni, digest = _stack_subjects(store, subjects, table, template.grid)
     design_table, design = group_design(table, spec)
     order = [subjects.index(s) for s in design.subjects]
-    results = {"subjects": list(design.subjects), "excluded": excluded, "contrasts": {}, "warnings": []}
+    results = GroupResult(list(design.subjects), excluded)
     df = len(design.subjects) - np.linalg.matrix_rank(design.X)
     if df < MIN_RELIABLE_DF:
-        results["warnings"].append(
+        results.warnings.append(
             f"only {df} residual degrees of freedom ({len(design.subjects)} subjects, {design.X.shape[1]} model "
             f"columns): the smoothness estimate and every RFT and permutation p-value are unreliable below "
             f"{MIN_RELIABLE_DF}; add subjects or remove covariates")
@@ -184,20 +208,20 @@ def _run_group(store_path, spec: StudySpec, out_dir, client=None) -> dict:
         res, perm_table, perm_vars = _fit_contrast(mni[c.map].data[order], design, c, spec, template, client)
         _write_contrast(store, out, c, res, perm_table, perm_vars, design, spec, template.grid, digest)
         contrast_results[c.name] = res
-        results["warnings"].extend(_implausible_smoothness(c.name, res.fwhm_vox * vs, template.grid))
-        results["contrasts"][c.name] = {"table": res.table, "svc": res.svc, "fwhm_mm": (res.fwhm_vox * vs).tolist(),
-                                          "u": res.u, "df": res.df, "map": c.map}
+        results.warnings.extend(_implausible_smoothness(c.name, res.fwhm_vox * vs, template.grid))
+        results.contrasts[c.name] = ContrastSummary(c.map, res.table, res.svc, (res.fwhm_vox * vs).tolist(), res.u,
+                                                    res.df)
     (out / "tables" / "excluded.json").write_text(json.dumps(excluded, indent=2))
     used = design_table.loc[list(design.subjects)]
     write_csv(used, out / "tables" / "subjects.csv", index_label="subject")
-    results["findings"] = _findings(store, mni.isel(subject=order), contrast_results, spec, template, used, out,
+    results.findings = _findings(store, mni.isel(subject=order), contrast_results, spec, template, used, out,
                                     digest)
-    results["nuclei"] = _nuclei_table(store, list(design.subjects), used, out, digest)
+    results.nuclei = _nuclei_table(store, list(design.subjects), used, out, digest)
     write_dataset_description(out)
     export_subjects(store, store.children("derived"), out, vs, client)
     (out / "spec.yaml").write_text(spec.to_yaml())
     (out / "group" / "run.json").write_text(json.dumps({"store": str(store.path), "pipeline_version": PIPELINE_VERSION,
-                                                        "warnings": results["warnings"]}))
+                                                        "warnings": results.warnings}))
     store.consolidate()
     return results
 

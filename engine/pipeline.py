@@ -9,10 +9,10 @@ first normalisation, when the spec asks for a study template), :mod:`.group`
 digest).  This module is their public API.
 """
 
-from .group import MIN_RELIABLE_DF, group_design, run_group
+from .group import MIN_RELIABLE_DF, ContrastSummary, GroupResult, group_design, run_group
 from .participant import RunSummary, anat_stage, qsm_stage, run_participants
 from .records import PIPELINE_VERSION, QC_MEASURES, stage_seconds
 from .template import template_stage
 
 __all__ = ["run_participants", "run_group", "RunSummary", "qsm_stage", "anat_stage", "template_stage", "stage_seconds",
-           "group_design", "PIPELINE_VERSION", "QC_MEASURES", "MIN_RELIABLE_DF"]
+           "group_design", "GroupResult", "ContrastSummary", "PIPELINE_VERSION", "QC_MEASURES", "MIN_RELIABLE_DF"]

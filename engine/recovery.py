@@ -49,15 +49,16 @@ def _planted_in(effect: dict, map_name: str | None) -> bool:
     return amplitude is None or effect.get(amplitude) is None or float(effect[amplitude]) != 0.0
 
 
-def _candidates(contrast: dict, alpha: float) -> pd.DataFrame:
-    """Every corrected-significant peak of one contrast, with where its correction came from."""
+def _candidates(contrast, alpha: float) -> pd.DataFrame:
+    """Every corrected-significant peak of one :class:`~ferritin.engine.group.ContrastSummary`, with where its
+    correction came from."""
     rows = []
-    for name, t in contrast.get("svc", {}).items():
+    for name, t in contrast.svc.items():
         if len(t) and "p_fwe" in t.columns:
             for i, r in t[t["p_fwe"] < alpha].iterrows():
                 rows.append({"source": f"SVC {name}", "cluster": r.get("cluster", i), "x": r.x, "y": r.y, "z": r.z,
                              "T": r["T"], "p_fwe": r.p_fwe})
-    table = contrast.get("table")
+    table = contrast.table
     if table is not None and len(table):
         p = np.minimum(table["p_fwe"].to_numpy(float), cluster_fwe_p(table))
         for (i, r), pr in zip(table.iterrows(), p):
@@ -67,12 +68,12 @@ def _candidates(contrast: dict, alpha: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["source", "cluster", "x", "y", "z", "T", "p_fwe"])
 
 
-def planted_effect_recovery(results: dict, effects, within_mm: float = 10.0, alpha: float = 0.05) -> pd.DataFrame:
+def planted_effect_recovery(results, effects, within_mm: float = 10.0, alpha: float = 0.05) -> pd.DataFrame:
     """One row per (planted effect, contrast): the best corrected result near the planted peak.
 
     Parameters
     ----------
-    results : dict
+    results : :class:`~ferritin.engine.group.GroupResult`
         What :func:`engine.pipeline.run_group` returns (``contrasts`` with their
         whole-brain ``table`` and ``svc`` tables).
     effects : sequence of cohort.simulate.Effect or dicts with name, region, peak_mni
@@ -92,8 +93,8 @@ def planted_effect_recovery(results: dict, effects, within_mm: float = 10.0, alp
         raise ValueError(f"within_mm must be positive, got {within_mm}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    candidates = {name: _candidates(c, alpha) for name, c in results.get("contrasts", {}).items()}
-    maps = {name: c.get("map") for name, c in results.get("contrasts", {}).items()}
+    candidates = {name: _candidates(c, alpha) for name, c in results.contrasts.items()}
+    maps = {name: c.map for name, c in results.contrasts.items()}
     rows = []
     for effect in map(_as_dict, effects):
         peak = np.asarray(effect["peak_mni"], dtype=float)
@@ -114,7 +115,7 @@ def planted_effect_recovery(results: dict, effects, within_mm: float = 10.0, alp
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def unplanted_results(results: dict, effects, within_mm: float = 10.0, alpha: float = 0.05) -> pd.DataFrame:
+def unplanted_results(results, effects, within_mm: float = 10.0, alpha: float = 0.05) -> pd.DataFrame:
     """Every corrected result farther than ``within_mm`` from all planted peaks: the false positives.
 
     A result is a cluster of a contrast's whole-brain or small-volume table, judged by all its listed
@@ -128,7 +129,7 @@ def unplanted_results(results: dict, effects, within_mm: float = 10.0, alpha: fl
     peaks = np.array([_as_dict(e)["peak_mni"] for e in effects], dtype=float).reshape(-1, 3)
     cols = ["contrast", "source", "x", "y", "z", "T", "p_fwe", "nearest_planted_mm"]
     rows = []
-    for cname, contrast in results.get("contrasts", {}).items():
+    for cname, contrast in results.contrasts.items():
         cand = _candidates(contrast, alpha)
         xyz = cand[["x", "y", "z"]].to_numpy(float)
         nearest = (np.linalg.norm(xyz[:, None, :] - peaks[None], axis=2).min(axis=1) if len(peaks)
@@ -141,7 +142,7 @@ def unplanted_results(results: dict, effects, within_mm: float = 10.0, alpha: fl
     return pd.DataFrame(rows, columns=cols)
 
 
-def roi_recovery(results: dict, effects, within_mm: float = 10.0) -> pd.DataFrame:
+def roi_recovery(results, effects, within_mm: float = 10.0) -> pd.DataFrame:
     """The post-hoc ROI group differences (ANCOVA) of the ROIs built near each planted effect.
 
     The study tested GM in the clusters of increased χ; this pairs every ROI
@@ -149,7 +150,7 @@ def roi_recovery(results: dict, effects, within_mm: float = 10.0) -> pd.DataFram
     gives, per map, the difference of the adjusted means (first group of the
     spec minus the second, e.g. ALS − NC) and the ANCOVA p of the group term.
     """
-    findings = results.get("findings") or {}
+    findings = results.findings or {}
     rois, groups = findings.get("rois"), findings.get("roi_groups")
     cols = ["effect", "roi", "distance_mm", "map", "difference", "p"]
     if rois is None or groups is None or not len(rois) or not len(groups):
@@ -168,7 +169,7 @@ def roi_recovery(results: dict, effects, within_mm: float = 10.0) -> pd.DataFram
     return pd.DataFrame(rows, columns=cols)
 
 
-def score_planted_effects(results: dict, effects, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def score_planted_effects(results, effects, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score a group result against planted effects and write the two tables beside the study's.
 
     A step of its own, not of a study: ``ferritin demo`` calls it, and so may a

@@ -20,7 +20,7 @@ from ferritin.cohort.remote import upload_folder
 from ferritin.cohort.store import CohortStore, is_url
 
 from .ingest import IngestResult, ingest
-from .pipeline import RunSummary, run_group, run_participants
+from .pipeline import GroupResult, RunSummary, run_group, run_participants
 from .preflight import check_spec_against_dataset
 from .spec import SpecError, StudySpec, complete_spec
 
@@ -38,7 +38,7 @@ class StudyResult:
     out: Path | str
     ingest: IngestResult | None = None  # participant level: subjects read from BIDS into the store
     participants: RunSummary | None = None  # participant level: per-subject stages
-    group: dict | None = None  # group level: :func:`~ferritin.engine.pipeline.run_group`'s result
+    group: GroupResult | None = None  # group level: :func:`~ferritin.engine.pipeline.run_group`'s result
     report: Path | str | None = None
     seconds: dict = field(default_factory=dict)  # wall time per level
 
@@ -144,7 +144,7 @@ def _shortened(path: Path, width: int = 100) -> str:
     return text if len(text) <= width else f"{text[:width - 3]}..."
 
 
-def _group_to_object_store(store: str, spec, out_url: str, report: bool, client=None) -> tuple[dict, str | None]:
+def _group_to_object_store(store: str, spec, out_url: str, report: bool, client=None) -> tuple[GroupResult, str | None]:
     """The group level with its files written locally, then uploaded beside the store."""
     with tempfile.TemporaryDirectory(prefix="ferritin-group-") as tmp:
         group = run_group(store, spec, tmp, client)

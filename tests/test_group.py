@@ -65,7 +65,7 @@ def test_deep_grey_table_per_subject_and_region(group_out):
     left thalamus shows in the patients' means; each mean is the direct mean of the eroded label."""
     out, res, subjects = group_out
     table = pd.read_csv(out / "tables" / "nuclei.csv")
-    used = res["subjects"]
+    used = res.subjects
     assert list(table.columns) == ["subject", "group", "region", "map", "n", "mean", "median", "sd"]
     assert set(table.subject) == set(used) and len(table) == len(used) * 14 * 3
     chi = table[(table["map"] == "chi") & (table.region == "Thalamus_L")].set_index("subject")
@@ -199,7 +199,7 @@ def test_bids_derivatives(group_out):
     assert np.allclose(mni.affine, load_template(VS).grid.affine)
     tmap = nib.load(out / "group" / "contrast-chi_als_gt_nc_stat-t_statmap.nii.gz")
     side = json.loads((out / "group" / "contrast-chi_als_gt_nc_stat-t_statmap.json").read_text())
-    assert tmap.shape == load_template(VS).grid.shape and side["df"] == res["contrasts"]["chi_als_gt_nc"]["df"]
+    assert tmap.shape == load_template(VS).grid.shape and side["df"] == res.contrasts["chi_als_gt_nc"].df
     # exporting again rewrites nothing (the sidecar digest matches)
     from ferritin.engine.derivatives import export_subject
 
@@ -374,13 +374,13 @@ def test_roi_dataset_with_nested_rois():
 
 def test_few_degrees_of_freedom_are_warned_about(group_out):
     _, res, _ = group_out
-    n = len(res["subjects"])
-    df = res["contrasts"]["chi_als_gt_nc"]["df"]
+    n = len(res.subjects)
+    df = res.contrasts["chi_als_gt_nc"].df
     assert df < n
-    warned = any("residual degrees of freedom" in w for w in res["warnings"])
-    assert warned == (df < 10), (df, res["warnings"])
+    warned = any("residual degrees of freedom" in w for w in res.warnings)
+    assert warned == (df < 10), (df, res.warnings)
     out = group_out[0]
-    assert json.loads((out / "group" / "run.json").read_text())["warnings"] == res["warnings"]
+    assert json.loads((out / "group" / "run.json").read_text())["warnings"] == res.warnings
 
 
 def test_reproduction_measures_the_paper_numbers_as_the_paper_did(group_out):
@@ -395,12 +395,12 @@ def test_reproduction_measures_the_paper_numbers_as_the_paper_did(group_out):
     mask = nib.load(out / "group" / "contrast-chi_als_gt_nc_mask.nii.gz").get_fdata() > 0
     region = load_template(VS).region("Thalamus_L") & mask
     assert m.loc["chi_T:thalamus_L", "ferritin"] == pytest.approx(T[region].max(), rel=1e-6)
-    df = res["contrasts"]["chi_als_gt_nc"]["df"]
+    df = res.contrasts["chi_als_gt_nc"].df
     u = stats.t.isf(0.005, df)
     right = load_template(VS).region("Precentral_R") & mask
     assert m.loc["chi_vox:precentral_R", "ferritin"] == (T[right] > u).sum() * VS**3  # mm³: voxels of 1 mm
     assert m.loc["chi_vox:thalamus", "ferritin"] >= (T[region] > u).sum() * VS**3 > 0  # both thalami together
-    svc = res["contrasts"]["chi_als_gt_nc"]["svc"]["thalamus_L"]
+    svc = res.contrasts["chi_als_gt_nc"].svc["thalamus_L"]
     assert m.loc["chi_p:thalamus_L", "ferritin"] == pytest.approx(svc["p_fwe"].min())
     assert m.loc["chi_sig:thalamus_L", "ferritin"] == 1.0
     assert m.loc["chi_sig:precentral_R", "ferritin"] == 0.0  # nothing planted there

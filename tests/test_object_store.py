@@ -221,4 +221,4 @@ def test_group_level_on_s3_writes_its_files_beside_the_store(s3, client, tmp_pat
     assert np.linalg.norm(peak - PLANT_MM) <= 10
     store = CohortStore(f"{out}/cohort.zarr")
     assert store.exists("stats/chi_als_gt_nc") and "ferritin_lock" not in store.open_tree().attrs
-    assert set(res.group["subjects"]) == set(subjects[:-1])  # the last one fails QC
+    assert set(res.group.subjects) == set(subjects[:-1])  # the last one fails QC

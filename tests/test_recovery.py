@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ferritin.cohort.simulate import REFERENCE_EFFECTS, power_matched_effects, severity_factor
+from ferritin.engine.pipeline import ContrastSummary, GroupResult
 from ferritin.engine.recovery import planted_effect_recovery, unplanted_results
 
 
@@ -16,7 +17,7 @@ def _results(svc_p=0.01, wb_peak_p=0.3, wb_cluster_p=0.2, at=(0.0, 0.0, 0.0)):
     svc = pd.DataFrame({"x": [at[0]], "y": [at[1]], "z": [at[2]], "T": [4.5], "p_fwe": [svc_p]})
     table = pd.DataFrame({"cluster": [1], "x": [30.0], "y": [0.0], "z": [0.0], "T": [4.0],
                           "p_fwe": [wb_peak_p], "cluster_p_fwe": [wb_cluster_p]})
-    return {"contrasts": {"c": {"svc": {"box": svc}, "table": table}}}
+    return GroupResult(["sub-01"], {}, {"c": ContrastSummary("", table, {"box": svc}, [8.0, 8.0, 8.0], 3.0, 20)})
 
 
 def _effect(peak):
@@ -41,10 +42,10 @@ def test_a_permutation_cluster_p_overrides_the_rft_one():
     """RFT cluster p runs above its nominal rate at p < 0.005 heights; where the run has
     permutation cluster p, that decides."""
     res = _results(svc_p=0.5, wb_cluster_p=0.01)
-    res["contrasts"]["c"]["table"]["cluster_p_fwe_perm"] = [0.3]
+    res.contrasts["c"].table["cluster_p_fwe_perm"] = [0.3]
     r = planted_effect_recovery(res, [_effect((28.0, 0.0, 0.0))]).iloc[0]
     assert not r.found
-    res["contrasts"]["c"]["table"]["cluster_p_fwe_perm"] = [0.02]
+    res.contrasts["c"].table["cluster_p_fwe_perm"] = [0.02]
     r = planted_effect_recovery(res, [_effect((28.0, 0.0, 0.0))]).iloc[0]
     assert r.found and r.p_fwe == pytest.approx(0.02)
 
@@ -100,8 +101,8 @@ def test_power_matching_keeps_the_expected_t():
 
 def test_a_contrast_of_a_map_the_effect_leaves_alone_is_marked_not_planted():
     res = _results()
-    res["contrasts"]["gm"] = {**res["contrasts"].pop("c"), "map": "gm_mod_s"}
-    res["contrasts"]["chi"] = {**res["contrasts"]["gm"], "map": "chi"}
+    res.contrasts["gm"] = replace(res.contrasts.pop("c"), map="gm_mod_s")
+    res.contrasts["chi"] = replace(res.contrasts["gm"], map="chi")
     chi_only = {**_effect((0.0, 0.0, 0.0)), "chi_ppm": 0.02, "gm_fraction": 0.0}
     rows = planted_effect_recovery(res, [chi_only]).set_index("contrast")
     assert rows.loc["chi", "planted"] and not rows.loc["gm", "planted"]
