@@ -82,13 +82,15 @@ def is_url(location) -> bool:
 def specified_strings(ds: xr.Dataset) -> xr.Dataset:
     """A copy of ``ds`` whose text variables and coordinates are stored as variable-length UTF-8.
 
-    NumPy's fixed-width unicode (``<U6``) becomes Zarr's ``FixedLengthUTF32``, a data type
-    with no Zarr v3 specification that other Zarr libraries may not read; variable-length
-    UTF-8 (``string``) has one.  Read back, the values are the same strings.
+    NumPy's fixed-width unicode (``<U6``) and its variable-width ``StringDType`` (what a
+    store's text reads back as, and what pandas' string columns give) both become Zarr's
+    ``FixedLengthUTF32``, a data type with no Zarr v3 specification that other Zarr
+    libraries may not read; variable-length UTF-8 (``string``) has one.  Read back, the
+    values are the same strings.
     """
     ds = ds.copy()
     for name, var in ds.variables.items():
-        if var.dtype.kind == "U":
+        if var.dtype.kind in "UT":
             ds[name] = var.astype(object)
     return ds
 
