@@ -40,6 +40,9 @@ def test_wheel_installs_only_the_ferritin_namespace(tmp_path):
     # the report cannot be written without its template
     assert {"ferritin/engine/report/templates/report.html.j2", "ferritin/engine/report/templates/style.css"} <= set(names)
     assert "ferritin/cohort/store.py" in names and "ferritin/stats/rft.py" in names
+    # every sub-package: a package the list in pyproject.toml forgets would be missing from installs
+    assert {"ferritin/cohort/simulate/__init__.py", "ferritin/engine/anat/chain.py",
+            "ferritin/engine/report/templates/methods.txt.j2"} <= set(names)
     assert not any(n.startswith(("ferritin/tests/", "ferritin/benchmarks/")) for n in names)
     # the repository root is the package's folder: only its __init__ may ship from there, every other
     # file lives in one of the three layers (a stray script at the root would land in site-packages)
