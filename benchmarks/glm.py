@@ -21,6 +21,7 @@ from ferritin.cohort.templates import load_template
 from ferritin.stats import rft
 from ferritin.stats.glm import fit_glm, standardized_residuals, t_contrast
 from ferritin.stats.permutation import permutation_max_t
+from ferritin.stats.smoothness import est_smoothness
 
 
 def timed(fn, repeats):
@@ -56,7 +57,7 @@ def main():
     def ours():
         fit = fit_glm(Y, X, mask=mask).persist()
         T = t_contrast(fit, c).compute()
-        sm = rft.est_smoothness(standardized_residuals(fit), mask, (n, fit.df))
+        sm = est_smoothness(standardized_residuals(fit), mask, (n, fit.df))
         u = rft.threshold_fwe(0.05, (1, fit.df), "T", sm.resels, S=int(mask.sum()))
         return T, sm, u
 

@@ -25,6 +25,7 @@ import numpy as np
 from ferritin.cohort.templates import load_template
 from ferritin.stats import rft
 from ferritin.stats.glm import fit_glm, standardized_residuals, t_contrast
+from ferritin.stats.smoothness import est_smoothness
 
 
 def peak_rss_gib() -> float:
@@ -81,7 +82,7 @@ def main():
     t_fit = time.perf_counter() - t0
     T = np.asarray(t_contrast(fit, c).compute())
     resid = standardized_residuals(fit)  # 64 images, as SPM
-    sm = rft.est_smoothness(resid, mask, (n, fit.df))
+    sm = est_smoothness(resid, mask, (n, fit.df))
     u = rft.threshold_fwe(0.05, (1, fit.df), "T", sm.resels, S=int(mask.sum()))
     total = time.perf_counter() - t0
     centre = tuple(np.asarray(grid.shape) // 2)

@@ -14,6 +14,7 @@ from nibabel.affines import voxel_sizes
 from . import rft
 from .clusters import Inference, cluster_table, sphere_mask, svc_table
 from .glm import fit_glm, standardized_residuals, t_contrast
+from .smoothness import est_smoothness
 
 __all__ = ["ContrastResult", "analyse_contrast", "cluster_fwe_p", "svc_volume"]
 
@@ -83,7 +84,7 @@ def analyse_contrast(Y, X, contrast, mask: np.ndarray, affine, height_p: float =
     effect = np.asarray(np.tensordot(np.asarray(contrast, float), fit.beta, axes=(0, 0)).compute())
     resid = standardized_residuals(fit)
     n = X.shape[0]
-    sm = rft.est_smoothness(resid, mask, (n, fit.df))
+    sm = est_smoothness(resid, mask, (n, fit.df))
     df = (1.0, float(fit.df))
     vox_mm = voxel_sizes(np.asarray(affine, dtype=float))
     info = Inference(df, "T", sm.fwhm_vox, sm.resels, int(mask.sum()), np.asarray(affine))

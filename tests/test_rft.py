@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ferritin.stats import rft
+from ferritin.stats.smoothness import est_smoothness
 
 REF = Path(__file__).resolve().parent / "data" / "spm12"
 
@@ -93,7 +94,7 @@ def test_smoothness_matches_spm(case):
     if case == "S3_iso_zero":
         resid = np.nan_to_num(resid, nan=0.0)
     ndf = None if row["ndf"] == "omitted" else row["ndf"]
-    sm = rft.est_smoothness(resid, mask, ndf)
+    sm = est_smoothness(resid, mask, ndf)
     # Zero-outside residuals (not what SPM writes) agree to 3e-10 only: SPM's
     # sampler differs from exact differences against 0 in the last bits there.
     rtol = 1e-9 if case == "S3_iso_zero" else 1e-10
@@ -113,7 +114,7 @@ def test_smoothness_of_known_gaussian_field():
     imgs = np.stack([ndimage.gaussian_filter(rng.standard_normal((48, 48, 48)), f / 2.3548, mode="wrap")
                      for _ in range(12)])
     imgs /= imgs.std(axis=0, keepdims=True)
-    sm = rft.est_smoothness(imgs, np.ones((48, 48, 48)))
+    sm = est_smoothness(imgs, np.ones((48, 48, 48)))
     np.testing.assert_allclose(sm.fwhm_vox, f, rtol=0.12)
 
 
@@ -129,12 +130,12 @@ def test_smoothness_does_not_depend_on_the_space_around_the_mask():
     zz = np.indices(shape)
     mask = ((zz[0] - 10) ** 2 / 81 + (zz[1] - 11) ** 2 / 100 + (zz[2] - 8) ** 2 / 90) <= 1  # touches z = 0
     imgs = np.where(mask, imgs, np.nan)
-    small = rft.est_smoothness(imgs, mask)
+    small = est_smoothness(imgs, mask)
     big_imgs = np.full((8, 31, 30, 25), np.nan)
     big_imgs[:, 5:25, 3:25, 7:] = imgs
     big_mask = np.zeros((31, 30, 25), bool)
     big_mask[5:25, 3:25, 7:] = mask
-    big = rft.est_smoothness(big_imgs, big_mask)
+    big = est_smoothness(big_imgs, big_mask)
     np.testing.assert_array_equal(big.fwhm_vox, small.fwhm_vox)
     np.testing.assert_array_equal(big.resels, small.resels)
     np.testing.assert_array_equal(big.rpv[5:25, 3:25, 7:], small.rpv, strict=True)
