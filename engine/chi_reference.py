@@ -20,7 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 from .anat import t1_map_on_gre
-from .anat.labels import labels_on_grid, native_points
+from .anat.labels import labels_on_grid
+from .anat.resampling import native_points
 
 __all__ = ["REFERENCES", "lateral_ventricles", "reference_region", "referenced"]
 

@@ -25,7 +25,8 @@ import xarray as xr
 
 from ferritin.cohort.templates import talairach_nuclei
 
-from .anat.labels import erode_labels, labels_on_grid, native_points
+from .anat.labels import erode_labels, labels_on_grid
+from .anat.resampling import native_points
 
 __all__ = ["DEEP_GREY", "BRAINSTEM", "STATISTICS", "deep_grey_atlas", "region_statistics", "subject_nuclei", "nuclei_frame"]
 

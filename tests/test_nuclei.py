@@ -6,7 +6,8 @@ import pytest
 from scipy import ndimage
 
 from ferritin.cohort.templates import load_template
-from ferritin.engine.anat.labels import erode_labels, labels_on_grid, native_points
+from ferritin.engine.anat.labels import erode_labels, labels_on_grid
+from ferritin.engine.anat.resampling import native_points
 from ferritin.engine.chi_reference import lateral_ventricles, reference_region, referenced
 from ferritin.engine.nuclei import STATISTICS, deep_grey_atlas, nuclei_frame, region_statistics, subject_nuclei
 

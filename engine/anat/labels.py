@@ -16,16 +16,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["labels_on_grid", "erode_labels", "native_points"]
-
-
-def native_points(t1_points: np.ndarray, gre_to_t1: np.ndarray) -> np.ndarray:
-    """GRE world points (3, x, y, z) of every MNI voxel: the coregistration applied to the point map."""
-    g = np.asarray(gre_to_t1, float)
-    pts = np.asarray(t1_points, float)
-    if g.shape != (4, 4) or pts.ndim != 4 or pts.shape[0] != 3:
-        raise ValueError(f"gre_to_t1 must be 4x4 and t1_points (3, x, y, z); got {g.shape} and {pts.shape}")
-    return np.einsum("ab,b...->a...", g[:3, :3], pts) + g[:3, 3].reshape(3, 1, 1, 1)
+__all__ = ["labels_on_grid", "erode_labels"]
 
 
 def labels_on_grid(labels_mni: np.ndarray, points: np.ndarray, mni_voxel_mm: float, shape,
@@ -36,7 +27,7 @@ def labels_on_grid(labels_mni: np.ndarray, points: np.ndarray, mni_voxel_mm: flo
     ----------
     labels_mni : int array (x, y, z) on the MNI grid; 0 is background.
     points : (3, x, y, z)
-        The native world point (mm) of every MNI voxel (:func:`native_points`).
+        The native world point (mm) of every MNI voxel (:func:`.resampling.native_points`).
     mni_voxel_mm : float
         The MNI grid's voxel size: a native voxel farther than an MNI voxel's
         half-diagonal from every mapped MNI voxel gets no label.

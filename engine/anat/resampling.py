@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["sample_at", "t1_map_on_gre", "t1_brain_on_gre", "jacobian_determinant", "smooth_fwhm", "chi_to_mni"]
+__all__ = ["sample_at", "t1_map_on_gre", "t1_brain_on_gre", "jacobian_determinant", "smooth_fwhm", "chi_to_mni", "native_points"]
 
 def sample_at(data: np.ndarray, affine: np.ndarray, points: np.ndarray, order: int = 1, cval=np.nan) -> np.ndarray:
     """Values of ``data`` (placed by ``affine``) at world points (3, ...)."""
@@ -57,6 +57,15 @@ def smooth_fwhm(data: np.ndarray, fwhm_mm: float, voxel_size, mask: np.ndarray |
     return np.where(mask, out, 0.0) if mask is not None else out
 
 
+def native_points(t1_points: np.ndarray, gre_to_t1: np.ndarray) -> np.ndarray:
+    """GRE world points (3, x, y, z) of every MNI voxel: the coregistration applied to the point map."""
+    g = np.asarray(gre_to_t1, float)
+    pts = np.asarray(t1_points, float)
+    if g.shape != (4, 4) or pts.ndim != 4 or pts.shape[0] != 3:
+        raise ValueError(f"gre_to_t1 must be 4x4 and t1_points (3, x, y, z); got {g.shape} and {pts.shape}")
+    return np.einsum("ab,b...->a...", g[:3, :3], pts) + g[:3, 3].reshape(3, 1, 1, 1)
+
+
 def chi_to_mni(chi: np.ndarray, chi_mask: np.ndarray, gre_affine: np.ndarray, gre_to_t1: np.ndarray,
                t1_points: np.ndarray) -> np.ndarray:
     """χ on the MNI grid through coregistration ∘ normalisation, in one interpolation.
@@ -75,11 +84,7 @@ def chi_to_mni(chi: np.ndarray, chi_mask: np.ndarray, gre_affine: np.ndarray, gr
         does not pull values towards 0), NaN where less than half of the
         interpolation weight falls inside ``chi_mask``.
     """
-    g = np.asarray(gre_to_t1, float)
-    pts = np.asarray(t1_points, float)
-    if g.shape != (4, 4) or pts.ndim != 4 or pts.shape[0] != 3:
-        raise ValueError(f"gre_to_t1 must be 4x4 and t1_points (3, x, y, z); got {g.shape} and {pts.shape}")
-    pts_gre = np.einsum("ab,b...->a...", g[:3, :3], pts) + g[:3, 3].reshape(3, 1, 1, 1)
+    pts_gre = native_points(t1_points, gre_to_t1)
     mask = np.asarray(chi_mask, dtype=bool)
     values = sample_at(np.where(mask, chi, 0.0), gre_affine, pts_gre, order=1, cval=0.0)
     cover = sample_at(mask.astype(np.float64), gre_affine, pts_gre, order=1, cval=0.0)

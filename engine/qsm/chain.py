@@ -46,16 +46,15 @@ def field_noise_ppm(local_field: np.ndarray, mask: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(lap - np.median(lap))) / np.sqrt(42.0))
 
 
-def regularisation_scale(local_field: np.ndarray, mask: np.ndarray, reference_ppm: float | None,
-                         noise_gain: float = 1.0) -> float:
-    """Factor on the regularisation weights for this field's noise: max(1, (noise / reference)^2).
+def regularisation_scale(noise_ppm: float, reference_ppm: float | None) -> float:
+    """Factor on the regularisation weights for a local field's noise: max(1, (noise / reference)^2).
 
-    ``noise_gain`` is how much a filter applied before (the k-space taper) lowered
-    the noise estimate (:func:`.ringing.taper_noise_gain`); the estimate is divided by it.
+    ``noise_ppm`` is :func:`field_noise_ppm` of the field divided by how much a filter
+    applied before (the k-space taper) lowered it (:func:`.ringing.taper_noise_gain`).
     """
     if reference_ppm is None:
         return 1.0
-    return max(1.0, (field_noise_ppm(local_field, mask) / noise_gain / reference_ppm) ** 2)
+    return max(1.0, (noise_ppm / reference_ppm) ** 2)
 
 
 @dataclass(frozen=True)
@@ -171,10 +170,10 @@ def reconstruct_qsm(magnitude, phase, echo_times, affine, b0_tesla, params: QSMP
     omega, tapered = _combined_field(magnitude, np.asarray(phase), echo_times, vs, mask, box, params, record)
     del magnitude, phase  # the background removal and the inversion run without the echoes
     local, lmask = _local_field(field_to_ppm(omega, b0_tesla), mask[box], vs, params)
-    gain = taper_noise_gain(full_shape, params.kspace_taper, tapered)
-    chi = _inverted(local, lmask, vs, b0_direction(affine), regularisation_scale(local, lmask, params.reference_noise_ppm,
-                                                                                 gain), params, record)
-    record.update(local_field_noise_ppm=round(field_noise_ppm(local, lmask) / gain, 6))
+    noise = field_noise_ppm(local, lmask) / taper_noise_gain(full_shape, params.kspace_taper, tapered)
+    record["local_field_noise_ppm"] = round(noise, 6)
+    chi = _inverted(local, lmask, vs, b0_direction(affine), regularisation_scale(noise, params.reference_noise_ppm),
+                    params, record)
     return _paste(chi.astype(np.float32), box, full_shape), _paste(lmask, box, full_shape)
 
 

@@ -38,7 +38,7 @@ __all__ = ["unring", "tukey_taper", "taper_kspace", "taper_noise_gain", "ringing
 
 def _oscillation(z: np.ndarray, axis: int, n_points: int) -> np.ndarray:
     """Smaller of the total variations over ``n_points`` steps to the right and to the left of each voxel."""
-    step = np.abs(np.diff(z, axis=axis, append=np.take(z, [0], axis=axis)))  # |z[x+1] - z[x]|, periodic
+    step = _steps(z, axis)
     right = sum(np.roll(step, -k, axis=axis) for k in range(n_points))
     left = sum(np.roll(step, k + 1, axis=axis) for k in range(n_points))
     return np.minimum(right, left)
@@ -280,7 +280,7 @@ def ringing_evidence(magnitude: np.ndarray, phase: np.ndarray, n_shifts: int = 1
             continue
         lines = tuple(slice(None) if a == axis else slice(None, None, every) for a in range(3))
         z, m = full_z[lines], full_m[lines]
-        steps = [np.abs(np.diff(m, axis=a, append=np.take(m, [0], axis=a))) for a in range(3)]
+        steps = [_steps(m, a) for a in range(3)]
         # only edges that face this axis: at an oblique edge, another axis's ringing crosses this one's lines
         facing = steps[axis] >= FACING * np.sqrt(sum(st**2 for st in steps))
         edge = (steps[axis] > edge_share * bright) & facing
@@ -307,6 +307,7 @@ def _origin(axis: int, offset: int) -> list[int]:
 
 
 def _steps(z: np.ndarray, axis: int) -> np.ndarray:
+    """``|z[x+1] - z[x]|`` along ``axis``, periodic (the last voxel's step is to the first)."""
     return np.abs(np.diff(z, axis=axis, append=np.take(z, [0], axis=axis)))
 
 
